@@ -1,0 +1,372 @@
+//! The subcommands that use a model: generate, tokenize, score, perplexity, eval, bench.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use burn::tensor::Device;
+use scaleot::eval::perplexity::{Perplexity, rolling_requests};
+use scaleot::eval::{self, Task, TaskResult, encode_pair, score_all};
+use scaleot::generate::{Sampling, generate as run_generate};
+use scaleot::model::{LoadedModel, token_tensor};
+use scaleot::tokenizer::Tokenizer;
+use serde_json::json;
+
+use crate::model_files::{self, assets_dir, default_model, load_model};
+use crate::{DeviceChoice, ModelArgs, progress};
+
+fn device(choice: DeviceChoice) -> Result<Device> {
+    match choice {
+        DeviceChoice::Cpu => Ok(Device::flex()),
+        #[cfg(feature = "wgpu")]
+        DeviceChoice::Gpu => Ok(Device::wgpu(burn::tensor::DeviceKind::DiscreteGpu)),
+        #[cfg(not(feature = "wgpu"))]
+        DeviceChoice::Gpu => {
+            bail!("this binary was built without GPU support: rebuild with `--features wgpu`")
+        }
+    }
+}
+
+fn open(args: &ModelArgs) -> Result<(LoadedModel, Device)> {
+    let dev = device(args.device)?;
+    let path = args.model.clone().unwrap_or_else(default_model);
+    Ok((load_model(&path, &dev)?, dev))
+}
+
+#[derive(clap::Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The prompt text.
+    prompt: String,
+    #[arg(long, default_value_t = 32)]
+    max_tokens: usize,
+    /// Sample with this temperature instead of greedy decoding.
+    #[arg(long)]
+    temperature: Option<f32>,
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Wrap the prompt in the model's chat format (<|im_start|>user ... assistant).
+    #[arg(long)]
+    chat: bool,
+}
+
+pub fn generate(a: GenerateArgs) -> Result<()> {
+    let (m, _) = open(&a.model)?;
+    let prompt = if a.chat {
+        format!(
+            "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n",
+            a.prompt
+        )
+    } else {
+        a.prompt.clone()
+    };
+    let ids = m.tokenizer.encode(&prompt);
+    let sampling = a.temperature.map(|t| Sampling {
+        temperature: t,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        seed: a.seed,
+    });
+    let stop: Vec<u32> = m.tokenizer.eos_id.into_iter().collect();
+    let start = Instant::now();
+    print!("{}", a.prompt);
+    let mut shown = String::new();
+    let mut produced = Vec::new();
+    let out = run_generate(
+        &m.model,
+        &ids,
+        a.max_tokens,
+        sampling.as_ref(),
+        &stop,
+        |t| {
+            // Print the text delta so multi-byte characters spanning tokens come out whole.
+            produced.push(t);
+            let text = m.tokenizer.decode(&produced);
+            if let Some(delta) = text.strip_prefix(shown.as_str())
+                && !delta.ends_with('\u{FFFD}')
+            {
+                print!("{delta}");
+                let _ = std::io::stdout().flush();
+                shown = text;
+            }
+        },
+    )?;
+    let rest = m.tokenizer.decode(&out);
+    println!("{}", rest.strip_prefix(shown.as_str()).unwrap_or(""));
+    eprintln!(
+        "[{} tokens in {:.2}s]",
+        out.len(),
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct TokenizeArgs {
+    /// A .gguf file or Hugging Face folder (only the tokenizer is read).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    text: String,
+    /// Also print each token's text.
+    #[arg(long)]
+    verbose: bool,
+}
+
+fn load_tokenizer(path: Option<PathBuf>) -> Result<Tokenizer> {
+    let path = path.unwrap_or_else(default_model);
+    let hint = "run `bash scripts/fetch-assets.sh` or pass --model";
+    if path.is_dir() {
+        let bytes = model_files::read(&path.join("tokenizer.json"), "tokenizer", hint)?;
+        Ok(Tokenizer::from_hf_json(std::str::from_utf8(&bytes)?)?)
+    } else {
+        let bytes = model_files::read(&path, "model", hint)?;
+        Ok(Tokenizer::from_gguf(&scaleot::weights::Gguf::parse(
+            &bytes,
+        )?)?)
+    }
+}
+
+pub fn tokenize(a: TokenizeArgs) -> Result<()> {
+    let tok = load_tokenizer(a.model)?;
+    let ids = tok.encode(&a.text);
+    if a.verbose {
+        for id in &ids {
+            println!("{id}\t{:?}", tok.decode(&[*id]));
+        }
+    } else {
+        println!("{ids:?}");
+    }
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct ScoreArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    context: String,
+    continuation: String,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn score(a: ScoreArgs) -> Result<()> {
+    let (m, _) = open(&a.model)?;
+    let req = encode_pair(&m.tokenizer, &a.context, &a.continuation)?;
+    if req.continuation.is_empty() {
+        bail!("the continuation is empty: nothing to score");
+    }
+    let pad = m.tokenizer.eos_id.unwrap_or(0);
+    let ll = score_all(
+        &m.model,
+        std::slice::from_ref(&req),
+        m.config.max_position_embeddings,
+        4096,
+        pad,
+        |_| {},
+    )?[0];
+    if a.json {
+        println!(
+            "{}",
+            json!({"loglikelihood": ll, "continuation_tokens": req.continuation.len()})
+        );
+    } else {
+        println!(
+            "log p(continuation | context) = {ll:.6} over {} tokens",
+            req.continuation.len()
+        );
+    }
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct PerplexityArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    file: PathBuf,
+    /// Tokens per window.
+    #[arg(long, default_value_t = 512)]
+    window: usize,
+    /// Window step; each token gets `window - stride` tokens of context at least.
+    #[arg(long, default_value_t = 256)]
+    stride: usize,
+    /// Only the first N tokens of the file.
+    #[arg(long)]
+    max_tokens: Option<usize>,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn perplexity(a: PerplexityArgs) -> Result<()> {
+    let bytes = model_files::read(&a.file, "text file", "pass a UTF-8 text file")?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "{} is not UTF-8 text (invalid byte at offset {}); convert it to UTF-8 first",
+            a.file.display(),
+            e.utf8_error().valid_up_to()
+        )
+    })?;
+    let (m, _) = open(&a.model)?;
+    let mut ids = m.tokenizer.encode(&text);
+    if let Some(n) = a.max_tokens {
+        ids.truncate(n);
+    }
+    let used_bytes = m.tokenizer.decode(&ids).len();
+    let prefix = m.tokenizer.eos_id.unwrap_or(0);
+    let reqs = rolling_requests(&ids, prefix, a.window, a.stride)?;
+    let pb = progress::bar(reqs.len() as u64, "perplexity", "windows");
+    let lls = score_all(&m.model, &reqs, a.window, 4 * a.window, prefix, |n| {
+        pb.inc(n as u64)
+    })?;
+    pb.finish_and_clear();
+    let p = Perplexity::new(lls.iter().sum(), ids.len(), used_bytes);
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&p)?);
+    } else {
+        println!(
+            "perplexity {:.4}  ({} tokens, {:.4} nats/token, {:.4} bits/byte)",
+            p.perplexity, p.tokens, p.nll_per_token, p.bits_per_byte
+        );
+    }
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Comma-separated: arc_easy,arc_challenge,piqa,sciq,openbookqa,hellaswag
+    #[arg(long, default_value = "arc_easy,piqa")]
+    tasks: String,
+    /// Only the first N documents of each task.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Padded tokens per forward batch.
+    #[arg(long, default_value_t = 2048)]
+    batch_tokens: usize,
+    /// Print results as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn eval(a: EvalArgs) -> Result<()> {
+    let tasks = Task::parse_list(&a.tasks)?;
+    if tasks.is_empty() {
+        bail!("no tasks given: pass --tasks arc_easy,piqa,...");
+    }
+    let assets = assets_dir();
+    // Read all data first so a missing file fails before minutes of model work.
+    let docs: Vec<_> = tasks
+        .iter()
+        .map(|&t| crate::datasets::load_docs(&assets, t, a.limit))
+        .collect::<Result<_>>()?;
+    let (m, _) = open(&a.model)?;
+    let pad = m.tokenizer.eos_id.unwrap_or(0);
+    let mut results: Vec<TaskResult> = Vec::new();
+    for (task, docs) in tasks.iter().zip(&docs) {
+        let reqs = eval::requests_for(&m.tokenizer, docs)?;
+        let pb = progress::bar(reqs.len() as u64, task.name(), "requests");
+        let start = Instant::now();
+        let lls = score_all(
+            &m.model,
+            &reqs,
+            m.config.max_position_embeddings,
+            a.batch_tokens,
+            pad,
+            |n| pb.inc(n as u64),
+        )
+        .with_context(|| format!("scoring {}", task.name()))?;
+        pb.finish_and_clear();
+        let r = eval::score_docs(task.name(), docs, &lls);
+        eprintln!(
+            "{}: {} docs, {} requests in {:.1}s",
+            task.name(),
+            r.docs,
+            reqs.len(),
+            start.elapsed().as_secs_f64()
+        );
+        results.push(r);
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    } else {
+        println!("| task | docs | acc | ± | acc_norm | ± |");
+        println!("|---|---:|---:|---:|---:|---:|");
+        for r in &results {
+            println!(
+                "| {} | {} | {:.4} | {:.4} | {:.4} | {:.4} |",
+                r.task, r.docs, r.acc.value, r.acc.stderr, r.acc_norm.value, r.acc_norm.stderr
+            );
+        }
+    }
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    #[arg(long, default_value_t = 128)]
+    len: usize,
+    /// Timed iterations (after one warm-up).
+    #[arg(long, default_value_t = 5)]
+    iters: usize,
+}
+
+/// Peak resident memory of this process (Linux `VmHWM`), in MiB.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+pub fn bench(a: BenchArgs) -> Result<()> {
+    let (m, dev) = open(&a.model)?;
+    let vocab = m.model.vocab_size() as u32;
+    // Deterministic pseudo-text: a fixed stride through the vocabulary.
+    let rows: Vec<Vec<u32>> = (0..a.batch)
+        .map(|b| {
+            (0..a.len)
+                .map(|i| ((b * 7919 + i * 104_729) as u32 % (vocab - 17)) + 17)
+                .collect()
+        })
+        .collect();
+    let run = || -> Result<f64> {
+        let logits = m.model.forward(token_tensor(&rows, &dev));
+        let s = logits
+            .sum()
+            .into_data()
+            .try_into_vec::<f32>()
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?[0];
+        Ok(s as f64)
+    };
+    run()?;
+    let start = Instant::now();
+    let mut checksum = 0.0;
+    for _ in 0..a.iters {
+        checksum += run()?;
+    }
+    let secs = start.elapsed().as_secs_f64() / a.iters as f64;
+    let tokens = (a.batch * a.len) as f64;
+    println!(
+        "{}",
+        json!({
+            "impl": "scaleot (burn flex, f32)",
+            "batch": a.batch, "len": a.len, "iters": a.iters,
+            "seconds_per_forward": secs,
+            "tokens_per_second": tokens / secs,
+            "peak_rss_mib": peak_rss_mib(),
+            "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            "checksum": checksum,
+        })
+    );
+    Ok(())
+}

@@ -1,0 +1,74 @@
+//! `scaleot`: the model owner's command-line tool.
+
+mod commands;
+mod datasets;
+mod model_files;
+mod progress;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "scaleot",
+    version,
+    about = "ScaleOT offsite-tuning: the model owner's tool"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where tensors are computed.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum DeviceChoice {
+    /// Pure-Rust CPU backend (burn flex: gemm + rayon).
+    Cpu,
+    /// GPU through wgpu (build with `--features wgpu`).
+    Gpu,
+}
+
+/// Options every model-using command shares.
+#[derive(clap::Args, Clone)]
+pub struct ModelArgs {
+    /// A .gguf file or a Hugging Face folder (config.json, tokenizer.json, *.safetensors).
+    /// Default: the SmolLM2-135M-Instruct GGUF fetched by scripts/fetch-assets.sh.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: DeviceChoice,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Continue a prompt (greedy by default, or sampled with --temperature).
+    Generate(commands::GenerateArgs),
+    /// Print the token ids of a text.
+    Tokenize(commands::TokenizeArgs),
+    /// Log-likelihood of a continuation given a context.
+    Score(commands::ScoreArgs),
+    /// Perplexity of a text file.
+    Perplexity(commands::PerplexityArgs),
+    /// Zero-shot multiple-choice evaluation (acc, acc_norm as lm-evaluation-harness).
+    Eval(commands::EvalArgs),
+    /// Forward-pass throughput and memory at batch x length.
+    Bench(commands::BenchArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result: Result<()> = match cli.command {
+        Command::Generate(a) => commands::generate(a),
+        Command::Tokenize(a) => commands::tokenize(a),
+        Command::Score(a) => commands::score(a),
+        Command::Perplexity(a) => commands::perplexity(a),
+        Command::Eval(a) => commands::eval(a),
+        Command::Bench(a) => commands::bench(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,65 @@
+//! Finding and reading model files on disk for the native binary (the core works from bytes).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use burn::tensor::Device;
+use scaleot::model::LoadedModel;
+
+/// Where `fetch-assets.sh` puts things: `$SCALEOT_ASSETS` or `<repo>/assets`.
+pub fn assets_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("SCALEOT_ASSETS") {
+        return PathBuf::from(dir);
+    }
+    // The binary lives in <repo>/target/<profile>/; fall back to the working directory.
+    let from_exe = std::env::current_exe().ok().and_then(|exe| {
+        exe.ancestors()
+            .map(|p| p.join("assets"))
+            .find(|p| p.join("model").is_dir())
+    });
+    from_exe.unwrap_or_else(|| PathBuf::from("assets"))
+}
+
+pub fn default_model() -> PathBuf {
+    assets_dir().join("model/SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+/// Reads a file, turning "not found" into advice.
+pub fn read(path: &Path, what: &str, hint: &str) -> Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read {what} {}: {hint}", path.display()))
+}
+
+/// Loads a `.gguf` file or a Hugging Face directory (config.json, tokenizer.json, *.safetensors).
+pub fn load_model(path: &Path, device: &Device) -> Result<LoadedModel> {
+    let hint = "run `bash scripts/fetch-assets.sh` for the default model, or pass --model FILE.gguf|HF_DIR";
+    if path.is_dir() {
+        let text = |name: &str| -> Result<String> {
+            let bytes = read(
+                &path.join(name),
+                name,
+                "a Hugging Face model folder needs config.json and tokenizer.json",
+            )?;
+            String::from_utf8(bytes).with_context(|| format!("{name} is not UTF-8 text"))
+        };
+        let config = text("config.json")?;
+        let tokenizer = text("tokenizer.json")?;
+        let mut shards: Vec<PathBuf> = std::fs::read_dir(path)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+            .collect();
+        shards.sort();
+        if shards.is_empty() {
+            bail!("no *.safetensors files in {}", path.display());
+        }
+        let bytes: Vec<Vec<u8>> = shards
+            .iter()
+            .map(|p| read(p, "weights", hint))
+            .collect::<Result<_>>()?;
+        let refs: Vec<&[u8]> = bytes.iter().map(Vec::as_slice).collect();
+        Ok(LoadedModel::from_hf(&config, &tokenizer, &refs, device)?)
+    } else {
+        let bytes = read(path, "model", hint)?;
+        LoadedModel::from_gguf(&bytes, device)
+            .with_context(|| format!("loading {}", path.display()))
+    }
+}

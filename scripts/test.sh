@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The test command: sets up what is missing, fetches the real model and data, then runs
+# formatting and lint checks, all native tests, a short real evaluation, and the wasm32 build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+bash scripts/setup.sh
+bash scripts/fetch-assets.sh
+
+echo "==> cargo fmt --check"; cargo fmt --all -- --check
+echo "==> clippy"; cargo clippy --release --workspace --all-targets -- -D warnings
+echo "==> native tests"; cargo test --release --workspace
+echo "==> CLI smoke: generate + a short real evaluation"
+bin=target/release/scaleot
+"$bin" generate "The capital of France is" --max-tokens 4 | tee /tmp/scaleot-generate.txt
+grep -q "Paris" /tmp/scaleot-generate.txt
+"$bin" eval --tasks arc_easy,piqa,sciq,openbookqa,hellaswag,arc_challenge --limit 8 --json > /tmp/scaleot-eval.json
+echo "==> wasm32 build of the core"; cargo build --release --target wasm32-unknown-unknown -p scaleot --features wgpu
+echo "all checks passed"

@@ -1,0 +1,80 @@
+//! One error type for the shared core. Every variant says what is wrong *and* what to do,
+//! because these messages reach people who did not write the code (CLI users, the browser page).
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("not a GGUF file (magic bytes {found:?}, expected \"GGUF\"): pass a .gguf model file")]
+    NotGguf { found: [u8; 4] },
+
+    #[error(
+        "GGUF version {0} is not supported (only v2 and v3): re-convert the model with a recent llama.cpp"
+    )]
+    GgufVersion(u32),
+
+    #[error(
+        "the weight file is truncated or corrupt: {what} needs {needed} bytes at offset {offset}, but the file has {len}; download it again"
+    )]
+    Truncated {
+        what: String,
+        offset: u64,
+        needed: u64,
+        len: u64,
+    },
+
+    #[error("malformed weight file: {0}")]
+    Malformed(String),
+
+    #[error(
+        "tensor `{tensor}` uses quantization type {kind}, which is not supported; supported: {supported}. Re-quantize the model to one of those (e.g. Q8_0 or Q4_1)"
+    )]
+    UnsupportedQuant {
+        tensor: String,
+        kind: String,
+        supported: &'static str,
+    },
+
+    #[error("missing metadata `{key}` in the model file: {hint}")]
+    MissingMetadata { key: String, hint: &'static str },
+
+    #[error(
+        "missing tensor `{0}` in the weights: is this a LLaMA-family checkpoint of the expected size?"
+    )]
+    MissingTensor(String),
+
+    #[error(
+        "tensor `{tensor}` has shape {found:?} but the model config needs {expected:?}: the weights do not match their config"
+    )]
+    ShapeMismatch {
+        tensor: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+
+    #[error(
+        "unsupported model architecture `{0}`: only LLaMA-family decoders (llama, mistral, smollm) are supported"
+    )]
+    Architecture(String),
+
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+
+    #[error("invalid JSON in {what}: {source}")]
+    Json {
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    #[error("safetensors: {0}")]
+    Safetensors(String),
+
+    #[error("unknown task `{name}`: choose from {known}")]
+    UnknownTask { name: String, known: String },
+
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

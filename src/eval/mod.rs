@@ -1,0 +1,125 @@
+//! Zero-shot multiple-choice evaluation, as lm-evaluation-harness defines it:
+//! each choice is scored by the summed log-probability of `" " + choice` after the context;
+//! `acc` takes the argmax, `acc_norm` the argmax of log-prob per character of the choice.
+
+pub mod loglik;
+pub mod perplexity;
+pub mod tasks;
+
+use serde::Serialize;
+
+pub use loglik::{LoglikRequest, encode_pair, score_all};
+pub use tasks::{McDoc, TARGET_DELIMITER, Task};
+
+use crate::error::Result;
+use crate::tokenizer::Tokenizer;
+
+/// Flattens documents into scoring requests (one per choice), in document order.
+pub fn requests_for(tok: &Tokenizer, docs: &[McDoc]) -> Result<Vec<LoglikRequest>> {
+    docs.iter()
+        .flat_map(|d| {
+            d.choices
+                .iter()
+                .map(|c| encode_pair(tok, &d.context, &format!("{TARGET_DELIMITER}{c}")))
+        })
+        .collect()
+}
+
+/// A metric's value and its standard error (sample std / sqrt(n), as lm-eval's `mean_stderr`).
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct Metric {
+    pub value: f64,
+    pub stderr: f64,
+}
+
+impl Metric {
+    pub fn from_samples(xs: &[f64]) -> Self {
+        let n = xs.len() as f64;
+        if xs.is_empty() {
+            return Self {
+                value: f64::NAN,
+                stderr: f64::NAN,
+            };
+        }
+        let mean = xs.iter().sum::<f64>() / n;
+        let var = if xs.len() > 1 {
+            xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
+        } else {
+            0.0
+        };
+        Self {
+            value: mean,
+            stderr: (var / n).sqrt(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskResult {
+    pub task: String,
+    pub docs: usize,
+    pub acc: Metric,
+    pub acc_norm: Metric,
+}
+
+/// First index of the maximum (NumPy's `argmax` tie rule).
+fn argmax(xs: impl Iterator<Item = f64>) -> usize {
+    let mut best = (0, f64::NEG_INFINITY);
+    for (i, x) in xs.enumerate() {
+        if x > best.1 {
+            best = (i, x);
+        }
+    }
+    best.0
+}
+
+/// Turns per-choice log-likelihoods (in `requests_for` order) into acc and acc_norm.
+pub fn score_docs(task: &str, docs: &[McDoc], logliks: &[f64]) -> TaskResult {
+    let mut acc = Vec::with_capacity(docs.len());
+    let mut acc_norm = Vec::with_capacity(docs.len());
+    let mut at = 0;
+    for d in docs {
+        let ll = &logliks[at..at + d.choices.len()];
+        at += d.choices.len();
+        let pred = argmax(ll.iter().copied());
+        let pred_norm = argmax(
+            ll.iter()
+                .zip(&d.choices)
+                .map(|(l, c)| l / c.chars().count() as f64),
+        );
+        acc.push(f64::from(u8::from(pred == d.gold)));
+        acc_norm.push(f64::from(u8::from(pred_norm == d.gold)));
+    }
+    TaskResult {
+        task: task.to_owned(),
+        docs: docs.len(),
+        acc: Metric::from_samples(&acc),
+        acc_norm: Metric::from_samples(&acc_norm),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acc_and_acc_norm_follow_lm_eval() {
+        let docs = vec![
+            McDoc {
+                context: "q".into(),
+                choices: vec!["a".into(), "longer answer".into()],
+                gold: 1,
+            },
+            McDoc {
+                context: "q".into(),
+                choices: vec!["x".into(), "y".into()],
+                gold: 0,
+            },
+        ];
+        // doc 0: raw argmax picks "a" (-2 > -6.5), per-char picks "longer answer" (-0.5 > -2).
+        let r = score_docs("t", &docs, &[-2.0, -6.5, -1.0, -1.0]);
+        assert_eq!(r.acc.value, 0.5); // doc 1 ties → first index, which is gold
+        assert_eq!(r.acc_norm.value, 1.0);
+        assert!((r.acc.stderr - 0.5).abs() < 1e-12); // std 0.7071 / sqrt 2
+    }
+}

@@ -1,0 +1,377 @@
+//! The LLaMA-family decoder: RMSNorm, rotary embeddings (HF half-split layout), grouped-query
+//! causal attention, SwiGLU MLP, tied or untied head. f32 compute on any burn device.
+//!
+//! Layers sit in [`LayerSlot`]s so that later stages (emulators) can put a harmonizer or a
+//! low-rank variant in a slot, or leave a layer out, without touching the rest of the model.
+
+use burn::module::{Module, Param};
+use burn::tensor::activation::{silu, softmax};
+use burn::tensor::module::linear;
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+
+use super::config::LlamaConfig;
+use crate::error::{Error, Result};
+use crate::weights::{HostTensor, WeightSource};
+
+/// A bias-free projection, weight stored `[in, out]` as burn's `linear` expects.
+#[derive(Module, Debug)]
+pub struct Linear {
+    pub weight: Param<Tensor<2>>,
+}
+
+impl Linear {
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        linear(x, self.weight.val(), None)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct RmsNorm {
+    pub weight: Param<Tensor<1>>,
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let rms = x
+            .clone()
+            .powi_scalar(2)
+            .mean_dim(D - 1)
+            .add_scalar(self.eps)
+            .sqrt();
+        x.div(rms).mul(self.weight.val().unsqueeze())
+    }
+}
+
+/// Rotary tables for positions `start..start+len`: `cos`, `sin` of shape `[len, head_dim]`.
+pub struct Rope {
+    pub cos: Tensor<2>,
+    pub sin: Tensor<2>,
+}
+
+impl Rope {
+    pub fn new(theta: f64, head_dim: usize, start: usize, len: usize, device: &Device) -> Self {
+        let half = head_dim / 2;
+        let mut cos = Vec::with_capacity(len * head_dim);
+        let mut sin = Vec::with_capacity(len * head_dim);
+        for p in start..start + len {
+            let row: Vec<f64> = (0..half)
+                .map(|i| p as f64 * theta.powf(-((2 * i) as f64) / head_dim as f64))
+                .collect();
+            for _ in 0..2 {
+                cos.extend(row.iter().map(|a| a.cos() as f32));
+                sin.extend(row.iter().map(|a| a.sin() as f32));
+            }
+        }
+        Self {
+            cos: Tensor::from_data(TensorData::new(cos, [len, head_dim]), device),
+            sin: Tensor::from_data(TensorData::new(sin, [len, head_dim]), device),
+        }
+    }
+
+    /// x: `[batch, heads, len, head_dim]`; HF's `x*cos + rotate_half(x)*sin`.
+    pub fn apply(&self, x: Tensor<4>) -> Tensor<4> {
+        let [_, _, _, d] = x.dims();
+        let x1 = x.clone().narrow(3, 0, d / 2);
+        let x2 = x.clone().narrow(3, d / 2, d / 2);
+        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+        x.mul(self.cos.clone().unsqueeze()) + rotated.mul(self.sin.clone().unsqueeze())
+    }
+}
+
+/// Cached keys/values of one layer, `[batch, kv_heads, past_len, head_dim]`.
+#[derive(Clone, Default)]
+pub struct LayerCache {
+    pub kv: Option<(Tensor<4>, Tensor<4>)>,
+}
+
+#[derive(Module, Debug)]
+pub struct Attention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl Attention {
+    pub fn forward(&self, x: Tensor<3>, rope: &Rope, cache: Option<&mut LayerCache>) -> Tensor<3> {
+        let [b, t, _] = x.dims();
+        let (nh, nkv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
+        let heads =
+            |p: &Linear, n: usize| p.forward(x.clone()).reshape([b, t, n, hd]).swap_dims(1, 2);
+        let q = rope.apply(heads(&self.q_proj, nh));
+        let mut k = rope.apply(heads(&self.k_proj, nkv));
+        let mut v = heads(&self.v_proj, nkv);
+        let mut past = 0;
+        if let Some(cache) = cache {
+            if let Some((pk, pv)) = cache.kv.take() {
+                past = pk.dims()[2];
+                k = Tensor::cat(vec![pk, k], 2);
+                v = Tensor::cat(vec![pv, v], 2);
+            }
+            cache.kv = Some((k.clone(), v.clone()));
+        }
+        let total = past + t;
+        // Grouped-query attention: each KV head serves n_heads / n_kv_heads query heads.
+        let rep = nh / nkv;
+        let expand = |z: Tensor<4>| {
+            if rep == 1 {
+                z
+            } else {
+                z.unsqueeze_dim::<5>(2)
+                    .expand([b, nkv, rep, total, hd])
+                    .reshape([b, nh, total, hd])
+            }
+        };
+        let (k, v) = (expand(k), expand(v));
+        let scores = q
+            .matmul(k.swap_dims(2, 3))
+            .mul_scalar((hd as f64).powf(-0.5));
+        // Query i (absolute past+i) sees keys j <= past+i; `tril_mask` is true elsewhere.
+        let mask = Tensor::<2, Bool>::tril_mask([t, total], past as i64, &scores.device())
+            .unsqueeze::<4>()
+            .expand([b, nh, t, total]);
+        let probs = softmax(scores.mask_fill(mask, f32::NEG_INFINITY), 3);
+        let out = probs.matmul(v).swap_dims(1, 2).reshape([b, t, nh * hd]);
+        self.o_proj.forward(out)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Mlp {
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+}
+
+impl Mlp {
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let gate = silu(self.gate_proj.forward(x.clone()));
+        self.down_proj.forward(gate * self.up_proj.forward(x))
+    }
+}
+
+/// One pre-norm decoder block.
+#[derive(Module, Debug)]
+pub struct DecoderLayer {
+    pub input_layernorm: RmsNorm,
+    pub self_attn: Attention,
+    pub post_attention_layernorm: RmsNorm,
+    pub mlp: Mlp,
+}
+
+impl DecoderLayer {
+    pub fn forward(&self, x: Tensor<3>, rope: &Rope, cache: Option<&mut LayerCache>) -> Tensor<3> {
+        let h = x.clone()
+            + self
+                .self_attn
+                .forward(self.input_layernorm.forward(x), rope, cache);
+        h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
+    }
+}
+
+/// What occupies one position of the layer stack.
+#[derive(Module, Debug)]
+pub enum LayerSlot {
+    /// The original decoder layer.
+    Decoder(DecoderLayer),
+}
+
+impl LayerSlot {
+    pub fn forward(&self, x: Tensor<3>, rope: &Rope, cache: Option<&mut LayerCache>) -> Tensor<3> {
+        match self {
+            Self::Decoder(layer) => layer.forward(x, rope, cache),
+        }
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Llama {
+    /// `[vocab, hidden]`
+    pub embed_tokens: Param<Tensor<2>>,
+    pub layers: Vec<LayerSlot>,
+    pub norm: RmsNorm,
+    /// `[hidden, vocab]`; `None` when tied to the embedding.
+    pub lm_head: Option<Linear>,
+    pub rope_theta: f64,
+    pub head_dim: usize,
+}
+
+/// Per-layer caches for incremental decoding.
+pub struct KvCache {
+    pub layers: Vec<LayerCache>,
+    pub len: usize,
+}
+
+impl Llama {
+    /// Builds the model from any weight source, checking every tensor's shape.
+    pub fn load(cfg: &LlamaConfig, src: &dyn WeightSource, device: &Device) -> Result<Self> {
+        cfg.validate()?;
+        let (h, f, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim());
+        let fetch = |name: &str, shape: &[usize]| -> Result<HostTensor> {
+            let t = src
+                .tensor(name)?
+                .ok_or_else(|| Error::MissingTensor(name.to_owned()))?;
+            check_shape(name, &t, shape)?;
+            Ok(t)
+        };
+        let vector = |name: &str| -> Result<Param<Tensor<1>>> {
+            let t = fetch(name, &[h])?;
+            Ok(Param::from_tensor(Tensor::from_data(
+                TensorData::new(t.data, [h]),
+                device,
+            )))
+        };
+        // HF stores projections `[out, in]`; burn wants `[in, out]`.
+        let proj = |name: &str, out: usize, inp: usize| -> Result<Linear> {
+            let t = fetch(name, &[out, inp])?;
+            Ok(Linear {
+                weight: Param::from_tensor(Tensor::from_data(
+                    TensorData::new(transpose(&t.data, out, inp), [inp, out]),
+                    device,
+                )),
+            })
+        };
+        let norm = |name: &str| -> Result<RmsNorm> {
+            Ok(RmsNorm {
+                weight: vector(name)?,
+                eps: cfg.rms_norm_eps,
+            })
+        };
+        let embed = fetch("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let p = |s: &str| format!("model.layers.{i}.{s}");
+            let kv = cfg.num_key_value_heads * hd;
+            layers.push(LayerSlot::Decoder(DecoderLayer {
+                input_layernorm: norm(&p("input_layernorm.weight"))?,
+                self_attn: Attention {
+                    q_proj: proj(&p("self_attn.q_proj.weight"), h, h)?,
+                    k_proj: proj(&p("self_attn.k_proj.weight"), kv, h)?,
+                    v_proj: proj(&p("self_attn.v_proj.weight"), kv, h)?,
+                    o_proj: proj(&p("self_attn.o_proj.weight"), h, h)?,
+                    n_heads: cfg.num_attention_heads,
+                    n_kv_heads: cfg.num_key_value_heads,
+                    head_dim: hd,
+                },
+                post_attention_layernorm: norm(&p("post_attention_layernorm.weight"))?,
+                mlp: Mlp {
+                    gate_proj: proj(&p("mlp.gate_proj.weight"), f, h)?,
+                    up_proj: proj(&p("mlp.up_proj.weight"), f, h)?,
+                    down_proj: proj(&p("mlp.down_proj.weight"), h, f)?,
+                },
+            }));
+        }
+        let lm_head = if cfg.tie_word_embeddings {
+            None
+        } else {
+            match src.tensor("lm_head.weight")? {
+                Some(_) => Some(proj("lm_head.weight", cfg.vocab_size, h)?),
+                None => None, // many checkpoints tie without saying so
+            }
+        };
+        Ok(Self {
+            embed_tokens: Param::from_tensor(Tensor::from_data(
+                TensorData::new(embed.data, [cfg.vocab_size, h]),
+                device,
+            )),
+            layers,
+            norm: norm("model.norm.weight")?,
+            lm_head,
+            rope_theta: cfg.rope_theta,
+            head_dim: hd,
+        })
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.embed_tokens.dims()[0]
+    }
+
+    pub fn device(&self) -> Device {
+        self.embed_tokens.val().device()
+    }
+
+    /// Token ids `[batch, len]` → embeddings `[batch, len, hidden]`.
+    pub fn embed(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
+        let [b, t] = tokens.dims();
+        let hidden = self.embed_tokens.dims()[1];
+        self.embed_tokens
+            .val()
+            .select(0, tokens.reshape([b * t]))
+            .reshape([b, t, hidden])
+    }
+
+    /// Final-normed hidden states `[batch, len, hidden]`; `cache` enables incremental decoding.
+    pub fn hidden(&self, tokens: Tensor<2, Int>, mut cache: Option<&mut KvCache>) -> Tensor<3> {
+        let [_, t] = tokens.dims();
+        let start = cache.as_ref().map_or(0, |c| c.len);
+        let rope = Rope::new(self.rope_theta, self.head_dim, start, t, &tokens.device());
+        let mut x = self.embed(tokens);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            x = layer.forward(x, &rope, layer_cache);
+        }
+        if let Some(c) = cache {
+            c.len += t;
+        }
+        self.norm.forward(x)
+    }
+
+    /// Hidden states `[batch, len, hidden]` → logits `[batch, len, vocab]`.
+    pub fn head(&self, hidden: Tensor<3>) -> Tensor<3> {
+        match &self.lm_head {
+            Some(head) => head.forward(hidden),
+            None => {
+                let [b, t, d] = hidden.dims();
+                hidden
+                    .reshape([b * t, d])
+                    .matmul(self.embed_tokens.val().transpose())
+                    .reshape([b, t, self.vocab_size()])
+            }
+        }
+    }
+
+    /// Logits `[batch, len, vocab]` for token ids `[batch, len]`.
+    pub fn forward(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
+        self.head(self.hidden(tokens, None))
+    }
+
+    pub fn new_cache(&self) -> KvCache {
+        KvCache {
+            layers: vec![LayerCache::default(); self.layers.len()],
+            len: 0,
+        }
+    }
+}
+
+fn check_shape(name: &str, t: &HostTensor, expected: &[usize]) -> Result<()> {
+    if t.shape != expected || t.data.len() != expected.iter().product::<usize>() {
+        return Err(Error::ShapeMismatch {
+            tensor: name.to_owned(),
+            expected: expected.to_vec(),
+            found: t.shape.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// Row-major `[rows, cols]` → `[cols, rows]`.
+fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0f32; data.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = data[r * cols + c];
+        }
+    }
+    out
+}
+
+/// Token ids as an Int tensor `[batch, len]` (rows must have equal length).
+pub fn token_tensor(rows: &[Vec<u32>], device: &Device) -> Tensor<2, Int> {
+    let len = rows.first().map_or(0, Vec::len);
+    let flat: Vec<i64> = rows.iter().flatten().map(|&x| x as i64).collect();
+    Tensor::from_data(TensorData::new(flat, [rows.len(), len]), device)
+}

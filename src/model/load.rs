@@ -1,0 +1,156 @@
+//! From file bytes to a ready model + tokenizer, for both GGUF and Hugging Face checkpoints.
+
+use burn::tensor::Device;
+use sha2::{Digest, Sha256};
+
+use super::{Llama, LlamaConfig};
+use crate::error::Result;
+use crate::tokenizer::Tokenizer;
+use crate::weights::{Gguf, GgufSource, SafetensorsSource};
+
+/// A model with its tokenizer and the identity of the bytes it came from.
+pub struct LoadedModel {
+    pub config: LlamaConfig,
+    pub model: Llama,
+    pub tokenizer: Tokenizer,
+    /// sha256 of the weight bytes (all shards in order), hex.
+    pub weights_sha256: String,
+}
+
+fn sha256_hex(parts: &[&[u8]]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p);
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl LoadedModel {
+    /// A GGUF file: config, tokenizer and weights all come from it.
+    pub fn from_gguf(bytes: &[u8], device: &Device) -> Result<Self> {
+        let gguf = Gguf::parse(bytes)?;
+        let config = LlamaConfig::from_gguf(&gguf)?;
+        let tokenizer = Tokenizer::from_gguf(&gguf)?;
+        let src = GgufSource::new(gguf, config.num_attention_heads, config.num_key_value_heads);
+        let model = Llama::load(&config, &src, device)?;
+        Ok(Self {
+            config,
+            model,
+            tokenizer,
+            weights_sha256: sha256_hex(&[bytes]),
+        })
+    }
+
+    /// A Hugging Face checkpoint: `config.json`, `tokenizer.json` and safetensors shards.
+    pub fn from_hf(
+        config_json: &str,
+        tokenizer_json: &str,
+        shards: &[&[u8]],
+        device: &Device,
+    ) -> Result<Self> {
+        let config = LlamaConfig::from_hf_json(config_json)?;
+        let tokenizer = Tokenizer::from_hf_json(tokenizer_json)?;
+        let src = SafetensorsSource::new(shards)?;
+        let model = Llama::load(&config, &src, device)?;
+        Ok(Self {
+            config,
+            model,
+            tokenizer,
+            weights_sha256: sha256_hex(shards),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Error;
+    use crate::weights::gguf::MetaValue;
+    use crate::weights::gguf::tests::write_gguf;
+
+    fn llama_meta() -> Vec<(&'static str, MetaValue)> {
+        vec![
+            ("general.architecture", MetaValue::Str("llama".into())),
+            ("llama.block_count", MetaValue::UInt(1)),
+            ("llama.embedding_length", MetaValue::UInt(8)),
+            ("llama.feed_forward_length", MetaValue::UInt(16)),
+            ("llama.attention.head_count", MetaValue::UInt(2)),
+            (
+                "llama.attention.layer_norm_rms_epsilon",
+                MetaValue::Float(1e-5),
+            ),
+            ("llama.vocab_size", MetaValue::UInt(4)),
+        ]
+    }
+
+    #[test]
+    fn gguf_without_tokenizer_says_so() {
+        let bytes = write_gguf(&llama_meta(), &[]);
+        let err = LoadedModel::from_gguf(&bytes, &Device::flex())
+            .err()
+            .unwrap();
+        assert!(
+            matches!(&err, Error::MissingMetadata { key, .. } if key == "tokenizer.ggml.model"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn foreign_architecture_is_refused() {
+        let mut meta = llama_meta();
+        meta[0].1 = MetaValue::Str("bert".into());
+        let bytes = write_gguf(&meta, &[]);
+        let err = LoadedModel::from_gguf(&bytes, &Device::flex())
+            .err()
+            .unwrap();
+        assert!(
+            matches!(err, Error::Architecture(ref a) if a == "bert"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn wrong_tensor_shape_is_named() {
+        let mut meta = llama_meta();
+        meta.push(("tokenizer.ggml.model", MetaValue::Str("gpt2".into())));
+        let toks = ["a", "b", "c", "ab"]
+            .map(|t| MetaValue::Str(t.into()))
+            .to_vec();
+        meta.push(("tokenizer.ggml.tokens", MetaValue::Array(toks)));
+        meta.push((
+            "tokenizer.ggml.merges",
+            MetaValue::Array(vec![MetaValue::Str("a b".into())]),
+        ));
+        // Embedding should be [4, 8]; give [4, 6].
+        let bytes = write_gguf(&meta, &[("token_embd.weight", vec![4, 6], vec![0.0; 24])]);
+        let err = LoadedModel::from_gguf(&bytes, &Device::flex())
+            .err()
+            .unwrap();
+        match err {
+            Error::ShapeMismatch {
+                tensor,
+                expected,
+                found,
+            } => {
+                assert_eq!(tensor, "model.embed_tokens.weight");
+                assert_eq!((expected, found), (vec![4, 8], vec![4, 6]));
+            }
+            other => panic!("unexpected: {other}"),
+        }
+    }
+
+    #[test]
+    fn unsupported_quant_type_is_named() {
+        let mut bytes = write_gguf(&[], &[("w", vec![2, 16], vec![0.0; 32])]);
+        // Patch the tensor's type id (after name, n_dims and dims) to 10 = Q2_K.
+        let mut info = vec![1u8, 0, 0, 0, 0, 0, 0, 0, b'w', 2, 0, 0, 0];
+        info.extend(16u64.to_le_bytes());
+        info.extend(2u64.to_le_bytes());
+        let at = bytes.windows(info.len()).position(|w| w == info).unwrap() + info.len();
+        bytes[at] = 10;
+        let g = Gguf::parse(&bytes).unwrap();
+        let err = g.tensor_f32(&g.tensors[0]).unwrap_err();
+        assert!(matches!(err, Error::UnsupportedQuant { .. }), "{err}");
+        assert!(err.to_string().contains("ggml type id 10"), "{err}");
+    }
+}

@@ -1,0 +1,9 @@
+//! The LLaMA-family model: config, layers, and loading from weight files.
+
+pub mod config;
+pub mod llama;
+pub mod load;
+
+pub use config::LlamaConfig;
+pub use llama::{KvCache, LayerSlot, Llama, token_tensor};
+pub use load::LoadedModel;

@@ -1,0 +1,389 @@
+//! Byte-level BPE (GPT-2 family), encoding exactly as Hugging Face `tokenizers` does:
+//! split on special tokens, pre-tokenize (optional single-digit split, then the GPT-2 regex),
+//! map bytes to GPT-2's printable alphabet, then apply merges lowest rank first.
+//! Built from GGUF metadata or from a Hugging Face `tokenizer.json`.
+
+use std::collections::HashMap;
+
+use fancy_regex::Regex;
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::weights::gguf::{Gguf, MetaValue};
+
+/// GPT-2's pre-tokenizer pattern (the ByteLevel `use_regex` split of HF `tokenizers`).
+const GPT2_PATTERN: &str =
+    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+
+pub struct Tokenizer {
+    vocab: HashMap<String, u32>,
+    id_to_token: Vec<String>,
+    /// (left id, right id) → (rank, merged id)
+    merges: HashMap<(u32, u32), (u32, u32)>,
+    /// Special tokens matched verbatim before pre-tokenization, longest first.
+    specials: Vec<(String, u32)>,
+    split_digits: bool,
+    pattern: Regex,
+    byte_to_char: [char; 256],
+    char_to_byte: HashMap<char, u8>,
+    pub bos_id: Option<u32>,
+    pub eos_id: Option<u32>,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("vocab", &self.id_to_token.len())
+            .field("merges", &self.merges.len())
+            .finish()
+    }
+}
+
+/// GPT-2's `bytes_to_unicode`: printable bytes map to themselves, the rest to U+0100 onwards.
+fn byte_alphabet() -> [char; 256] {
+    let mut table = ['\0'; 256];
+    let mut next = 256u32;
+    for b in 0..=255u8 {
+        let printable = (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || b >= 0xAE;
+        table[b as usize] = if printable {
+            b as char
+        } else {
+            let c = char::from_u32(next).unwrap_or('?');
+            next += 1;
+            c
+        };
+    }
+    table
+}
+
+fn tok_err(msg: impl Into<String>) -> Error {
+    Error::Tokenizer(msg.into())
+}
+
+impl Tokenizer {
+    /// Assembles a tokenizer from its parts; `merges` are "left right" strings in rank order.
+    pub fn new(
+        tokens: Vec<String>,
+        merges: &[String],
+        specials: Vec<(String, u32)>,
+        split_digits: bool,
+        bos_id: Option<u32>,
+        eos_id: Option<u32>,
+    ) -> Result<Self> {
+        if tokens.is_empty() {
+            return Err(tok_err("the vocabulary is empty"));
+        }
+        let vocab: HashMap<String, u32> = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i as u32))
+            .collect();
+        let mut merge_map = HashMap::with_capacity(merges.len());
+        for (rank, m) in merges.iter().enumerate() {
+            let (a, b) = m
+                .split_once(' ')
+                .ok_or_else(|| tok_err(format!("merge #{rank} `{m}` is not two tokens")))?;
+            let id = |s: &str| {
+                vocab.get(s).copied().ok_or_else(|| {
+                    tok_err(format!(
+                        "merge #{rank} `{m}` uses `{s}`, which is not in the vocabulary"
+                    ))
+                })
+            };
+            let merged = id(&format!("{a}{b}"))?;
+            merge_map
+                .entry((id(a)?, id(b)?))
+                .or_insert((rank as u32, merged));
+        }
+        let byte_to_char = byte_alphabet();
+        let char_to_byte = byte_to_char
+            .iter()
+            .enumerate()
+            .map(|(b, &c)| (c, b as u8))
+            .collect();
+        let mut specials = specials;
+        specials.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+        let pattern = Regex::new(GPT2_PATTERN).map_err(|e| tok_err(e.to_string()))?;
+        Ok(Self {
+            vocab,
+            id_to_token: tokens,
+            merges: merge_map,
+            specials,
+            split_digits,
+            pattern,
+            byte_to_char,
+            char_to_byte,
+            bos_id,
+            eos_id,
+        })
+    }
+
+    /// From the `tokenizer.ggml.*` metadata of a GGUF file (`model = gpt2`).
+    pub fn from_gguf(g: &Gguf) -> Result<Self> {
+        let hint = "this GGUF carries no usable tokenizer; load the model together with its tokenizer.json";
+        let get = |key: &str| {
+            g.get(key).ok_or_else(|| Error::MissingMetadata {
+                key: key.into(),
+                hint,
+            })
+        };
+        let model = get("tokenizer.ggml.model")?.as_str().unwrap_or("");
+        if model != "gpt2" {
+            return Err(tok_err(format!(
+                "tokenizer model `{model}` is not supported (only byte-level BPE, `gpt2`)"
+            )));
+        }
+        let strings = |key: &str| -> Result<Vec<String>> {
+            get(key)?
+                .as_array()
+                .ok_or_else(|| tok_err(format!("`{key}` is not an array")))?
+                .iter()
+                .map(|v| {
+                    v.as_str()
+                        .map(str::to_owned)
+                        .ok_or_else(|| tok_err(format!("`{key}` holds a non-string")))
+                })
+                .collect()
+        };
+        let tokens = strings("tokenizer.ggml.tokens")?;
+        let merges = strings("tokenizer.ggml.merges")?;
+        // token_type 3 = control (special), 4 = user-defined: both are matched verbatim.
+        let specials = match g
+            .get("tokenizer.ggml.token_type")
+            .and_then(MetaValue::as_array)
+        {
+            Some(types) => types
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| matches!(t.as_u64(), Some(3 | 4)))
+                .filter_map(|(i, _)| tokens.get(i).map(|s| (s.clone(), i as u32)))
+                .collect(),
+            None => Vec::new(),
+        };
+        let pre = g
+            .get("tokenizer.ggml.pre")
+            .and_then(MetaValue::as_str)
+            .unwrap_or("default");
+        // llama.cpp's pre-tokenizers that split digits one by one before the GPT-2 regex.
+        let split_digits = matches!(pre, "smollm" | "starcoder" | "refact" | "codeshell");
+        let id = |key: &str| g.get(key).and_then(MetaValue::as_u64).map(|v| v as u32);
+        Self::new(
+            tokens,
+            &merges,
+            specials,
+            split_digits,
+            id("tokenizer.ggml.bos_token_id"),
+            id("tokenizer.ggml.eos_token_id"),
+        )
+    }
+
+    /// From a Hugging Face `tokenizer.json` (BPE model with a ByteLevel pre-tokenizer).
+    pub fn from_hf_json(json: &str) -> Result<Self> {
+        let j: Value = serde_json::from_str(json).map_err(|source| Error::Json {
+            what: "tokenizer.json".into(),
+            source,
+        })?;
+        let model = &j["model"];
+        if model["type"].as_str() != Some("BPE") {
+            return Err(tok_err(format!(
+                "tokenizer.json model type {} is not supported (only BPE)",
+                model["type"]
+            )));
+        }
+        let vocab = model["vocab"]
+            .as_object()
+            .ok_or_else(|| tok_err("tokenizer.json has no model.vocab object"))?;
+        let mut tokens = vec![String::new(); vocab.len()];
+        for (tok, id) in vocab {
+            let id = id
+                .as_u64()
+                .filter(|&i| (i as usize) < tokens.len())
+                .ok_or_else(|| {
+                    tok_err(format!(
+                        "vocab id of `{tok}` is not an index below the vocab size"
+                    ))
+                })?;
+            tokens[id as usize] = tok.clone();
+        }
+        let mut specials = Vec::new();
+        for t in j["added_tokens"].as_array().into_iter().flatten() {
+            let (Some(content), Some(id)) = (t["content"].as_str(), t["id"].as_u64()) else {
+                return Err(tok_err("an added token lacks `content` or `id`"));
+            };
+            if id as usize >= tokens.len() {
+                tokens.resize(id as usize + 1, String::new());
+            }
+            tokens[id as usize] = content.to_owned();
+            specials.push((content.to_owned(), id as u32));
+        }
+        let merges: Vec<String> = model["merges"]
+            .as_array()
+            .ok_or_else(|| tok_err("tokenizer.json has no model.merges"))?
+            .iter()
+            .map(|m| match m {
+                Value::String(s) => Ok(s.clone()),
+                Value::Array(p) if p.len() == 2 => Ok(format!(
+                    "{} {}",
+                    p[0].as_str().unwrap_or_default(),
+                    p[1].as_str().unwrap_or_default()
+                )),
+                other => Err(tok_err(format!("unreadable merge {other}"))),
+            })
+            .collect::<Result<_>>()?;
+        let pre = j["pre_tokenizer"].to_string();
+        if !pre.contains("ByteLevel") {
+            return Err(tok_err(
+                "only byte-level BPE tokenizers (ByteLevel pre-tokenizer) are supported",
+            ));
+        }
+        let split_digits = pre.contains("\"Digits\"");
+        let find = |names: &[&str]| {
+            names
+                .iter()
+                .find_map(|n| specials.iter().find(|(s, _)| s == n).map(|(_, id)| *id))
+        };
+        let bos = find(&["<|im_start|>", "<s>", "<|begin_of_text|>"]);
+        let eos = find(&["<|im_end|>", "</s>", "<|endoftext|>", "<|end_of_text|>"]);
+        Self::new(tokens, &merges, specials, split_digits, bos, eos)
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.id_to_token.len()
+    }
+
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.vocab.get(token).copied()
+    }
+
+    pub fn id_to_token(&self, id: u32) -> Option<&str> {
+        self.id_to_token.get(id as usize).map(String::as_str)
+    }
+
+    /// Encodes text; special tokens in the text become their ids (as HF does by default).
+    pub fn encode(&self, text: &str) -> Vec<u32> {
+        let mut ids = Vec::new();
+        let mut rest = text;
+        while !rest.is_empty() {
+            let next = self
+                .specials
+                .iter()
+                .filter_map(|(s, id)| rest.find(s.as_str()).map(|p| (p, s.len(), *id)))
+                .min_by_key(|&(p, len, _)| (p, std::cmp::Reverse(len)));
+            match next {
+                Some((pos, len, id)) => {
+                    self.encode_ordinary(&rest[..pos], &mut ids);
+                    ids.push(id);
+                    rest = &rest[pos + len..];
+                }
+                None => {
+                    self.encode_ordinary(rest, &mut ids);
+                    break;
+                }
+            }
+        }
+        ids
+    }
+
+    /// Encodes text with no special-token matching.
+    fn encode_ordinary(&self, text: &str, ids: &mut Vec<u32>) {
+        let mut piece_start = 0;
+        let emit = |piece: &str, ids: &mut Vec<u32>| {
+            // fancy-regex only errors on backtracking limits, which this pattern cannot hit.
+            for m in self.pattern.find_iter(piece).flatten() {
+                self.bpe_word(m.as_str(), ids);
+            }
+        };
+        if self.split_digits {
+            for (i, c) in text.char_indices() {
+                if c.is_numeric() {
+                    emit(&text[piece_start..i], ids);
+                    let end = i + c.len_utf8();
+                    emit(&text[i..end], ids);
+                    piece_start = end;
+                }
+            }
+        }
+        emit(&text[piece_start..], ids);
+    }
+
+    /// BPE on one pre-token: start from single byte-symbols, merge the lowest-ranked pair
+    /// (leftmost on ties) until no pair is in the merge table.
+    fn bpe_word(&self, word: &str, ids: &mut Vec<u32>) {
+        let mut syms: Vec<u32> = Vec::with_capacity(word.len());
+        let mut buf = [0u8; 4];
+        for &b in word.as_bytes() {
+            let c = self.byte_to_char[b as usize];
+            // Every byte symbol is in a byte-level vocab; a vocab without it cannot encode it.
+            if let Some(&id) = self.vocab.get(c.encode_utf8(&mut buf) as &str) {
+                syms.push(id);
+            }
+        }
+        loop {
+            let best = syms
+                .windows(2)
+                .enumerate()
+                .filter_map(|(i, w)| self.merges.get(&(w[0], w[1])).map(|&(r, m)| (r, i, m)))
+                .min();
+            let Some((_, i, merged)) = best else { break };
+            syms[i] = merged;
+            syms.remove(i + 1);
+        }
+        ids.extend(syms);
+    }
+
+    /// Decodes ids back to text (byte-level), replacing invalid UTF-8 like HF does.
+    pub fn decode(&self, ids: &[u32]) -> String {
+        let mut bytes = Vec::new();
+        for &id in ids {
+            let Some(tok) = self.id_to_token.get(id as usize) else {
+                continue;
+            };
+            if self.specials.iter().any(|(_, s)| *s == id) {
+                bytes.extend(tok.as_bytes());
+                continue;
+            }
+            for c in tok.chars() {
+                match self.char_to_byte.get(&c) {
+                    Some(&b) => bytes.push(b),
+                    None => bytes.extend(c.encode_utf8(&mut [0u8; 4]).as_bytes()),
+                }
+            }
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn toy() -> Tokenizer {
+        let alphabet = byte_alphabet();
+        let mut tokens: Vec<String> = alphabet.iter().map(|c| c.to_string()).collect();
+        for t in ["ab", "Ġa", "Ġab", "<|x|>"] {
+            tokens.push(t.into());
+        }
+        let merges = vec!["Ġ a".to_string(), "a b".into(), "Ġa b".into()];
+        let specials = vec![("<|x|>".to_string(), 259)];
+        Tokenizer::new(tokens, &merges, specials, true, None, None).unwrap()
+    }
+
+    #[test]
+    fn merges_by_rank_and_roundtrips() {
+        let t = toy();
+        let ids = t.encode("ab ab<|x|>a1");
+        assert_eq!(ids[0], 256); // "ab"
+        assert_eq!(ids[1], 258); // "Ġab"
+        assert_eq!(ids[2], 259); // special
+        assert_eq!(t.decode(&ids), "ab ab<|x|>a1");
+    }
+
+    #[test]
+    fn bad_merges_are_errors() {
+        let tokens = vec!["a".to_string()];
+        let err = Tokenizer::new(tokens, &["a zz".into()], vec![], false, None, None).unwrap_err();
+        assert!(err.to_string().contains("not in the vocabulary"), "{err}");
+        assert!(Tokenizer::from_hf_json("{not json").is_err());
+        assert!(Tokenizer::from_hf_json(r#"{"model":{"type":"Unigram"}}"#).is_err());
+    }
+}

@@ -1,0 +1,415 @@
+//! GGUF (v2/v3) reader working from a byte slice, since the browser has no filesystem.
+//! Layout: header, metadata key/values, tensor infos, then aligned tensor data.
+
+use std::collections::BTreeMap;
+
+use super::quant::{self, GgmlType};
+use crate::error::{Error, Result};
+
+/// One metadata value. Arrays keep their element values.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MetaValue {
+    Int(i64),
+    UInt(u64),
+    Float(f64),
+    Bool(bool),
+    Str(String),
+    Array(Vec<MetaValue>),
+}
+
+impl MetaValue {
+    pub fn as_u64(&self) -> Option<u64> {
+        match *self {
+            Self::UInt(v) => Some(v),
+            Self::Int(v) if v >= 0 => Some(v as u64),
+            _ => None,
+        }
+    }
+    pub fn as_f64(&self) -> Option<f64> {
+        match *self {
+            Self::Float(v) => Some(v),
+            Self::UInt(v) => Some(v as f64),
+            Self::Int(v) => Some(v as f64),
+            _ => None,
+        }
+    }
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Self::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+    pub fn as_array(&self) -> Option<&[MetaValue]> {
+        match self {
+            Self::Array(a) => Some(a),
+            _ => None,
+        }
+    }
+}
+
+/// Where one tensor lives in the data section.
+#[derive(Debug, Clone)]
+pub struct TensorInfo {
+    pub name: String,
+    /// Dimensions in ggml order (fastest-varying first).
+    pub dims: Vec<usize>,
+    pub kind: GgmlType,
+    /// Offset from the start of the data section.
+    pub offset: usize,
+}
+
+impl TensorInfo {
+    /// Shape in row-major order (slowest first), as PyTorch would print it.
+    pub fn shape(&self) -> Vec<usize> {
+        self.dims.iter().rev().copied().collect()
+    }
+    pub fn numel(&self) -> usize {
+        self.dims.iter().product()
+    }
+}
+
+/// A parsed GGUF file borrowing its bytes.
+pub struct Gguf<'a> {
+    pub version: u32,
+    pub metadata: BTreeMap<String, MetaValue>,
+    pub tensors: Vec<TensorInfo>,
+    data: &'a [u8],
+    data_start: usize,
+}
+
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len());
+        match end {
+            Some(end) => {
+                let s = &self.bytes[self.pos..end];
+                self.pos = end;
+                Ok(s)
+            }
+            None => Err(Error::Truncated {
+                what: what.to_string(),
+                offset: self.pos as u64,
+                needed: n as u64,
+                len: self.bytes.len() as u64,
+            }),
+        }
+    }
+    fn u8(&mut self, what: &str) -> Result<u8> {
+        Ok(self.take(1, what)?[0])
+    }
+    fn u32(&mut self, what: &str) -> Result<u32> {
+        let b = self.take(4, what)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self, what: &str) -> Result<u64> {
+        let b = self.take(8, what)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_le_bytes(a))
+    }
+    /// A length or count. Each counted item takes at least one byte, so a value larger than
+    /// the bytes left means a cut (or corrupt) file, and can never make us allocate gigabytes.
+    fn len(&mut self, what: &str) -> Result<usize> {
+        let n = self.u64(what)?;
+        let left = (self.bytes.len() - self.pos) as u64;
+        if n > left {
+            return Err(Error::Truncated {
+                what: what.to_string(),
+                offset: self.pos as u64,
+                needed: n,
+                len: self.bytes.len() as u64,
+            });
+        }
+        Ok(n as usize)
+    }
+    fn string(&mut self, what: &str) -> Result<String> {
+        let n = self.len(what)?;
+        let b = self.take(n, what)?;
+        // Some converters emit invalid UTF-8 in token strings; keep what we can.
+        Ok(String::from_utf8_lossy(b).into_owned())
+    }
+    fn value(&mut self, ty: u32, what: &str, depth: usize) -> Result<MetaValue> {
+        Ok(match ty {
+            0 => MetaValue::UInt(self.u8(what)? as u64),
+            1 => MetaValue::Int(self.u8(what)? as i8 as i64),
+            2 => {
+                let b = self.take(2, what)?;
+                MetaValue::UInt(u16::from_le_bytes([b[0], b[1]]) as u64)
+            }
+            3 => {
+                let b = self.take(2, what)?;
+                MetaValue::Int(i16::from_le_bytes([b[0], b[1]]) as i64)
+            }
+            4 => MetaValue::UInt(self.u32(what)? as u64),
+            5 => MetaValue::Int(self.u32(what)? as i32 as i64),
+            6 => MetaValue::Float(f32::from_bits(self.u32(what)?) as f64),
+            7 => MetaValue::Bool(self.u8(what)? != 0),
+            8 => MetaValue::Str(self.string(what)?),
+            9 => {
+                if depth > 4 {
+                    return Err(Error::Malformed(format!(
+                        "{what}: arrays nested too deeply"
+                    )));
+                }
+                let elem_ty = self.u32(what)?;
+                let n = self.len(what)?;
+                let mut items = Vec::with_capacity(n.min(1 << 20));
+                for _ in 0..n {
+                    items.push(self.value(elem_ty, what, depth + 1)?);
+                }
+                MetaValue::Array(items)
+            }
+            10 => MetaValue::UInt(self.u64(what)?),
+            11 => MetaValue::Int(self.u64(what)? as i64),
+            12 => MetaValue::Float(f64::from_bits(self.u64(what)?)),
+            other => {
+                return Err(Error::Malformed(format!(
+                    "{what}: unknown metadata value type {other}"
+                )));
+            }
+        })
+    }
+}
+
+impl<'a> Gguf<'a> {
+    pub fn parse(bytes: &'a [u8]) -> Result<Self> {
+        let mut c = Cursor { bytes, pos: 0 };
+        let magic = c
+            .take(4, "GGUF magic")
+            .map_err(|_| Error::NotGguf { found: pad4(bytes) })?;
+        if magic != b"GGUF" {
+            return Err(Error::NotGguf { found: pad4(bytes) });
+        }
+        let version = c.u32("GGUF version")?;
+        if !(2..=3).contains(&version) {
+            return Err(Error::GgufVersion(version));
+        }
+        let n_tensors = c.len("tensor count")?;
+        let n_kv = c.len("metadata count")?;
+        let mut metadata = BTreeMap::new();
+        for _ in 0..n_kv {
+            let key = c.string("metadata key")?;
+            let ty = c.u32(&key)?;
+            let v = c.value(ty, &key, 0)?;
+            metadata.insert(key, v);
+        }
+        let mut tensors = Vec::with_capacity(n_tensors.min(1 << 16));
+        for _ in 0..n_tensors {
+            let name = c.string("tensor name")?;
+            let n_dims = c.u32(&name)? as usize;
+            if n_dims > 4 {
+                return Err(Error::Malformed(format!(
+                    "tensor `{name}` has {n_dims} dimensions (ggml allows at most 4)"
+                )));
+            }
+            let mut dims = Vec::with_capacity(n_dims);
+            for _ in 0..n_dims {
+                dims.push(c.u64(&name)?);
+            }
+            // Reject dims whose element count overflows: only a corrupt file has them.
+            let numel = dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d));
+            let (Some(_), Ok(dims)) = (numel, dims.into_iter().map(usize::try_from).collect())
+            else {
+                return Err(Error::Malformed(format!(
+                    "tensor `{name}` has impossible dimensions; the file is corrupt"
+                )));
+            };
+            let kind = GgmlType::from_id(c.u32(&name)?);
+            let offset = usize::try_from(c.u64(&name)?).map_err(|_| {
+                Error::Malformed(format!("tensor `{name}` has an impossible offset"))
+            })?;
+            tensors.push(TensorInfo {
+                name,
+                dims,
+                kind,
+                offset,
+            });
+        }
+        let alignment = metadata
+            .get("general.alignment")
+            .and_then(MetaValue::as_u64)
+            .unwrap_or(32)
+            .max(1) as usize;
+        let data_start = c.pos.div_ceil(alignment) * alignment;
+        Ok(Self {
+            version,
+            metadata,
+            tensors,
+            data: bytes,
+            data_start,
+        })
+    }
+
+    pub fn get(&self, key: &str) -> Option<&MetaValue> {
+        self.metadata.get(key)
+    }
+
+    pub fn tensor_info(&self, name: &str) -> Option<&TensorInfo> {
+        self.tensors.iter().find(|t| t.name == name)
+    }
+
+    /// Dequantizes one tensor to f32 in row-major order.
+    pub fn tensor_f32(&self, info: &TensorInfo) -> Result<Vec<f32>> {
+        let n = info.numel();
+        if info.kind.block_layout().is_none() {
+            return Err(Error::UnsupportedQuant {
+                tensor: info.name.clone(),
+                kind: info.kind.name(),
+                supported: quant::SUPPORTED,
+            });
+        }
+        let nbytes = info.kind.byte_len(n).ok_or_else(|| {
+            Error::Malformed(format!(
+                "tensor `{}` has {n} elements, not a whole number of {} blocks",
+                info.name,
+                info.kind.name()
+            ))
+        })?;
+        let start = self.data_start.saturating_add(info.offset);
+        let raw = start
+            .checked_add(nbytes)
+            .and_then(|end| self.data.get(start..end))
+            .ok_or_else(|| Error::Truncated {
+                what: format!("tensor `{}`", info.name),
+                offset: start as u64,
+                needed: nbytes as u64,
+                len: self.data.len() as u64,
+            })?;
+        let mut out = vec![0f32; n];
+        quant::dequantize(info.kind, raw, &mut out);
+        Ok(out)
+    }
+}
+
+fn pad4(bytes: &[u8]) -> [u8; 4] {
+    let mut m = [0u8; 4];
+    for (d, s) in m.iter_mut().zip(bytes) {
+        *d = *s;
+    }
+    m
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Writes a minimal GGUF v3 file; used by tests here and in the model loader.
+    pub fn write_gguf(
+        meta: &[(&str, MetaValue)],
+        tensors: &[(&str, Vec<usize>, Vec<f32>)],
+    ) -> Vec<u8> {
+        fn s(out: &mut Vec<u8>, v: &str) {
+            out.extend((v.len() as u64).to_le_bytes());
+            out.extend(v.as_bytes());
+        }
+        fn val(out: &mut Vec<u8>, v: &MetaValue) {
+            match v {
+                MetaValue::UInt(x) => out.extend((*x as u32).to_le_bytes()),
+                MetaValue::Int(x) => out.extend((*x as i32).to_le_bytes()),
+                MetaValue::Float(x) => out.extend((*x as f32).to_le_bytes()),
+                MetaValue::Bool(b) => out.push(*b as u8),
+                MetaValue::Str(x) => s(out, x),
+                MetaValue::Array(items) => {
+                    out.extend(ty(&items[0]).to_le_bytes());
+                    out.extend((items.len() as u64).to_le_bytes());
+                    for i in items {
+                        val(out, i);
+                    }
+                }
+            }
+        }
+        fn ty(v: &MetaValue) -> u32 {
+            match v {
+                MetaValue::UInt(_) => 4,
+                MetaValue::Int(_) => 5,
+                MetaValue::Float(_) => 6,
+                MetaValue::Bool(_) => 7,
+                MetaValue::Str(_) => 8,
+                MetaValue::Array(_) => 9,
+            }
+        }
+        let mut out = b"GGUF".to_vec();
+        out.extend(3u32.to_le_bytes());
+        out.extend((tensors.len() as u64).to_le_bytes());
+        out.extend((meta.len() as u64).to_le_bytes());
+        for (k, v) in meta {
+            s(&mut out, k);
+            out.extend(ty(v).to_le_bytes());
+            val(&mut out, v);
+        }
+        let mut offset = 0u64;
+        for (name, shape, data) in tensors {
+            s(&mut out, name);
+            out.extend((shape.len() as u32).to_le_bytes());
+            for d in shape.iter().rev() {
+                out.extend((*d as u64).to_le_bytes());
+            }
+            out.extend(0u32.to_le_bytes());
+            out.extend(offset.to_le_bytes());
+            offset += (data.len() * 4).div_ceil(32) as u64 * 32;
+        }
+        while out.len() % 32 != 0 {
+            out.push(0);
+        }
+        for (_, _, data) in tensors {
+            let start = out.len();
+            for x in data {
+                out.extend(x.to_le_bytes());
+            }
+            while (out.len() - start) % 32 != 0 {
+                out.push(0);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn round_trips_metadata_and_f32_tensor() {
+        let bytes = write_gguf(
+            &[
+                ("general.architecture", MetaValue::Str("llama".into())),
+                ("llama.block_count", MetaValue::UInt(2)),
+            ],
+            &[("w", vec![2, 3], vec![1., 2., 3., 4., 5., 6.])],
+        );
+        let g = Gguf::parse(&bytes).unwrap();
+        assert_eq!(
+            g.get("llama.block_count").and_then(MetaValue::as_u64),
+            Some(2)
+        );
+        let info = g.tensor_info("w").unwrap();
+        assert_eq!(info.shape(), vec![2, 3]);
+        assert_eq!(g.tensor_f32(info).unwrap(), vec![1., 2., 3., 4., 5., 6.]);
+    }
+
+    #[test]
+    fn rejects_foreign_and_truncated_files() {
+        assert!(matches!(
+            Gguf::parse(b"PK\x03\x04rest"),
+            Err(Error::NotGguf { .. })
+        ));
+        assert!(matches!(Gguf::parse(b"GG"), Err(Error::NotGguf { .. })));
+        let bytes = write_gguf(&[], &[("w", vec![4, 8], vec![0.5; 32])]);
+        let cut = &bytes[..bytes.len() - 20];
+        let g = Gguf::parse(cut).unwrap();
+        let err = g.tensor_f32(&g.tensors[0]).unwrap_err();
+        assert!(matches!(err, Error::Truncated { .. }), "{err}");
+        assert!(err.to_string().contains("download it again"));
+        // Cut inside the header: an error, never a panic.
+        for n in 0..60 {
+            let _ = Gguf::parse(&bytes[..n.min(bytes.len())]);
+        }
+    }
+
+    #[test]
+    fn rejects_unknown_version() {
+        let mut bytes = write_gguf(&[], &[]);
+        bytes[4] = 9;
+        assert!(matches!(Gguf::parse(&bytes), Err(Error::GgufVersion(9))));
+    }
+}

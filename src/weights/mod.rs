@@ -1,0 +1,149 @@
+//! Weight formats. Each format is read from bytes and answers "give me tensor X by its
+//! Hugging Face name, as f32 row-major", so the model builder never knows the file format.
+
+pub mod gguf;
+pub mod quant;
+pub mod safetensors;
+
+use crate::error::Result;
+
+/// A dequantized tensor: row-major shape and values.
+#[derive(Debug, Clone)]
+pub struct HostTensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+/// Anything that can hand out tensors under Hugging Face LLaMA names
+/// (`model.layers.3.self_attn.q_proj.weight`, ...), with HF's layouts.
+pub trait WeightSource {
+    /// `Ok(None)` when the tensor is absent (e.g. a tied `lm_head.weight`).
+    fn tensor(&self, hf_name: &str) -> Result<Option<HostTensor>>;
+}
+
+pub use self::gguf::Gguf;
+pub use self::safetensors::SafetensorsSource;
+
+/// Maps a Hugging Face LLaMA tensor name to its llama.cpp GGUF name.
+fn gguf_name(hf: &str) -> Option<String> {
+    Some(match hf {
+        "model.embed_tokens.weight" => "token_embd.weight".into(),
+        "model.norm.weight" => "output_norm.weight".into(),
+        "lm_head.weight" => "output.weight".into(),
+        _ => {
+            let rest = hf.strip_prefix("model.layers.")?;
+            let (layer, part) = rest.split_once('.')?;
+            let short = match part {
+                "input_layernorm.weight" => "attn_norm.weight",
+                "post_attention_layernorm.weight" => "ffn_norm.weight",
+                "self_attn.q_proj.weight" => "attn_q.weight",
+                "self_attn.k_proj.weight" => "attn_k.weight",
+                "self_attn.v_proj.weight" => "attn_v.weight",
+                "self_attn.o_proj.weight" => "attn_output.weight",
+                "mlp.gate_proj.weight" => "ffn_gate.weight",
+                "mlp.up_proj.weight" => "ffn_up.weight",
+                "mlp.down_proj.weight" => "ffn_down.weight",
+                _ => return None,
+            };
+            format!("blk.{layer}.{short}")
+        }
+    })
+}
+
+/// llama.cpp stores Q and K rows permuted for its interleaved RoPE; this restores HF's
+/// half-split order: rows of each head go from (pair, 2) to (2, pair).
+fn unpermute_rows(data: &[f32], rows: usize, cols: usize, n_heads: usize) -> Vec<f32> {
+    let head_dim = rows / n_heads;
+    let half = head_dim / 2;
+    let mut out = vec![0f32; data.len()];
+    for h in 0..n_heads {
+        for i in 0..half {
+            for j in 0..2 {
+                let src = h * head_dim + i * 2 + j;
+                let dst = h * head_dim + j * half + i;
+                out[dst * cols..(dst + 1) * cols]
+                    .copy_from_slice(&data[src * cols..(src + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+/// GGUF as a [`WeightSource`], undoing llama.cpp's Q/K permutation.
+pub struct GgufSource<'a> {
+    pub gguf: Gguf<'a>,
+    n_heads: usize,
+    n_kv_heads: usize,
+}
+
+impl<'a> GgufSource<'a> {
+    pub fn new(gguf: Gguf<'a>, n_heads: usize, n_kv_heads: usize) -> Self {
+        Self {
+            gguf,
+            n_heads,
+            n_kv_heads,
+        }
+    }
+}
+
+impl WeightSource for GgufSource<'_> {
+    fn tensor(&self, hf_name: &str) -> Result<Option<HostTensor>> {
+        let Some(name) = gguf_name(hf_name) else {
+            return Ok(None);
+        };
+        let Some(info) = self.gguf.tensor_info(&name) else {
+            return Ok(None);
+        };
+        let shape = info.shape();
+        let mut data = self.gguf.tensor_f32(info)?;
+        let heads = if hf_name.ends_with("q_proj.weight") {
+            Some(self.n_heads)
+        } else if hf_name.ends_with("k_proj.weight") {
+            Some(self.n_kv_heads)
+        } else {
+            None
+        };
+        if let (Some(h), [rows, cols]) = (heads, shape.as_slice())
+            && h > 0
+            && rows % (2 * h) == 0
+        {
+            data = unpermute_rows(&data, *rows, *cols, h);
+        }
+        Ok(Some(HostTensor { shape, data }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unpermute_inverts_llama_cpp_permute() {
+        // llama.cpp: w.reshape(n_head, 2, half, cols).swapaxes(1, 2)
+        let (heads, head_dim, cols) = (2, 4, 3);
+        let rows = heads * head_dim;
+        let hf: Vec<f32> = (0..rows * cols).map(|x| x as f32).collect();
+        let mut permuted = vec![0f32; hf.len()];
+        let half = head_dim / 2;
+        for h in 0..heads {
+            for j in 0..2 {
+                for i in 0..half {
+                    let src = h * head_dim + j * half + i;
+                    let dst = h * head_dim + i * 2 + j;
+                    permuted[dst * cols..(dst + 1) * cols]
+                        .copy_from_slice(&hf[src * cols..(src + 1) * cols]);
+                }
+            }
+        }
+        assert_eq!(unpermute_rows(&permuted, rows, cols, heads), hf);
+    }
+
+    #[test]
+    fn names_map_to_llama_cpp() {
+        assert_eq!(
+            gguf_name("model.layers.12.mlp.down_proj.weight").as_deref(),
+            Some("blk.12.ffn_down.weight")
+        );
+        assert_eq!(gguf_name("model.bogus"), None);
+    }
+}

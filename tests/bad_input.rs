@@ -1,0 +1,64 @@
+//! Broken or foreign files get errors that say what is wrong, never a panic.
+
+mod common;
+
+use burn::tensor::Device;
+use scaleot::Error;
+use scaleot::model::LoadedModel;
+
+#[test]
+fn truncated_real_model_is_reported() {
+    let bytes = common::smollm2_bytes();
+    let device = Device::flex();
+    for cut in [3, 100, 4_000_000, bytes.len() - 1000] {
+        let err = LoadedModel::from_gguf(&bytes[..cut], &device)
+            .err()
+            .expect("must fail");
+        let msg = err.to_string();
+        assert!(
+            matches!(err, Error::NotGguf { .. } | Error::Truncated { .. }),
+            "cut at {cut}: {msg}"
+        );
+    }
+    let err = LoadedModel::from_gguf(&bytes[..bytes.len() - 1000], &device)
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("download it again"), "{err}");
+}
+
+#[test]
+fn foreign_files_are_refused() {
+    let device = Device::flex();
+    let zip = b"PK\x03\x04\x14\x00\x00\x00some zip archive".to_vec();
+    let err = LoadedModel::from_gguf(&zip, &device).err().unwrap();
+    assert!(err.to_string().contains("not a GGUF file"), "{err}");
+    let err = LoadedModel::from_hf("{}", "{}", &[b"not safetensors"], &device)
+        .err()
+        .unwrap();
+    assert!(matches!(err, Error::Json { .. }), "{err}");
+}
+
+#[test]
+fn hf_config_that_disagrees_with_weights_is_named() {
+    let dir = common::root().join("tests/fixtures/tiny-llama");
+    let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    let weights = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let mut cfg: serde_json::Value = serde_json::from_str(&config).unwrap();
+    cfg["intermediate_size"] = 60.into();
+    let tok = r#"{"pre_tokenizer":{"type":"ByteLevel"},"model":{"type":"BPE","vocab":{"a":0},"merges":[]}}"#;
+    let err = LoadedModel::from_hf(&cfg.to_string(), tok, &[&weights], &Device::flex())
+        .err()
+        .unwrap();
+    assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
+    assert!(err.to_string().contains("mlp.gate_proj"), "{err}");
+    // Truncated safetensors shard.
+    let err = LoadedModel::from_hf(
+        &config,
+        tok,
+        &[&weights[..weights.len() / 2]],
+        &Device::flex(),
+    )
+    .err()
+    .unwrap();
+    assert!(err.to_string().contains("download it again"), "{err}");
+}

@@ -1,0 +1,173 @@
+//! Logits of the real SmolLM2-135M and of a tiny Hugging Face checkpoint must match
+//! PyTorch/transformers (goldens from tools/reference/make_goldens.py).
+
+mod common;
+
+use burn::tensor::Device;
+use burn::tensor::activation::log_softmax;
+use scaleot::eval::LoglikRequest;
+use scaleot::eval::loglik::ScoringBatch;
+use scaleot::generate::generate;
+use scaleot::model::{LoadedModel, token_tensor};
+
+fn f32s(v: &serde_json::Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+#[test]
+fn smollm2_logprobs_and_greedy_match_transformers() {
+    let device = Device::flex();
+    let m = LoadedModel::from_gguf(&common::smollm2_bytes(), &device).unwrap();
+    assert_eq!(m.config.num_hidden_layers, 30);
+    assert_eq!(m.config.num_key_value_heads, 3);
+    assert!(m.config.tie_word_embeddings);
+    let g = common::golden("logits.json");
+    let mut worst = 0f32;
+    for case in g["cases"].as_array().unwrap() {
+        let ids = common::ids(&case["ids"]);
+        assert_eq!(m.tokenizer.encode(case["prompt"].as_str().unwrap()), ids);
+        let n = ids.len();
+        let logits = m.model.forward(token_tensor(&[ids.clone()], &device));
+        let lp = log_softmax(logits, 2).reshape([n, m.model.vocab_size()]);
+        let lp: Vec<f32> = lp.into_data().try_into_vec().unwrap();
+        let vocab = m.model.vocab_size();
+        // log p(token i+1 | prefix) at every position.
+        for (i, want) in f32s(&case["token_logprobs"]).into_iter().enumerate() {
+            let got = lp[i * vocab + ids[i + 1] as usize];
+            worst = worst.max((got - want).abs());
+            assert!((got - want).abs() < 2e-3, "pos {i}: {got} vs {want}");
+        }
+        // The same values through the batched scoring path used by `eval`.
+        let req = LoglikRequest {
+            context: ids[..1].to_vec(),
+            continuation: ids[1..].to_vec(),
+        };
+        let batch = ScoringBatch::new(&[&req], 8192, 0);
+        let scored: Vec<f32> = batch
+            .token_logprobs(&m.model)
+            .into_data()
+            .try_into_vec()
+            .unwrap();
+        let want_sum: f32 = f32s(&case["token_logprobs"]).iter().sum();
+        assert!((scored.iter().sum::<f32>() - want_sum).abs() < 1e-2);
+        // Top-5 next tokens at the last position, in order.
+        let last = &lp[(n - 1) * vocab..n * vocab];
+        for pair in case["last_top5"].as_array().unwrap() {
+            let (id, want) = (
+                pair[0].as_u64().unwrap() as usize,
+                pair[1].as_f64().unwrap() as f32,
+            );
+            assert!(
+                (last[id] - want).abs() < 2e-3,
+                "top id {id}: {} vs {want}",
+                last[id]
+            );
+        }
+        let greedy = generate(&m.model, &ids, 12, None, &[], |_| {}).unwrap();
+        assert_eq!(
+            greedy,
+            common::ids(&case["greedy_ids"]),
+            "greedy continuation of {:?}",
+            case["prompt"]
+        );
+    }
+    eprintln!("worst |Δ log p| = {worst:e}");
+    let paris = generate(
+        &m.model,
+        &m.tokenizer.encode("The capital of France is"),
+        3,
+        None,
+        &[],
+        |_| {},
+    )
+    .unwrap();
+    assert!(m.tokenizer.decode(&paris).starts_with(" Paris"));
+}
+
+#[test]
+fn tiny_hf_checkpoint_matches_transformers() {
+    let dir = common::root().join("tests/fixtures/tiny-llama");
+    let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    let weights = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let golden: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("golden.json")).unwrap()).unwrap();
+    let device = Device::flex();
+    // The tiny model has its own 96-token vocabulary; any byte-level tokenizer.json serves here.
+    let tok = tiny_tokenizer_json();
+    let m = LoadedModel::from_hf(&config, &tok, &[&weights], &device).unwrap();
+    assert!(m.model.lm_head.is_some(), "untied head must load");
+    let rows: Vec<Vec<u32>> = golden["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(common::ids)
+        .collect();
+    let got: Vec<f32> = m
+        .model
+        .forward(token_tensor(&rows, &device))
+        .into_data()
+        .try_into_vec()
+        .unwrap();
+    let want = f32s(&golden["logits"]);
+    assert_eq!(got.len(), want.len());
+    for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+        // Written so that NaN fails too.
+        assert!((a - b).abs() < 1e-4, "logit {i}: {a} vs {b}");
+    }
+}
+
+/// A minimal byte-level BPE tokenizer.json (the tiny model only needs ids, not text).
+fn tiny_tokenizer_json() -> String {
+    let vocab: serde_json::Map<String, serde_json::Value> = (0..96u32)
+        .map(|i| (format!("{}", char::from_u32(0x21 + i).unwrap()), i.into()))
+        .collect();
+    serde_json::json!({
+        "added_tokens": [],
+        "pre_tokenizer": {"type": "ByteLevel"},
+        "model": {"type": "BPE", "vocab": vocab, "merges": []}
+    })
+    .to_string()
+}
+
+fn tiny_model(device: &Device) -> LoadedModel {
+    let dir = common::root().join("tests/fixtures/tiny-llama");
+    let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    let weights = std::fs::read(dir.join("model.safetensors")).unwrap();
+    LoadedModel::from_hf(&config, &tiny_tokenizer_json(), &[&weights], device).unwrap()
+}
+
+#[test]
+fn attention_is_causal_and_kv_cache_agrees() {
+    let device = Device::flex();
+    let m = tiny_model(&device);
+    let logits = |rows: &[Vec<u32>]| -> Vec<f32> {
+        m.model
+            .forward(token_tensor(rows, &device))
+            .into_data()
+            .try_into_vec()
+            .unwrap()
+    };
+    let a = logits(&[vec![5, 6, 7, 8, 9]]);
+    let b = logits(&[vec![5, 6, 7, 40, 41]]);
+    // The first three positions cannot see the changed tokens.
+    assert_eq!(a[..3 * 96], b[..3 * 96]);
+    assert_ne!(a[3 * 96..], b[3 * 96..]);
+    // Prefill 3 tokens, then feed 2 one at a time through the cache.
+    let mut cache = m.model.new_cache();
+    let mut step = |ids: Vec<u32>| -> Vec<f32> {
+        let h = m
+            .model
+            .hidden(token_tensor(&[ids], &device), Some(&mut cache));
+        m.model.head(h).into_data().try_into_vec().unwrap()
+    };
+    let mut incremental = step(vec![5, 6, 7]);
+    incremental.extend(step(vec![8]));
+    incremental.extend(step(vec![9]));
+    for (i, (x, y)) in incremental.iter().zip(&a).enumerate() {
+        assert!((x - y).abs() < 1e-5, "logit {i}: cached {x} vs full {y}");
+    }
+}

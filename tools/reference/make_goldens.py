@@ -1,0 +1,101 @@
+"""Independent reference for the Rust core: Hugging Face transformers + tokenizers.
+
+Test tooling only (never a runtime dependency). Writes the committed goldens under tests/:
+  tests/golden/tokenizer.json     token ids for tricky strings (HF tokenizer built from the GGUF)
+  tests/golden/logits.json        per-token log-probs, top-5 next tokens, greedy continuation
+  tests/fixtures/tiny-llama/      a tiny random LLaMA checkpoint (config.json + model.safetensors)
+                                  with its logits, to test the safetensors loader independently
+  tests/fixtures/smollm2-tokenizer.json.gz   the HF tokenizer.json, to test that loader
+
+Usage: tools/reference/setup-venv.sh && .venv-ref/bin/python tools/reference/make_goldens.py
+"""
+import gzip, json, os, sys
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MODEL_DIR = os.path.join(ROOT, "assets", "model")
+GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+torch.set_num_threads(2)
+
+TOKENIZER_CASES = [
+    "The capital of France is",
+    "Hello world!",
+    "  leading spaces and trailing   ",
+    "it's we've they'll I'm you'd she's 'quoted'",
+    "Numbers: 1234567890, 3.14159, -42, 1,000,000 and 2024-11-29.",
+    "tabs\tand\nnewlines\n\n\nand \r\n crlf",
+    "Ünïcödé: naïve café, 日本語のテキスト, Ελληνικά, русский текст",
+    "emoji 🤗🚀 and symbols ©®™ ∑∫√ ≤≥",
+    "code: def f(x):\n    return x**2  # square\n",
+    "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n",
+    "special<|endoftext|>inside<repo_name>text",
+    "Question: Which factor will most likely cause a person to develop a fever?\nAnswer: a bacterial population in the bloodstream",
+    "    indented\n\t\tdouble tab  \n",
+    "URL https://example.com/a?b=c&d=e#f and email someone@example.org",
+    "",
+    " ",
+    "a",
+    "\u00a0non-breaking\u2009thin\u3000ideographic spaces",
+]
+
+LOGIT_PROMPTS = [
+    "The capital of France is",
+    "Question: What is the boiling point of water at sea level?\nAnswer: 100 degrees Celsius",
+    "Once upon a time, in a small village by the sea, there lived an old fisherman who",
+    "def fibonacci(n):\n    if n < 2:\n        return n\n",
+]
+
+
+def main():
+    tok = AutoTokenizer.from_pretrained(MODEL_DIR, gguf_file=GGUF)
+    cases = [{"text": s, "ids": tok(s, add_special_tokens=False).input_ids} for s in TOKENIZER_CASES]
+    with open(os.path.join(ROOT, "tests/golden/tokenizer.json"), "w") as f:
+        json.dump({"source": "transformers AutoTokenizer(gguf_file=%s)" % GGUF, "cases": cases}, f, indent=1, ensure_ascii=False)
+    tok.save_pretrained("/tmp/scaleot-hf-tok")
+    with open("/tmp/scaleot-hf-tok/tokenizer.json", "rb") as src, open(
+        os.path.join(ROOT, "tests/fixtures/smollm2-tokenizer.json.gz"), "wb"
+    ) as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as dst:
+        dst.write(src.read())
+
+    model = AutoModelForCausalLM.from_pretrained(MODEL_DIR, gguf_file=GGUF, dtype=torch.float32).eval()
+    out = []
+    with torch.no_grad():
+        for p in LOGIT_PROMPTS:
+            ids = tok(p, add_special_tokens=False).input_ids
+            logits = model(torch.tensor([ids])).logits[0]
+            lp = torch.log_softmax(logits, -1)
+            token_lp = [lp[i, ids[i + 1]].item() for i in range(len(ids) - 1)]
+            top = torch.topk(lp[-1], 5)
+            gen = model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False)[0][len(ids):].tolist()
+            out.append({
+                "prompt": p, "ids": ids, "token_logprobs": token_lp,
+                "last_top5": [[int(i), float(v)] for v, i in zip(top.values, top.indices)],
+                "last_logits_head": [float(x) for x in logits[-1, :16]],
+                "greedy_ids": gen, "greedy_text": tok.decode(gen),
+            })
+    with open(os.path.join(ROOT, "tests/golden/logits.json"), "w") as f:
+        json.dump({"source": "transformers %s, %s dequantized to float32" % (__import__("transformers").__version__, GGUF),
+                   "cases": out}, f, indent=1, ensure_ascii=False)
+
+    # A tiny checkpoint in Hugging Face's own format, written by transformers itself.
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=56, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, rope_theta=10000.0, rms_norm_eps=1e-5,
+                      max_position_embeddings=64, tie_word_embeddings=False)
+    tiny = LlamaForCausalLM(cfg).eval()
+    for p in tiny.parameters():  # norms start at 1: perturb so a wrong loader shows
+        p.data.add_(torch.randn_like(p) * 0.05)
+    d = os.path.join(ROOT, "tests/fixtures/tiny-llama")
+    tiny.save_pretrained(d, safe_serialization=True)
+    ids = [[1, 5, 9, 33, 77, 2, 64, 10], [3, 3, 95, 0, 18, 41, 7, 60]]
+    with torch.no_grad():
+        logits = tiny(torch.tensor(ids)).logits
+    with open(os.path.join(d, "golden.json"), "w") as f:
+        json.dump({"ids": ids, "logits": logits.reshape(-1).tolist()}, f)
+    print("goldens written")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
