@@ -9,3 +9,6 @@ pub mod tokenizer;
 pub mod weights;
 
 pub use error::{Error, Result};
+
+#[cfg(target_arch = "wasm32")]
+pub mod web;
