@@ -10,10 +10,13 @@ bash scripts/fetch-assets.sh
 echo "==> cargo fmt --check"; cargo fmt --all -- --check
 echo "==> clippy"; cargo clippy --release --workspace --all-targets -- -D warnings
 echo "==> native tests"; cargo test --release --workspace
-echo "==> CLI smoke: generate + a short real evaluation"
+echo "==> CLI smoke: generate, perplexity, every task's data loader"
 bin=target/release/scaleot
-"$bin" generate "The capital of France is" --max-tokens 4 | tee /tmp/scaleot-generate.txt
-grep -q "Paris" /tmp/scaleot-generate.txt
-"$bin" eval --tasks arc_easy,piqa,sciq,openbookqa,hellaswag,arc_challenge --limit 8 --json > /tmp/scaleot-eval.json
+"$bin" generate "The capital of France is" --max-tokens 4 | tee target/ci-generate.txt
+grep -q "Paris" target/ci-generate.txt
+"$bin" perplexity README.md --max-tokens 300 --window 128 --stride 64
+"$bin" eval --tasks arc_challenge,sciq,openbookqa,hellaswag --limit 8
+echo "==> lm-evaluation-harness parity: full ARC-Easy and PIQA (about 7 minutes)"
+bash tools/reference/eval_parity.sh
 echo "==> wasm32 build of the core"; cargo build --release --target wasm32-unknown-unknown -p scaleot --features wgpu
 echo "all checks passed"

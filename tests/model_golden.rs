@@ -31,7 +31,7 @@ fn smollm2_logprobs_and_greedy_match_transformers() {
         let ids = common::ids(&case["ids"]);
         assert_eq!(m.tokenizer.encode(case["prompt"].as_str().unwrap()), ids);
         let n = ids.len();
-        let logits = m.model.forward(token_tensor(&[ids.clone()], &device));
+        let logits = m.model.forward(token_tensor(std::slice::from_ref(&ids), &device));
         let lp = log_softmax(logits, 2).reshape([n, m.model.vocab_size()]);
         let lp: Vec<f32> = lp.into_data().try_into_vec().unwrap();
         let vocab = m.model.vocab_size();
@@ -170,4 +170,23 @@ fn attention_is_causal_and_kv_cache_agrees() {
     for (i, (x, y)) in incremental.iter().zip(&a).enumerate() {
         assert!((x - y).abs() < 1e-5, "logit {i}: cached {x} vs full {y}");
     }
+}
+
+#[test]
+fn only_chosen_layers_get_gradients() {
+    let device = Device::flex().autodiff();
+    let m = tiny_model(&device).model.with_trainable_layers(&[1]);
+    let logits = m.forward(token_tensor(&[vec![5, 6, 7, 8]], &device));
+    let grads = logits.powi_scalar(2).mean().backward();
+    let layer_grad = |i: usize| {
+        let scaleot::model::LayerSlot::Decoder(l) = &m.layers[i];
+        l.mlp.up_proj.weight.val().grad(&grads)
+    };
+    assert!(
+        layer_grad(1).is_some(),
+        "the trainable layer must get a gradient"
+    );
+    assert!(layer_grad(0).is_none(), "a frozen layer must not");
+    assert!(m.embed_tokens.val().grad(&grads).is_none());
+    assert!(m.norm.weight.val().grad(&grads).is_none());
 }

@@ -5,8 +5,9 @@
 //! low-rank variant in a slot, or leave a layer out, without touching the rest of the model.
 
 use burn::module::{Module, Param};
-use burn::tensor::activation::{silu, softmax};
-use burn::tensor::module::linear;
+use burn::tensor::activation::silu;
+use burn::tensor::module::{attention, linear};
+use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
 use super::config::LlamaConfig;
@@ -127,15 +128,27 @@ impl Attention {
             }
         };
         let (k, v) = (expand(k), expand(v));
-        let scores = q
-            .matmul(k.swap_dims(2, 3))
-            .mul_scalar((hd as f64).powf(-0.5));
-        // Query i (absolute past+i) sees keys j <= past+i; `tril_mask` is true elsewhere.
-        let mask = Tensor::<2, Bool>::tril_mask([t, total], past as i64, &scores.device())
-            .unsqueeze::<4>()
-            .expand([b, nh, t, total]);
-        let probs = softmax(scores.mask_fill(mask, f32::NEG_INFINITY), 3);
-        let out = probs.matmul(v).swap_dims(1, 2).reshape([b, t, nh * hd]);
+        // Query i (absolute past+i) sees keys j <= past+i. Without a cache that is plain causal
+        // masking, which backends fuse; one new token sees everything; otherwise an explicit
+        // mask (`tril_mask` is true where attention is forbidden).
+        let (mask, is_causal) = if past == 0 {
+            (None, t > 1)
+        } else if t == 1 {
+            (None, false)
+        } else {
+            let mask = Tensor::<2, Bool>::tril_mask([t, total], past as i64, &q.device())
+                .unsqueeze::<4>()
+                .expand([b, nh, t, total]);
+            (Some(mask), false)
+        };
+        let options = AttentionModuleOptions {
+            scale: None,
+            softcap: None,
+            is_causal,
+        };
+        let out = attention(q, k, v, mask, None, options)
+            .swap_dims(1, 2)
+            .reshape([b, t, nh * hd]);
         self.o_proj.forward(out)
     }
 }
@@ -337,6 +350,30 @@ impl Llama {
     /// Logits `[batch, len, vocab]` for token ids `[batch, len]`.
     pub fn forward(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
         self.head(self.hidden(tokens, None))
+    }
+
+    /// Makes only the layers at `trainable` (stack positions) receive gradients; the
+    /// embedding, final norm, head and every other layer are frozen.
+    pub fn with_trainable_layers(self, trainable: &[usize]) -> Self {
+        let layers = self
+            .layers
+            .into_iter()
+            .enumerate()
+            .map(|(i, l)| {
+                if trainable.contains(&i) {
+                    l.unfreeze()
+                } else {
+                    l.freeze()
+                }
+            })
+            .collect();
+        Self {
+            embed_tokens: self.embed_tokens.set_require_grad(false),
+            layers,
+            norm: self.norm.freeze(),
+            lm_head: self.lm_head.map(Module::freeze),
+            ..self
+        }
     }
 
     pub fn new_cache(&self) -> KvCache {

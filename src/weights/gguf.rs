@@ -353,7 +353,7 @@ pub(crate) mod tests {
             out.extend(offset.to_le_bytes());
             offset += (data.len() * 4).div_ceil(32) as u64 * 32;
         }
-        while out.len() % 32 != 0 {
+        while !out.len().is_multiple_of(32) {
             out.push(0);
         }
         for (_, _, data) in tensors {
@@ -361,7 +361,7 @@ pub(crate) mod tests {
             for x in data {
                 out.extend(x.to_le_bytes());
             }
-            while (out.len() - start) % 32 != 0 {
+            while !(out.len() - start).is_multiple_of(32) {
                 out.push(0);
             }
         }

@@ -72,7 +72,7 @@ impl GgmlType {
     /// Bytes needed for `n` elements, or `None` if `n` is not a whole number of blocks.
     pub fn byte_len(self, n: usize) -> Option<usize> {
         let (per_block, bytes) = self.block_layout()?;
-        (n % per_block == 0).then(|| n / per_block * bytes)
+        n.is_multiple_of(per_block).then(|| n / per_block * bytes)
     }
 }
 
