@@ -20,6 +20,8 @@ pub struct Tokenizer {
     id_to_token: Vec<String>,
     /// (left id, right id) → (rank, merged id)
     merges: HashMap<(u32, u32), (u32, u32)>,
+    /// The merges as given ("left right", rank order), kept to write the tokenizer back out.
+    merge_list: Vec<String>,
     /// Special tokens matched verbatim before pre-tokenization, longest first.
     specials: Vec<(String, u32)>,
     split_digits: bool,
@@ -108,6 +110,7 @@ impl Tokenizer {
             vocab,
             id_to_token: tokens,
             merges: merge_map,
+            merge_list: merges.to_vec(),
             specials,
             split_digits,
             pattern,
@@ -242,9 +245,53 @@ impl Tokenizer {
                 .iter()
                 .find_map(|n| specials.iter().find(|(s, _)| s == n).map(|(_, id)| *id))
         };
-        let bos = find(&["<|im_start|>", "<s>", "<|begin_of_text|>"]);
-        let eos = find(&["<|im_end|>", "</s>", "<|endoftext|>", "<|end_of_text|>"]);
+        let recorded = |key: &str| j["scaleot"][key].as_u64().map(|v| v as u32);
+        let bos =
+            recorded("bos_id").or_else(|| find(&["<|im_start|>", "<s>", "<|begin_of_text|>"]));
+        let eos = recorded("eos_id")
+            .or_else(|| find(&["<|im_end|>", "</s>", "<|endoftext|>", "<|end_of_text|>"]));
         Self::new(tokens, &merges, specials, split_digits, bos, eos)
+    }
+
+    /// This tokenizer as a Hugging Face `tokenizer.json` document (BPE, ByteLevel), so that
+    /// an emulator bundle carries it and `from_hf_json` rebuilds the same encoder.
+    pub fn to_hf_json(&self) -> Value {
+        let byte_level = serde_json::json!({
+            "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true
+        });
+        let pre_tokenizer = if self.split_digits {
+            serde_json::json!({"type": "Sequence", "pretokenizers": [
+                {"type": "Digits", "individual_digits": true}, byte_level
+            ]})
+        } else {
+            byte_level
+        };
+        let mut specials = self.specials.clone();
+        specials.sort_by_key(|(_, id)| *id);
+        let added: Vec<Value> = specials
+            .iter()
+            .map(|(content, id)| {
+                serde_json::json!({"id": id, "content": content, "single_word": false,
+                    "lstrip": false, "rstrip": false, "normalized": false, "special": true})
+            })
+            .collect();
+        let vocab: serde_json::Map<String, Value> = self
+            .id_to_token
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), Value::from(i)))
+            .collect();
+        serde_json::json!({
+            "version": "1.0",
+            "added_tokens": added,
+            "normalizer": null,
+            "pre_tokenizer": pre_tokenizer,
+            "post_processor": null,
+            "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+            "model": {"type": "BPE", "dropout": null, "unk_token": null, "fuse_unk": false,
+                "byte_fallback": false, "vocab": vocab, "merges": self.merge_list},
+            "scaleot": {"bos_id": self.bos_id, "eos_id": self.eos_id}
+        })
     }
 
     pub fn vocab_size(&self) -> usize {

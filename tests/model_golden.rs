@@ -31,7 +31,9 @@ fn smollm2_logprobs_and_greedy_match_transformers() {
         let ids = common::ids(&case["ids"]);
         assert_eq!(m.tokenizer.encode(case["prompt"].as_str().unwrap()), ids);
         let n = ids.len();
-        let logits = m.model.forward(token_tensor(std::slice::from_ref(&ids), &device));
+        let logits = m
+            .model
+            .forward(token_tensor(std::slice::from_ref(&ids), &device));
         let lp = log_softmax(logits, 2).reshape([n, m.model.vocab_size()]);
         let lp: Vec<f32> = lp.into_data().try_into_vec().unwrap();
         let vocab = m.model.vocab_size();

@@ -40,3 +40,12 @@ fn tokenizer_json_matches_hugging_face() {
     let tok = Tokenizer::from_hf_json(&json).unwrap();
     check(&tok, "tokenizer.json");
 }
+
+#[test]
+fn tokenizer_survives_a_round_trip_through_tokenizer_json() {
+    let bytes = common::smollm2_bytes();
+    let tok = Tokenizer::from_gguf(&Gguf::parse(&bytes).unwrap()).unwrap();
+    let again = Tokenizer::from_hf_json(&tok.to_hf_json().to_string()).unwrap();
+    assert_eq!((again.bos_id, again.eos_id), (tok.bos_id, tok.eos_id));
+    check(&again, "round trip");
+}
