@@ -3,6 +3,7 @@
 # formatting and lint checks, all native tests, a short real evaluation, and the wasm32 build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+trap 'echo "[test.sh] $((SECONDS / 60))m$((SECONDS % 60))s elapsed" >&2' EXIT
 export PATH="$HOME/.cargo/bin:$PATH"
 bash scripts/setup.sh
 bash scripts/fetch-assets.sh
@@ -11,6 +12,7 @@ echo "==> cargo fmt --check"; cargo fmt --all -- --check
 echo "==> clippy"; cargo clippy --release --workspace --all-targets -- -D warnings
 echo "==> native tests"; cargo test --release --workspace
 echo "==> CLI smoke: generate, perplexity, every task's data loader"
+cargo build --release -p scaleot-owner
 bin=target/release/scaleot
 "$bin" generate "The capital of France is" --max-tokens 4 | tee target/ci-generate.txt
 grep -q "Paris" target/ci-generate.txt

@@ -73,6 +73,16 @@ pub enum Error {
     #[error("unknown task `{name}`: choose from {known}")]
     UnknownTask { name: String, known: String },
 
+    #[error(
+        "the emulator weights are corrupted (sha256 {actual}, the manifest says {expected}): download the bundle again"
+    )]
+    BundleCorrupt { expected: String, actual: String },
+
+    #[error(
+        "training diverged at step {step} (loss {loss}): the last good weights were kept; lower the learning rate and resume"
+    )]
+    Diverged { step: usize, loss: f32 },
+
     #[error("{0}")]
     Invalid(String),
 }

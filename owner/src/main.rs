@@ -4,6 +4,7 @@ mod commands;
 mod datasets;
 mod model_files;
 mod progress;
+mod tuning;
 
 use std::path::PathBuf;
 
@@ -55,6 +56,12 @@ enum Command {
     Eval(commands::EvalArgs),
     /// Forward-pass throughput and memory at batch x length.
     Bench(commands::BenchArgs),
+    /// Build an emulator bundle from the full model (uniform LayerDrop, ...).
+    Emulator(tuning::EmulatorArgs),
+    /// Fine-tune an emulator's adapters on private data; writes the adapter file.
+    Finetune(tuning::FinetuneArgs),
+    /// Merge returned adapters into the full model; writes a Hugging Face checkpoint.
+    Plugin(tuning::PluginArgs),
 }
 
 fn main() {
@@ -66,6 +73,9 @@ fn main() {
         Command::Perplexity(a) => commands::perplexity(a),
         Command::Eval(a) => commands::eval(a),
         Command::Bench(a) => commands::bench(a),
+        Command::Emulator(a) => tuning::emulator(a),
+        Command::Finetune(a) => tuning::finetune(a),
+        Command::Plugin(a) => tuning::plugin(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

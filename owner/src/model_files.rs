@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use burn::tensor::Device;
-use scaleot::model::LoadedModel;
+use scaleot::model::{LoadedModel, ModelBytes};
 
 /// Where `fetch-assets.sh` puts things: `$SCALEOT_ASSETS` or `<repo>/assets`.
 pub fn assets_dir() -> PathBuf {
@@ -29,37 +29,57 @@ pub fn read(path: &Path, what: &str, hint: &str) -> Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read {what} {}: {hint}", path.display()))
 }
 
-/// Loads a `.gguf` file or a Hugging Face directory (config.json, tokenizer.json, *.safetensors).
-pub fn load_model(path: &Path, device: &Device) -> Result<LoadedModel> {
+/// Reads a `.gguf` file or a Hugging Face folder (config.json, tokenizer.json, *.safetensors).
+pub fn read_model(path: &Path) -> Result<ModelBytes> {
     let hint = "run `bash scripts/fetch-assets.sh` for the default model, or pass --model FILE.gguf|HF_DIR";
-    if path.is_dir() {
-        let text = |name: &str| -> Result<String> {
-            let bytes = read(
-                &path.join(name),
-                name,
-                "a Hugging Face model folder needs config.json and tokenizer.json",
-            )?;
-            String::from_utf8(bytes).with_context(|| format!("{name} is not UTF-8 text"))
-        };
-        let config = text("config.json")?;
-        let tokenizer = text("tokenizer.json")?;
-        let mut shards: Vec<PathBuf> = std::fs::read_dir(path)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
-            .collect();
-        shards.sort();
-        if shards.is_empty() {
-            bail!("no *.safetensors files in {}", path.display());
-        }
-        let bytes: Vec<Vec<u8>> = shards
+    if !path.is_dir() {
+        return Ok(ModelBytes::Gguf(read(path, "model", hint)?));
+    }
+    let text = |name: &str| -> Result<String> {
+        let bytes = read(
+            &path.join(name),
+            name,
+            "a Hugging Face model folder needs config.json and tokenizer.json",
+        )?;
+        String::from_utf8(bytes).with_context(|| format!("{name} is not UTF-8 text"))
+    };
+    let mut shards: Vec<PathBuf> = std::fs::read_dir(path)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .collect();
+    shards.sort();
+    if shards.is_empty() {
+        bail!("no *.safetensors files in {}", path.display());
+    }
+    Ok(ModelBytes::Hf {
+        config: text("config.json")?,
+        tokenizer: text("tokenizer.json")?,
+        shards: shards
             .iter()
             .map(|p| read(p, "weights", hint))
-            .collect::<Result<_>>()?;
-        let refs: Vec<&[u8]> = bytes.iter().map(Vec::as_slice).collect();
-        Ok(LoadedModel::from_hf(&config, &tokenizer, &refs, device)?)
-    } else {
-        let bytes = read(path, "model", hint)?;
-        LoadedModel::from_gguf(&bytes, device)
-            .with_context(|| format!("loading {}", path.display()))
-    }
+            .collect::<Result<_>>()?,
+    })
+}
+
+/// Loads the full model from a `.gguf` file or a Hugging Face folder.
+pub fn load_model(path: &Path, device: &Device) -> Result<LoadedModel> {
+    let bytes = read_model(path)?;
+    let opened = bytes
+        .open()
+        .with_context(|| format!("opening {}", path.display()))?;
+    Ok(LoadedModel::from_opened(opened, device)?)
+}
+
+/// The safetensors file that goes with a manifest: `name.json` ↔ `name.safetensors`.
+pub fn weights_beside(manifest: &Path) -> PathBuf {
+    manifest.with_extension("safetensors")
+}
+
+/// Reads a manifest and its weights (`X.json` + `X.safetensors`).
+pub fn read_pair(manifest: &Path, what: &str) -> Result<(String, Vec<u8>)> {
+    let hint = format!("pass the {what}'s .json manifest; its .safetensors must sit beside it");
+    let json = String::from_utf8(read(manifest, what, &hint)?)
+        .with_context(|| format!("{} is not UTF-8 JSON", manifest.display()))?;
+    let weights = read(&weights_beside(manifest), &format!("{what} weights"), &hint)?;
+    Ok((json, weights))
 }

@@ -4,6 +4,7 @@
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor, TensorData};
 
+use crate::data::Example;
 use crate::error::{Error, Result};
 use crate::model::Llama;
 use crate::tokenizer::Tokenizer;
@@ -94,6 +95,43 @@ impl ScoringBatch {
             batch.inputs.push(padded);
         }
         batch
+    }
+
+    /// A batch over training examples: every token with loss is a target, predicted from
+    /// the tokens before it. `counts` are per example.
+    pub fn from_examples(examples: &[&Example], pad: u32) -> Self {
+        let len = examples
+            .iter()
+            .map(|e| e.ids.len().saturating_sub(1))
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        let mut batch = Self {
+            inputs: Vec::with_capacity(examples.len()),
+            positions: Vec::new(),
+            targets: Vec::new(),
+            counts: Vec::with_capacity(examples.len()),
+        };
+        for (row, ex) in examples.iter().enumerate() {
+            let mut count = 0;
+            for (i, (&id, &loss)) in ex.ids.iter().zip(&ex.loss).enumerate().skip(1) {
+                if loss {
+                    batch.positions.push((row * len + i - 1) as i64);
+                    batch.targets.push(id as i64);
+                    count += 1;
+                }
+            }
+            batch.counts.push(count);
+            let mut input = ex.ids[..ex.ids.len().saturating_sub(1)].to_vec();
+            input.resize(len, pad);
+            batch.inputs.push(input);
+        }
+        batch
+    }
+
+    /// Number of scored tokens in the batch.
+    pub fn n_targets(&self) -> usize {
+        self.targets.len()
     }
 
     /// Per-token log-probabilities of the targets, on the device: `[n_scored]`.

@@ -103,6 +103,29 @@ impl LlamaConfig {
         Ok(cfg)
     }
 
+    /// A Hugging Face `config.json` for this model (what plug-in writes next to the weights).
+    pub fn to_hf_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.head_dim(),
+            "rope_theta": self.rope_theta,
+            "rms_norm_eps": self.rms_norm_eps,
+            "max_position_embeddings": self.max_position_embeddings,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "hidden_act": "silu",
+            "attention_bias": false,
+            "mlp_bias": false,
+            "torch_dtype": "float32"
+        })
+    }
+
     /// From a Hugging Face `config.json` (LlamaForCausalLM and relatives).
     pub fn from_hf_json(json: &str) -> Result<Self> {
         #[derive(Deserialize)]

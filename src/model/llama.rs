@@ -4,13 +4,15 @@
 //! Layers sit in [`LayerSlot`]s so that later stages (emulators) can put a harmonizer or a
 //! low-rank variant in a slot, or leave a layer out, without touching the rest of the model.
 
-use burn::module::{Module, Param};
+use burn::module::{Module, Param, ParamId};
 use burn::tensor::activation::silu;
 use burn::tensor::module::{attention, linear};
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use sha2::{Digest, Sha256};
 
 use super::config::LlamaConfig;
+use crate::emulator::plan::LayerKind;
 use crate::error::{Error, Result};
 use crate::weights::{HostTensor, WeightSource};
 
@@ -211,6 +213,8 @@ pub struct Llama {
     pub lm_head: Option<Linear>,
     pub rope_theta: f64,
     pub head_dim: usize,
+    /// For each stack position, the index of the layer in the full model it came from.
+    pub layer_index: Vec<usize>,
 }
 
 /// Per-layer caches for incremental decoding.
@@ -220,9 +224,31 @@ pub struct KvCache {
 }
 
 impl Llama {
-    /// Builds the model from any weight source, checking every tensor's shape.
+    /// Builds the full model from any weight source, checking every tensor's shape.
     pub fn load(cfg: &LlamaConfig, src: &dyn WeightSource, device: &Device) -> Result<Self> {
+        Self::load_plan(
+            cfg,
+            src,
+            &vec![LayerKind::Raw; cfg.num_hidden_layers],
+            device,
+        )
+    }
+
+    /// Builds the layers a plan keeps (adapters and raw layers, by their original names).
+    pub fn load_plan(
+        cfg: &LlamaConfig,
+        src: &dyn WeightSource,
+        plan: &[LayerKind],
+        device: &Device,
+    ) -> Result<Self> {
         cfg.validate()?;
+        if plan.len() != cfg.num_hidden_layers {
+            return Err(Error::Invalid(format!(
+                "the layer plan covers {} layers but the model has {}",
+                plan.len(),
+                cfg.num_hidden_layers
+            )));
+        }
         let (h, f, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim());
         let fetch = |name: &str, shape: &[usize]| -> Result<HostTensor> {
             let t = src
@@ -233,19 +259,22 @@ impl Llama {
         };
         let vector = |name: &str| -> Result<Param<Tensor<1>>> {
             let t = fetch(name, &[h])?;
-            Ok(Param::from_tensor(Tensor::from_data(
-                TensorData::new(t.data, [h]),
-                device,
-            )))
+            Ok(named_param(
+                name,
+                Tensor::from_data(TensorData::new(t.data, [h]), device),
+            ))
         };
         // HF stores projections `[out, in]`; burn wants `[in, out]`.
         let proj = |name: &str, out: usize, inp: usize| -> Result<Linear> {
             let t = fetch(name, &[out, inp])?;
             Ok(Linear {
-                weight: Param::from_tensor(Tensor::from_data(
-                    TensorData::new(transpose(&t.data, out, inp), [inp, out]),
-                    device,
-                )),
+                weight: named_param(
+                    name,
+                    Tensor::from_data(
+                        TensorData::new(transpose(&t.data, out, inp), [inp, out]),
+                        device,
+                    ),
+                ),
             })
         };
         let norm = |name: &str| -> Result<RmsNorm> {
@@ -256,7 +285,18 @@ impl Llama {
         };
         let embed = fetch("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-        for i in 0..cfg.num_hidden_layers {
+        let mut layer_index = Vec::with_capacity(cfg.num_hidden_layers);
+        for (i, kind) in plan.iter().enumerate() {
+            match kind {
+                LayerKind::Adapter | LayerKind::Raw => {}
+                LayerKind::Dropped => continue,
+                other => {
+                    return Err(Error::Invalid(format!(
+                        "layer {i} is planned as {other:?}, which this build cannot load yet"
+                    )));
+                }
+            }
+            layer_index.push(i);
             let p = |s: &str| format!("model.layers.{i}.{s}");
             let kv = cfg.num_key_value_heads * hd;
             layers.push(LayerSlot::Decoder(DecoderLayer {
@@ -287,15 +327,16 @@ impl Llama {
             }
         };
         Ok(Self {
-            embed_tokens: Param::from_tensor(Tensor::from_data(
-                TensorData::new(embed.data, [cfg.vocab_size, h]),
-                device,
-            )),
+            embed_tokens: named_param(
+                "model.embed_tokens.weight",
+                Tensor::from_data(TensorData::new(embed.data, [cfg.vocab_size, h]), device),
+            ),
             layers,
             norm: norm("model.norm.weight")?,
             lm_head,
             rope_theta: cfg.rope_theta,
             head_dim: hd,
+            layer_index,
         })
     }
 
@@ -382,6 +423,17 @@ impl Llama {
             len: 0,
         }
     }
+}
+
+/// A parameter whose id derives from its checkpoint name, so optimizer state saved in one
+/// process finds its parameter again in the next (checkpoint resume).
+fn named_param<const D: usize>(name: &str, tensor: Tensor<D>) -> Param<Tensor<D>> {
+    let digest = Sha256::digest(name.as_bytes());
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&digest[..8]);
+    let mut param = Param::from_tensor(tensor);
+    param.id = ParamId::from(u64::from_le_bytes(id));
+    param
 }
 
 fn check_shape(name: &str, t: &HostTensor, expected: &[usize]) -> Result<()> {

@@ -6,7 +6,7 @@ use sha2::{Digest, Sha256};
 use super::{Llama, LlamaConfig};
 use crate::error::Result;
 use crate::tokenizer::Tokenizer;
-use crate::weights::{Gguf, GgufSource, SafetensorsSource};
+use crate::weights::{Gguf, GgufSource, SafetensorsSource, WeightSource};
 
 /// A model with its tokenizer and the identity of the bytes it came from.
 pub struct LoadedModel {
@@ -25,7 +25,87 @@ fn sha256_hex(parts: &[&[u8]]) -> String {
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The raw files of a base model, held in memory so weight sources can borrow them.
+pub enum ModelBytes {
+    Gguf(Vec<u8>),
+    Hf {
+        config: String,
+        tokenizer: String,
+        shards: Vec<Vec<u8>>,
+    },
+}
+
+/// An opened base model: config, tokenizer, and its tensors by HF name.
+pub struct OpenedModel<'a> {
+    pub config: LlamaConfig,
+    pub tokenizer: Tokenizer,
+    pub source: Box<dyn WeightSource + 'a>,
+    pub sha256: String,
+}
+
+impl ModelBytes {
+    pub fn sha256(&self) -> String {
+        match self {
+            Self::Gguf(b) => sha256_hex(&[b]),
+            Self::Hf { shards, .. } => {
+                let refs: Vec<&[u8]> = shards.iter().map(Vec::as_slice).collect();
+                sha256_hex(&refs)
+            }
+        }
+    }
+
+    /// Parses headers and metadata; tensors are decoded on request.
+    pub fn open(&self) -> Result<OpenedModel<'_>> {
+        let sha256 = self.sha256();
+        match self {
+            Self::Gguf(bytes) => {
+                let gguf = Gguf::parse(bytes)?;
+                let config = LlamaConfig::from_gguf(&gguf)?;
+                let tokenizer = Tokenizer::from_gguf(&gguf)?;
+                let source = Box::new(GgufSource::new(
+                    gguf,
+                    config.num_attention_heads,
+                    config.num_key_value_heads,
+                ));
+                Ok(OpenedModel {
+                    config,
+                    tokenizer,
+                    source,
+                    sha256,
+                })
+            }
+            Self::Hf {
+                config,
+                tokenizer,
+                shards,
+            } => {
+                let config = LlamaConfig::from_hf_json(config)?;
+                let tokenizer = Tokenizer::from_hf_json(tokenizer)?;
+                let refs: Vec<&[u8]> = shards.iter().map(Vec::as_slice).collect();
+                let source = Box::new(SafetensorsSource::new(&refs)?);
+                Ok(OpenedModel {
+                    config,
+                    tokenizer,
+                    source,
+                    sha256,
+                })
+            }
+        }
+    }
+}
+
 impl LoadedModel {
+    /// Builds the full model from an opened base model.
+    pub fn from_opened(opened: OpenedModel<'_>, device: &Device) -> Result<Self> {
+        let model = Llama::load(&opened.config, opened.source.as_ref(), device)?;
+        Ok(Self {
+            config: opened.config,
+            model,
+            tokenizer: opened.tokenizer,
+            weights_sha256: opened.sha256,
+        })
+    }
+
     /// A GGUF file: config, tokenizer and weights all come from it.
     pub fn from_gguf(bytes: &[u8], device: &Device) -> Result<Self> {
         let gguf = Gguf::parse(bytes)?;

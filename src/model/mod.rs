@@ -6,4 +6,4 @@ pub mod load;
 
 pub use config::LlamaConfig;
 pub use llama::{KvCache, LayerSlot, Llama, token_tensor};
-pub use load::LoadedModel;
+pub use load::{LoadedModel, ModelBytes, OpenedModel};

@@ -21,6 +21,21 @@ pub trait WeightSource {
     fn tensor(&self, hf_name: &str) -> Result<Option<HostTensor>>;
 }
 
+/// Tensors from `top` where it has them, else from `base` (adapters over a model).
+pub struct Overlay<'a> {
+    pub top: &'a dyn WeightSource,
+    pub base: &'a dyn WeightSource,
+}
+
+impl WeightSource for Overlay<'_> {
+    fn tensor(&self, hf_name: &str) -> Result<Option<HostTensor>> {
+        match self.top.tensor(hf_name)? {
+            Some(t) => Ok(Some(t)),
+            None => self.base.tensor(hf_name),
+        }
+    }
+}
+
 pub use self::gguf::Gguf;
 pub use self::safetensors::SafetensorsSource;
 

@@ -67,3 +67,59 @@ impl WeightSource for SafetensorsSource<'_> {
         Ok(None)
     }
 }
+
+/// Every tensor name of a LLaMA checkpoint with this config, in HF naming.
+pub fn checkpoint_names(cfg: &crate::model::LlamaConfig) -> Vec<String> {
+    let mut names = vec!["model.embed_tokens.weight".to_owned()];
+    for i in 0..cfg.num_hidden_layers {
+        names.extend(crate::emulator::bundle::layer_tensor_names(i));
+    }
+    names.push("model.norm.weight".to_owned());
+    if !cfg.tie_word_embeddings {
+        names.push("lm_head.weight".to_owned());
+    }
+    names
+}
+
+/// Serializes raw little-endian tensors `(name, dtype, shape, bytes)` with a `format` tag.
+pub fn encode(items: &[(String, Dtype, Vec<usize>, Vec<u8>)], format: &str) -> Result<Vec<u8>> {
+    let views = items
+        .iter()
+        .map(|(n, dtype, shape, b)| {
+            safetensors::tensor::TensorView::new(*dtype, shape.clone(), b)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| Error::Safetensors(e.to_string()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let meta = std::collections::HashMap::from([("format".to_owned(), format.to_owned())]);
+    safetensors::serialize(views, Some(meta)).map_err(|e| Error::Safetensors(e.to_string()))
+}
+
+/// Serializes host tensors as f32.
+pub fn write_tensors(tensors: &[(String, HostTensor)], format: &str) -> Result<Vec<u8>> {
+    let items: Vec<_> = tensors
+        .iter()
+        .map(|(n, t)| {
+            let bytes = t.data.iter().flat_map(|x| x.to_le_bytes()).collect();
+            (n.clone(), Dtype::F32, t.shape.clone(), bytes)
+        })
+        .collect();
+    encode(&items, format)
+}
+
+/// Writes a full f32 checkpoint (Hugging Face layout) from any weight source.
+pub fn write_checkpoint(
+    cfg: &crate::model::LlamaConfig,
+    src: &dyn WeightSource,
+) -> Result<Vec<u8>> {
+    let tensors = checkpoint_names(cfg)
+        .into_iter()
+        .map(|name| {
+            let t = src
+                .tensor(&name)?
+                .ok_or_else(|| Error::MissingTensor(name.clone()))?;
+            Ok((name, t))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    write_tensors(&tensors, "pt")
+}

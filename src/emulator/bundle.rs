@@ -1,0 +1,232 @@
+//! The emulator bundle a data owner receives: one safetensors file (weights under the base
+//! model's Hugging Face names) and a JSON manifest (config, layer plan, tokenizer, hashes).
+//! Read and written from bytes, so the browser and the native binary share it.
+
+use burn::tensor::Device;
+use half::f16;
+use safetensors::{Dtype, SafeTensors};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::plan::LayerKind;
+use crate::error::{Error, Result};
+use crate::model::{Llama, LlamaConfig};
+use crate::tokenizer::Tokenizer;
+use crate::weights::{HostTensor, SafetensorsSource, WeightSource};
+
+pub const FORMAT: &str = "scaleot-emulator/1";
+
+/// Names of the tensors of decoder layer `i`, in HF naming.
+pub fn layer_tensor_names(i: usize) -> Vec<String> {
+    [
+        "input_layernorm.weight",
+        "self_attn.q_proj.weight",
+        "self_attn.k_proj.weight",
+        "self_attn.v_proj.weight",
+        "self_attn.o_proj.weight",
+        "post_attention_layernorm.weight",
+        "mlp.gate_proj.weight",
+        "mlp.up_proj.weight",
+        "mlp.down_proj.weight",
+    ]
+    .iter()
+    .map(|s| format!("model.layers.{i}.{s}"))
+    .collect()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EmulatorManifest {
+    pub format: String,
+    pub config: LlamaConfig,
+    /// One entry per layer of the full model.
+    pub plan: Vec<LayerKind>,
+    /// How it was made: `uniform-drop`, `dynamic-drop`, `scaleot`, with its parameters.
+    pub method: String,
+    pub params: serde_json::Value,
+    /// sha256 of the base model's weight file(s): adapters name it too.
+    pub base_model_sha256: String,
+    /// sha256 of the bundle's safetensors bytes: the integrity check and the emulator's identity.
+    pub weights_sha256: String,
+    pub weights_bytes: u64,
+    /// Parameter count of the emulator and of the full model.
+    pub emulator_params: u64,
+    pub full_params: u64,
+    /// The tokenizer as a Hugging Face `tokenizer.json` document.
+    pub tokenizer: serde_json::Value,
+}
+
+/// Storage precision of frozen (non-adapter) weights in the bundle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrozenDtype {
+    F32,
+    F16,
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Everything needed to write a bundle from a base model.
+pub struct BundleSpec<'a> {
+    pub config: &'a LlamaConfig,
+    pub tokenizer: &'a Tokenizer,
+    pub plan: Vec<LayerKind>,
+    pub method: String,
+    pub params: serde_json::Value,
+    pub base_model_sha256: String,
+    pub frozen_dtype: FrozenDtype,
+}
+
+/// Builds `(safetensors bytes, manifest)`. Adapter weights stay f32 so that plugging in
+/// untouched adapters reproduces the base model exactly.
+pub fn write_bundle(
+    spec: BundleSpec,
+    base: &dyn WeightSource,
+) -> Result<(Vec<u8>, EmulatorManifest)> {
+    let cfg = spec.config;
+    if spec.plan.len() != cfg.num_hidden_layers {
+        return Err(Error::Invalid(format!(
+            "the plan covers {} layers, the model has {}",
+            spec.plan.len(),
+            cfg.num_hidden_layers
+        )));
+    }
+    // (name, tensor, keep f32?)
+    let mut tensors: Vec<(String, HostTensor, bool)> = Vec::new();
+    let mut take = |name: String, exact: bool, required: bool| -> Result<()> {
+        match base.tensor(&name)? {
+            Some(t) => tensors.push((name, t, exact)),
+            None if required => return Err(Error::MissingTensor(name)),
+            None => {}
+        }
+        Ok(())
+    };
+    take("model.embed_tokens.weight".into(), false, true)?;
+    take("model.norm.weight".into(), false, true)?;
+    if !cfg.tie_word_embeddings {
+        take("lm_head.weight".into(), false, false)?;
+    }
+    for (i, kind) in spec.plan.iter().enumerate() {
+        match kind {
+            LayerKind::Adapter | LayerKind::Raw => {
+                for name in layer_tensor_names(i) {
+                    take(name, *kind == LayerKind::Adapter, true)?;
+                }
+            }
+            LayerKind::Dropped => {}
+            other => {
+                return Err(Error::Invalid(format!(
+                    "layer {i}: {other:?} layers are written by the ScaleOT emulator builder"
+                )));
+            }
+        }
+    }
+    let mut buffers: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
+    let mut emulator_params = 0u64;
+    for (name, t, exact) in tensors {
+        emulator_params += t.data.len() as u64;
+        let f32_storage = exact || spec.frozen_dtype == FrozenDtype::F32;
+        let (dtype, bytes) = if f32_storage {
+            (
+                Dtype::F32,
+                t.data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            )
+        } else {
+            (
+                Dtype::F16,
+                t.data
+                    .iter()
+                    .flat_map(|x| f16::from_f32(*x).to_le_bytes())
+                    .collect(),
+            )
+        };
+        buffers.push((name, dtype, t.shape, bytes));
+    }
+    let weights = crate::weights::safetensors::encode(&buffers, FORMAT)?;
+    let manifest = EmulatorManifest {
+        format: FORMAT.into(),
+        config: cfg.clone(),
+        plan: spec.plan,
+        method: spec.method,
+        params: spec.params,
+        base_model_sha256: spec.base_model_sha256,
+        weights_sha256: sha256_hex(&weights),
+        weights_bytes: weights.len() as u64,
+        emulator_params,
+        full_params: full_param_count(cfg),
+        tokenizer: spec.tokenizer.to_hf_json(),
+    };
+    Ok((weights, manifest))
+}
+
+/// Parameters of the full LLaMA model described by `cfg`.
+pub fn full_param_count(cfg: &LlamaConfig) -> u64 {
+    let (h, f, v) = (
+        cfg.hidden_size as u64,
+        cfg.intermediate_size as u64,
+        cfg.vocab_size as u64,
+    );
+    let kv = (cfg.num_key_value_heads * cfg.head_dim()) as u64;
+    let layer = 2 * h * h + 2 * h * kv + 3 * h * f + 2 * h;
+    let head = if cfg.tie_word_embeddings { 0 } else { v * h };
+    v * h + cfg.num_hidden_layers as u64 * layer + h + head
+}
+
+/// A loaded emulator: the model with only its kept layers, its tokenizer and manifest.
+pub struct Emulator {
+    pub manifest: EmulatorManifest,
+    pub model: Llama,
+    pub tokenizer: Tokenizer,
+}
+
+impl Emulator {
+    /// Parses the manifest; needs no weights (for showing sizes before a download).
+    pub fn read_manifest(json: &str) -> Result<EmulatorManifest> {
+        let m: EmulatorManifest = serde_json::from_str(json).map_err(|source| Error::Json {
+            what: "emulator manifest".into(),
+            source,
+        })?;
+        if m.format != FORMAT {
+            return Err(Error::Invalid(format!(
+                "emulator format `{}` is not supported (expected {FORMAT}); ask the model owner for a current bundle",
+                m.format
+            )));
+        }
+        Ok(m)
+    }
+
+    /// Checks the weights against the manifest's hash, then builds the model.
+    pub fn load(manifest_json: &str, weights: &[u8], device: &Device) -> Result<Self> {
+        let manifest = Self::read_manifest(manifest_json)?;
+        let actual = sha256_hex(weights);
+        if actual != manifest.weights_sha256 {
+            return Err(Error::BundleCorrupt {
+                expected: manifest.weights_sha256.clone(),
+                actual,
+            });
+        }
+        SafeTensors::deserialize(weights).map_err(|e| Error::Safetensors(e.to_string()))?;
+        let tokenizer = Tokenizer::from_hf_json(&manifest.tokenizer.to_string())?;
+        let src = SafetensorsSource::new(&[weights])?;
+        let model = Llama::load_plan(&manifest.config, &src, &manifest.plan, device)?;
+        Ok(Self {
+            manifest,
+            model,
+            tokenizer,
+        })
+    }
+
+    /// Stack positions (in `model.layers`) of the adapter layers.
+    pub fn adapter_positions(&self) -> Vec<usize> {
+        self.model
+            .layer_index
+            .iter()
+            .enumerate()
+            .filter(|(_, orig)| self.manifest.plan[**orig] == LayerKind::Adapter)
+            .map(|(pos, _)| pos)
+            .collect()
+    }
+}

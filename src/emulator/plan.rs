@@ -1,0 +1,113 @@
+//! The layer plan of an emulator: what each layer of the original model became.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// What happened to one decoder layer of the full model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LayerKind {
+    /// Trainable by the data owner; goes back to the model owner.
+    Adapter,
+    /// Kept as is, frozen.
+    Raw,
+    /// Kept with low-rank (SVD) attention projections, frozen.
+    LowRank,
+    /// Replaced by a small harmonizer network, frozen.
+    Harmonizer,
+    /// Removed.
+    Dropped,
+}
+
+/// `adapters = "2+2"`: the first `bottom` and the last `top` layers are adapters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdapterSplit {
+    pub bottom: usize,
+    pub top: usize,
+}
+
+impl AdapterSplit {
+    pub fn parse(s: &str) -> Result<Self> {
+        let bad = || {
+            Error::Invalid(format!(
+                "adapters `{s}`: expected BOTTOM+TOP layer counts such as 2+2"
+            ))
+        };
+        let (a, b) = s.split_once('+').ok_or_else(bad)?;
+        Ok(Self {
+            bottom: a.trim().parse().map_err(|_| bad())?,
+            top: b.trim().parse().map_err(|_| bad())?,
+        })
+    }
+
+    /// Indices of the middle (emulated) layers of an `n`-layer model.
+    pub fn middle(&self, n: usize) -> Result<std::ops::Range<usize>> {
+        if self.bottom + self.top >= n {
+            return Err(Error::Invalid(format!(
+                "{}+{} adapter layers leave no middle layers in a {n}-layer model",
+                self.bottom, self.top
+            )));
+        }
+        Ok(self.bottom..n - self.top)
+    }
+}
+
+impl std::fmt::Display for AdapterSplit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}+{}", self.bottom, self.top)
+    }
+}
+
+/// Offsite-Tuning's uniform LayerDrop: adapters at both ends, and `keep` of the middle layers
+/// chosen evenly (`idx = round(i·(m−1)/(keep−1))`), the rest dropped.
+pub fn uniform_drop(n_layers: usize, split: AdapterSplit, keep: usize) -> Result<Vec<LayerKind>> {
+    let middle = split.middle(n_layers)?;
+    let m = middle.len();
+    if keep == 0 || keep > m {
+        return Err(Error::Invalid(format!(
+            "--keep {keep}: choose between 1 and the {m} middle layers"
+        )));
+    }
+    let mut plan = vec![LayerKind::Dropped; n_layers];
+    for (i, kind) in plan.iter_mut().enumerate() {
+        if !middle.contains(&i) {
+            *kind = LayerKind::Adapter;
+        }
+    }
+    for i in 0..keep {
+        let idx = if keep == 1 {
+            0
+        } else {
+            ((i * (m - 1)) as f64 / (keep - 1) as f64).round() as usize
+        };
+        plan[middle.start + idx] = LayerKind::Raw;
+    }
+    Ok(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uniform_drop_keeps_ends_of_the_middle() {
+        let split = AdapterSplit::parse("2+2").unwrap();
+        let plan = uniform_drop(30, split, 13).unwrap();
+        assert_eq!(plan.iter().filter(|k| **k == LayerKind::Adapter).count(), 4);
+        assert_eq!(plan.iter().filter(|k| **k == LayerKind::Raw).count(), 13);
+        assert_eq!(plan[2], LayerKind::Raw);
+        assert_eq!(plan[27], LayerKind::Raw);
+        assert_eq!(plan[0], LayerKind::Adapter);
+        assert_eq!(plan[29], LayerKind::Adapter);
+    }
+
+    #[test]
+    fn bad_splits_are_errors() {
+        assert!(AdapterSplit::parse("2-2").is_err());
+        let split = AdapterSplit::parse("3+3").unwrap();
+        assert!(uniform_drop(6, split, 1).is_err());
+        assert!(uniform_drop(10, split, 5).is_err());
+        assert!(uniform_drop(10, split, 0).is_err());
+    }
+}

@@ -1,0 +1,338 @@
+//! The adapter training loop, shared by `scaleot finetune` and the browser worker.
+//!
+//! It is driven from outside, one micro-batch at a time, so that the only synchronisation
+//! point — reading the loss back from the device — is the caller's: blocking natively,
+//! `into_data_async().await` in the browser:
+//!
+//! ```text
+//! let loss = trainer.micro_step(&data.train, pad)?;   // forward + backward, on the device
+//! let value = read(loss);                              // the caller's readback
+//! if let Some(report) = trainer.complete_micro_step(value)? { progress(report) }
+//! ```
+
+use burn::module::Module;
+use burn::optim::{
+    AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer, OptimizerRecord,
+    grad_clipping::GradientClippingConfig,
+};
+use burn::tensor::Tensor;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+
+use crate::data::Example;
+use crate::error::{Error, Result};
+use crate::eval::loglik::ScoringBatch;
+use crate::model::Llama;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TrainConfig {
+    /// Optimizer steps.
+    pub steps: usize,
+    /// Examples per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    pub lr: f64,
+    /// The cosine schedule ends at `lr * min_lr_ratio`.
+    pub min_lr_ratio: f64,
+    pub warmup_steps: usize,
+    pub weight_decay: f32,
+    /// Clip the global gradient norm to this (None: no clipping).
+    pub clip_norm: Option<f32>,
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            steps: 100,
+            batch_size: 8,
+            grad_accum: 1,
+            lr: 1e-4,
+            min_lr_ratio: 0.1,
+            warmup_steps: 10,
+            weight_decay: 0.0,
+            clip_norm: Some(1.0),
+            seed: 0,
+        }
+    }
+}
+
+impl TrainConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.steps == 0 || self.batch_size == 0 || self.grad_accum == 0 {
+            return Err(Error::Invalid(
+                "steps, batch size and gradient accumulation must all be at least 1".into(),
+            ));
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return Err(Error::Invalid(format!(
+                "learning rate {} must be positive",
+                self.lr
+            )));
+        }
+        Ok(())
+    }
+
+    /// Linear warmup to `lr`, then cosine decay to `lr * min_lr_ratio` at the last step.
+    pub fn lr_at(&self, step: usize) -> f64 {
+        if step < self.warmup_steps {
+            return self.lr * (step + 1) as f64 / self.warmup_steps as f64;
+        }
+        let span = self.steps.saturating_sub(self.warmup_steps).max(1) as f64;
+        let progress = ((step - self.warmup_steps) as f64 / span).min(1.0);
+        let min = self.lr * self.min_lr_ratio;
+        min + (self.lr - min) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+    }
+}
+
+/// Where the loop stands; saved with checkpoints so that a resumed run continues exactly.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TrainState {
+    /// Optimizer steps done.
+    pub step: usize,
+    /// Micro-batches done in the current optimizer step.
+    pub micro: usize,
+    pub epoch: usize,
+    /// Next example position in this epoch's order.
+    pub cursor: usize,
+    pub tokens_seen: usize,
+    /// (step, mean loss of that step's micro-batches).
+    pub losses: Vec<(usize, f32)>,
+    #[serde(skip)]
+    pending: Vec<f32>,
+}
+
+/// What one finished optimizer step reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepReport {
+    pub step: usize,
+    pub steps: usize,
+    pub loss: f32,
+    pub lr: f64,
+    pub tokens_seen: usize,
+}
+
+pub struct Trainer {
+    pub model: Llama,
+    pub cfg: TrainConfig,
+    pub state: TrainState,
+    optim: ModuleOptimizer,
+    accum: GradientsAccumulator<Llama>,
+    /// The model before the latest optimizer step: what a divergence rolls back to.
+    last_good: Llama,
+    n_examples: usize,
+}
+
+impl Trainer {
+    /// `model` lives on an autodiff device; only the layers at `trainable` stack positions learn.
+    pub fn new(
+        model: Llama,
+        trainable: &[usize],
+        cfg: TrainConfig,
+        n_examples: usize,
+    ) -> Result<Self> {
+        cfg.validate()?;
+        if n_examples == 0 {
+            return Err(Error::Invalid("the training set is empty".into()));
+        }
+        if trainable.is_empty() {
+            return Err(Error::Invalid(
+                "no trainable layers: the emulator has no adapters".into(),
+            ));
+        }
+        let model = model.with_trainable_layers(trainable);
+        let optim = AdamWConfig::new()
+            .with_weight_decay(cfg.weight_decay)
+            .with_grad_clipping(cfg.clip_norm.map(GradientClippingConfig::Norm))
+            .init();
+        Ok(Self {
+            last_good: model.clone(),
+            model,
+            cfg,
+            state: TrainState {
+                step: 0,
+                micro: 0,
+                epoch: 0,
+                cursor: 0,
+                tokens_seen: 0,
+                losses: Vec::new(),
+                pending: Vec::new(),
+            },
+            optim,
+            accum: GradientsAccumulator::new(),
+            n_examples,
+        })
+    }
+
+    pub fn finished(&self) -> bool {
+        self.state.step >= self.cfg.steps
+    }
+
+    /// The example order of an epoch: a seeded shuffle, the same on every run.
+    fn order(&self, epoch: usize) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..self.n_examples).collect();
+        order.shuffle(&mut StdRng::seed_from_u64(
+            self.cfg.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        ));
+        order
+    }
+
+    fn next_examples<'a>(&mut self, data: &'a [Example]) -> Vec<&'a Example> {
+        let mut picked = Vec::with_capacity(self.cfg.batch_size);
+        let mut order = self.order(self.state.epoch);
+        while picked.len() < self.cfg.batch_size {
+            if self.state.cursor >= order.len() {
+                self.state.epoch += 1;
+                self.state.cursor = 0;
+                order = self.order(self.state.epoch);
+            }
+            picked.push(&data[order[self.state.cursor]]);
+            self.state.cursor += 1;
+        }
+        picked
+    }
+
+    /// Forward and backward on the next micro-batch; gradients are accumulated. Returns the
+    /// mean loss per target token, still on the device.
+    pub fn micro_step(&mut self, data: &[Example], pad: u32) -> Result<Tensor<1>> {
+        if data.len() != self.n_examples {
+            return Err(Error::Invalid(
+                "the training set changed under the trainer".into(),
+            ));
+        }
+        if self.finished() {
+            return Err(Error::Invalid("training is already finished".into()));
+        }
+        let examples = self.next_examples(data);
+        let batch = ScoringBatch::from_examples(&examples, pad);
+        if batch.n_targets() == 0 {
+            return Err(Error::Invalid("a batch without any target tokens".into()));
+        }
+        self.state.tokens_seen += batch.n_targets();
+        let loss = batch.token_logprobs(&self.model).mean().neg();
+        let grads = GradientsParams::from_grads(loss.backward(), &self.model);
+        self.accum.accumulate(&self.model, grads);
+        Ok(loss.detach())
+    }
+
+    /// Takes the micro-batch's loss (read back by the caller). Non-finite loss stops training
+    /// and rolls the model back to the last good weights. At the end of an accumulation
+    /// window the optimizer steps and a report comes back.
+    pub fn complete_micro_step(&mut self, loss: f32) -> Result<Option<StepReport>> {
+        if !loss.is_finite() {
+            self.model = self.last_good.clone();
+            self.accum = GradientsAccumulator::new();
+            self.state.pending.clear();
+            self.state.micro = 0;
+            return Err(Error::Diverged {
+                step: self.state.step,
+                loss,
+            });
+        }
+        self.state.pending.push(loss);
+        self.state.micro += 1;
+        if self.state.micro < self.cfg.grad_accum {
+            return Ok(None);
+        }
+        let lr = self.cfg.lr_at(self.state.step);
+        let grads = self.accum.grads();
+        let scaled = scale_grads(grads, &self.model, 1.0 / self.cfg.grad_accum as f64);
+        let before = self.model.clone();
+        self.model = self.optim.step(lr, self.model.clone(), scaled);
+        self.last_good = before;
+        let mean = self.state.pending.iter().sum::<f32>() / self.state.pending.len() as f32;
+        self.state.pending.clear();
+        self.state.micro = 0;
+        self.state.losses.push((self.state.step, mean));
+        self.state.step += 1;
+        Ok(Some(StepReport {
+            step: self.state.step,
+            steps: self.cfg.steps,
+            loss: mean,
+            lr,
+            tokens_seen: self.state.tokens_seen,
+        }))
+    }
+
+    /// The optimizer's state (Adam moments), for checkpoints.
+    pub fn optimizer_record(&self) -> Result<Vec<u8>> {
+        let bytes = self
+            .optim
+            .to_record()
+            .into_bytes()
+            .map_err(|e| Error::Invalid(format!("saving optimizer state: {e:?}")))?;
+        Ok(bytes.to_vec())
+    }
+
+    /// Restores a checkpoint: the model's adapter weights come in with `model`, the rest here.
+    pub fn resume(
+        &mut self,
+        model: Llama,
+        trainable: &[usize],
+        state: TrainState,
+        optimizer: &[u8],
+    ) -> Result<()> {
+        let record =
+            OptimizerRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(optimizer.to_vec()))
+                .map_err(|e| {
+                    Error::Invalid(format!(
+                        "the checkpoint's optimizer state is unreadable: {e:?}"
+                    ))
+                })?;
+        let fresh = std::mem::replace(&mut self.optim, AdamWConfig::new().init());
+        self.optim = fresh.load_record(record);
+        self.model = model.with_trainable_layers(trainable);
+        self.last_good = self.model.clone();
+        self.state = state;
+        self.accum = GradientsAccumulator::new();
+        Ok(())
+    }
+}
+
+/// Averages accumulated gradients over the accumulation window.
+fn scale_grads(grads: GradientsParams, model: &Llama, factor: f64) -> GradientsParams {
+    if factor == 1.0 {
+        return grads;
+    }
+    struct Scale<'a> {
+        grads: &'a mut GradientsParams,
+        factor: f64,
+    }
+    impl burn::module::ModuleVisitor for Scale<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+            if let Some(g) = self.grads.remove::<D>(param.id) {
+                self.grads.register(param.id, g.mul_scalar(self.factor));
+            }
+        }
+    }
+    let mut grads = grads;
+    model.visit(&mut Scale {
+        grads: &mut grads,
+        factor,
+    });
+    grads
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_warms_up_then_decays_to_the_floor() {
+        let cfg = TrainConfig {
+            steps: 100,
+            warmup_steps: 10,
+            lr: 1.0,
+            min_lr_ratio: 0.1,
+            ..TrainConfig::default()
+        };
+        assert!((cfg.lr_at(0) - 0.1).abs() < 1e-12);
+        assert!((cfg.lr_at(9) - 1.0).abs() < 1e-12);
+        assert!((cfg.lr_at(10) - 1.0).abs() < 1e-12);
+        assert!((cfg.lr_at(100) - 0.1).abs() < 1e-12);
+        assert!(cfg.lr_at(50) < cfg.lr_at(20));
+    }
+}
