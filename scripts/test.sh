@@ -18,6 +18,20 @@ bin=target/release/scaleot
 grep -q "Paris" target/ci-generate.txt
 "$bin" perplexity README.md --max-tokens 300 --window 128 --stride 64
 "$bin" eval --tasks arc_challenge,sciq,openbookqa,hellaswag --limit 8
+echo "==> offsite-tuning smoke on the real model: emulator, finetune, plug-in, evaluate"
+ot=target/ci-ot; rm -rf "$ot"; mkdir -p "$ot"
+"$bin" emulator --adapters 2+2 --keep 13 --out "$ot/emu.json"
+"$bin" task-data --task arc_easy --out "$ot/arc_easy.jsonl"
+"$bin" finetune --emulator "$ot/emu.json" --data "$ot/arc_easy.jsonl" --steps 2 --batch-size 2 \
+  --held-out 0.01 --checkpoint-every 1 --out "$ot/adapter.json"
+"$bin" finetune --emulator "$ot/emu.json" --data "$ot/arc_easy.jsonl" --steps 3 --batch-size 2 \
+  --held-out 0.01 --resume "$ot/adapter.ckpt" --out "$ot/adapter-resumed.json" 2>&1 | tee "$ot/resume.log"
+grep -q "resumed at step 1" "$ot/resume.log" || { echo "resume from checkpoint failed" >&2; exit 1; }
+"$bin" eval --tasks arc_easy --limit 8 --emulator "$ot/emu.json" --adapter "$ot/adapter.json"
+"$bin" eval --tasks arc_easy --limit 8 --adapter "$ot/adapter.json"
+"$bin" plugin --adapter "$ot/adapter.json" --out "$ot/plugged"
+"$bin" eval --tasks arc_easy --limit 8 --model "$ot/plugged"
+rm -rf "$ot"
 echo "==> lm-evaluation-harness parity: full ARC-Easy and PIQA (about 7 minutes)"
 bash tools/reference/eval_parity.sh
 echo "==> wasm32 build of the core"; cargo build --release --target wasm32-unknown-unknown -p scaleot --features wgpu

@@ -177,8 +177,7 @@ fn parse_jsonl(
             }
             DataFormat::Chat => examples.push(chat(tok, &v, n, opts)?),
             DataFormat::MultipleChoice => {
-                let (q, answer) = multiple_choice(&v, n)?;
-                let prompt = format!("Question: {q}\nAnswer:");
+                let (prompt, answer) = multiple_choice(&v, n)?;
                 examples.push(pair(
                     tok,
                     &[(&prompt, false), (&format!(" {answer}"), true)],
@@ -219,19 +218,17 @@ fn str_field<'a>(v: &'a Value, key: &str, line: usize) -> Result<&'a str> {
 }
 
 /// `{"question", "choices": [..], "answer": index or the answer text}`, or lm-eval's
-/// `{"query", "choices", "gold"}`: returns the question and the correct choice's text.
+/// `{"query", "choices", "gold"}` whose query is already the prompt: returns the prompt and
+/// the correct choice's text.
 fn multiple_choice(v: &Value, line: usize) -> Result<(String, String)> {
-    let q = v
-        .get("question")
-        .or_else(|| v.get("query"))
-        .and_then(Value::as_str)
-        .ok_or_else(|| line_err(line, "`question` must be a string"))?;
-    // lm-eval queries already end in "\nAnswer:"; keep only the question part.
-    let q = q
-        .strip_prefix("Question: ")
-        .unwrap_or(q)
-        .trim_end_matches("\nAnswer:")
-        .to_owned();
+    let prompt = match (
+        v.get("query").and_then(Value::as_str),
+        v.get("question").and_then(Value::as_str),
+    ) {
+        (Some(query), _) => query.to_owned(),
+        (None, Some(q)) => format!("Question: {q}\nAnswer:"),
+        (None, None) => return Err(line_err(line, "`question` must be a string")),
+    };
     let choices: Vec<&str> = v["choices"]
         .as_array()
         .and_then(|a| a.iter().map(Value::as_str).collect())
@@ -246,7 +243,7 @@ fn multiple_choice(v: &Value, line: usize) -> Result<(String, String)> {
         _ => None,
     }
     .ok_or_else(|| line_err(line, "`answer` must be a choice index or the answer text"))?;
-    Ok((q, text))
+    Ok((prompt, text))
 }
 
 /// Concatenates segments (text, has loss) and appends end-of-text (with loss if the last

@@ -144,10 +144,7 @@ impl Trainer {
             ));
         }
         let model = model.with_trainable_layers(trainable);
-        let optim = AdamWConfig::new()
-            .with_weight_decay(cfg.weight_decay)
-            .with_grad_clipping(cfg.clip_norm.map(GradientClippingConfig::Norm))
-            .init();
+        let optim = build_optimizer(&cfg);
         Ok(Self {
             last_good: model.clone(),
             model,
@@ -282,14 +279,20 @@ impl Trainer {
                         "the checkpoint's optimizer state is unreadable: {e:?}"
                     ))
                 })?;
-        let fresh = std::mem::replace(&mut self.optim, AdamWConfig::new().init());
-        self.optim = fresh.load_record(record);
+        self.optim = build_optimizer(&self.cfg).load_record(record);
         self.model = model.with_trainable_layers(trainable);
         self.last_good = self.model.clone();
         self.state = state;
         self.accum = GradientsAccumulator::new();
         Ok(())
     }
+}
+
+fn build_optimizer(cfg: &TrainConfig) -> ModuleOptimizer {
+    AdamWConfig::new()
+        .with_weight_decay(cfg.weight_decay)
+        .with_grad_clipping(cfg.clip_norm.map(GradientClippingConfig::Norm))
+        .init()
 }
 
 /// Averages accumulated gradients over the accumulation window.

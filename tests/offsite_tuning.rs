@@ -1,0 +1,432 @@
+//! The data owner's loop on a tiny random LLaMA: emulator bundle, training, adapter file,
+//! plug-in, checkpoint/resume, and the refusals that protect each step.
+
+mod common;
+
+use burn::tensor::Device;
+use scaleot::Error;
+use scaleot::adapter::{self, Adapter};
+use scaleot::data::{self, DataOptions, Example};
+use scaleot::emulator::{
+    AdapterSplit, BundleSpec, Emulator, EmulatorManifest, FrozenDtype, uniform_drop, write_bundle,
+};
+use scaleot::eval::loglik::ScoringBatch;
+use scaleot::model::{Llama, LlamaConfig, ModelBytes, token_tensor};
+use scaleot::tokenizer::Tokenizer;
+use scaleot::train::{TrainConfig, Trainer};
+use scaleot::weights::safetensors::write_tensors;
+use scaleot::weights::{HostTensor, Overlay, SafetensorsSource, WeightSource};
+
+/// A byte-level tokenizer with all 256 byte symbols, a few merges and ChatML specials.
+fn tiny_tokenizer() -> Tokenizer {
+    let mut tokens: Vec<String> = (0..=255u8).map(|b| byte_char(b).to_string()).collect();
+    for t in ["th", "the", "<|endoftext|>", "<|im_start|>", "<|im_end|>"] {
+        tokens.push(t.into());
+    }
+    let specials = vec![
+        ("<|endoftext|>".to_string(), 258),
+        ("<|im_start|>".to_string(), 259),
+        ("<|im_end|>".to_string(), 260),
+    ];
+    Tokenizer::new(
+        tokens,
+        &["t h".into(), "th e".into()],
+        specials,
+        true,
+        Some(259),
+        Some(260),
+    )
+    .unwrap()
+}
+
+/// GPT-2's byte → printable character map.
+fn byte_char(b: u8) -> char {
+    let printable = (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || b >= 0xAE;
+    if printable {
+        return b as char;
+    }
+    let rank = (0..b)
+        .filter(|&x| !((b'!'..=b'~').contains(&x) || (0xA1..=0xAC).contains(&x) || x >= 0xAE))
+        .count();
+    char::from_u32(256 + rank as u32).unwrap()
+}
+
+fn tiny_config() -> LlamaConfig {
+    LlamaConfig {
+        vocab_size: 261,
+        hidden_size: 32,
+        intermediate_size: 64,
+        num_hidden_layers: 6,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        rope_theta: 10_000.0,
+        rms_norm_eps: 1e-5,
+        max_position_embeddings: 128,
+        tie_word_embeddings: true,
+    }
+}
+
+/// A random tiny model as Hugging Face files (deterministic LCG weights).
+fn tiny_model_bytes() -> ModelBytes {
+    let cfg = tiny_config();
+    let mut state = 42u64;
+    let mut rand = |n: usize, scale: f32| -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 * scale
+            })
+            .collect()
+    };
+    let mut tensors = Vec::new();
+    for name in scaleot::weights::safetensors::checkpoint_names(&cfg) {
+        let (shape, scale) = tiny_shape(&cfg, &name);
+        let n = shape.iter().product();
+        let data = if name.ends_with("norm.weight") {
+            rand(n, 0.1).into_iter().map(|x| 1.0 + x).collect()
+        } else {
+            rand(n, scale)
+        };
+        tensors.push((name, HostTensor { shape, data }));
+    }
+    ModelBytes::Hf {
+        config: cfg.to_hf_json().to_string(),
+        tokenizer: tiny_tokenizer().to_hf_json().to_string(),
+        shards: vec![write_tensors(&tensors, "pt").unwrap()],
+    }
+}
+
+fn tiny_shape(cfg: &LlamaConfig, name: &str) -> (Vec<usize>, f32) {
+    let (h, f, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
+    let kv = cfg.num_key_value_heads * cfg.head_dim();
+    let s = 0.3;
+    match name.rsplit('.').nth(1).unwrap_or("") {
+        "embed_tokens" => (vec![v, h], 1.0),
+        "q_proj" | "o_proj" => (vec![h, h], s),
+        "k_proj" | "v_proj" => (vec![kv, h], s),
+        "gate_proj" | "up_proj" => (vec![f, h], s),
+        "down_proj" => (vec![h, f], s),
+        _ => (vec![h], 0.1),
+    }
+}
+
+fn bundle(base: &ModelBytes, keep: usize) -> (Vec<u8>, EmulatorManifest) {
+    let opened = base.open().unwrap();
+    let plan = uniform_drop(6, AdapterSplit::parse("1+1").unwrap(), keep).unwrap();
+    let spec = BundleSpec {
+        config: &opened.config,
+        tokenizer: &opened.tokenizer,
+        plan,
+        method: "uniform-drop".into(),
+        params: serde_json::json!({"keep": keep}),
+        base_model_sha256: opened.sha256.clone(),
+        frozen_dtype: FrozenDtype::F32,
+    };
+    write_bundle(spec, opened.source.as_ref()).unwrap()
+}
+
+fn load_emulator(weights: &[u8], manifest: &EmulatorManifest, device: &Device) -> Emulator {
+    Emulator::load(&serde_json::to_string(manifest).unwrap(), weights, device).unwrap()
+}
+
+fn read_adapter_tensors(
+    model: &Llama,
+    plan: &[scaleot::emulator::LayerKind],
+) -> Vec<(String, HostTensor)> {
+    adapter::adapter_tensors(model, plan)
+        .into_iter()
+        .map(|(n, shape, t)| {
+            (
+                n,
+                HostTensor {
+                    shape,
+                    data: t.into_data().try_into_vec().unwrap(),
+                },
+            )
+        })
+        .collect()
+}
+
+fn training_data(tok: &Tokenizer) -> data::Dataset {
+    let text = "the cat sat on the mat. the dog sat on the log. ".repeat(30);
+    let opts = DataOptions {
+        max_len: 24,
+        held_out: 0.2,
+        seed: 3,
+        truncate: false,
+    };
+    data::load(text.as_bytes(), "notes.txt", tok, &opts).unwrap()
+}
+
+fn held_out_loss(model: &Llama, examples: &[Example]) -> f64 {
+    let refs: Vec<&Example> = examples.iter().collect();
+    let lp: Vec<f32> = ScoringBatch::from_examples(&refs, 0)
+        .token_logprobs(model)
+        .into_data()
+        .try_into_vec()
+        .unwrap();
+    -lp.iter().map(|&x| x as f64).sum::<f64>() / lp.len() as f64
+}
+
+fn params(model: &Llama) -> Vec<(String, Vec<f32>)> {
+    let plan = vec![scaleot::emulator::LayerKind::Adapter; 64];
+    let mut out: Vec<(String, Vec<f32>)> = adapter::adapter_tensors(model, &plan)
+        .into_iter()
+        .map(|(n, _, t)| (n, t.into_data().try_into_vec().unwrap()))
+        .collect();
+    out.push((
+        "embed".into(),
+        model.embed_tokens.val().into_data().try_into_vec().unwrap(),
+    ));
+    out
+}
+
+fn train(emu: Emulator, data: &data::Dataset, cfg: TrainConfig) -> (Trainer, Vec<usize>) {
+    let adapters = emu.adapter_positions();
+    let trainer = Trainer::new(emu.model, &adapters, cfg, data.train.len()).unwrap();
+    (trainer, adapters)
+}
+
+fn run(trainer: &mut Trainer, data: &data::Dataset, until: usize) {
+    while trainer.state.step < until {
+        let loss = trainer.micro_step(&data.train, 0).unwrap();
+        let v = loss.into_data().try_into_vec::<f32>().unwrap()[0];
+        trainer.complete_micro_step(v).unwrap();
+    }
+}
+
+fn config(steps: usize) -> TrainConfig {
+    TrainConfig {
+        steps,
+        batch_size: 4,
+        grad_accum: 2,
+        lr: 3e-3,
+        warmup_steps: 2,
+        ..TrainConfig::default()
+    }
+}
+
+#[test]
+fn untouched_adapters_plug_in_to_the_exact_base_model() {
+    let device = Device::flex();
+    let base = tiny_model_bytes();
+    let (weights, manifest) = bundle(&base, 2);
+    let emu = load_emulator(&weights, &manifest, &device);
+    assert_eq!(emu.model.layers.len(), 4);
+    let tensors = read_adapter_tensors(&emu.model, &manifest.plan);
+    let (aw, am) = adapter::write_adapter(
+        tensors,
+        &manifest,
+        serde_json::json!({}),
+        serde_json::json!({}),
+    )
+    .unwrap();
+    let adapter = Adapter::load(&serde_json::to_string(&am).unwrap(), &aw).unwrap();
+    let opened = base.open().unwrap();
+    adapter.check_base(&opened.sha256).unwrap();
+    let plugged = Llama::load(
+        &opened.config,
+        &Overlay {
+            top: &adapter,
+            base: opened.source.as_ref(),
+        },
+        &device,
+    )
+    .unwrap();
+    let original = Llama::load(&opened.config, opened.source.as_ref(), &device).unwrap();
+    let ids = vec![vec![5u32, 80, 100, 3, 250, 17]];
+    let a: Vec<f32> = plugged
+        .forward(token_tensor(&ids, &device))
+        .into_data()
+        .try_into_vec()
+        .unwrap();
+    let b: Vec<f32> = original
+        .forward(token_tensor(&ids, &device))
+        .into_data()
+        .try_into_vec()
+        .unwrap();
+    assert_eq!(a, b, "plug-in of untouched adapters must be bit-exact");
+}
+
+#[test]
+fn training_lowers_held_out_loss_and_touches_only_adapters() {
+    let device = Device::flex().autodiff();
+    let base = tiny_model_bytes();
+    let (weights, manifest) = bundle(&base, 2);
+    let emu = load_emulator(&weights, &manifest, &device);
+    let data = training_data(&emu.tokenizer);
+    let before_params = params(&emu.model);
+    let before = held_out_loss(&emu.model, &data.held_out);
+    let (mut trainer, _) = train(emu, &data, config(25));
+    run(&mut trainer, &data, 25);
+    let after = held_out_loss(&trainer.model, &data.held_out);
+    assert!(after < before - 0.5, "held-out loss {before} → {after}");
+    let after_params = params(&trainer.model);
+    // Stack positions 0 and 3 are the adapters (original layers 0 and 5).
+    for ((name, x), (_, y)) in before_params.iter().zip(&after_params) {
+        let is_adapter = name.starts_with("model.layers.0.") || name.starts_with("model.layers.5.");
+        if is_adapter {
+            assert_ne!(x, y, "{name} should have trained");
+        } else {
+            assert_eq!(x, y, "{name} must stay bit-identical");
+        }
+    }
+}
+
+#[test]
+fn checkpoint_resume_continues_exactly() {
+    let device = Device::flex().autodiff();
+    let base = tiny_model_bytes();
+    let (weights, manifest) = bundle(&base, 2);
+    let data = training_data(&load_emulator(&weights, &manifest, &device).tokenizer);
+    let (mut straight, _) = train(
+        load_emulator(&weights, &manifest, &device),
+        &data,
+        config(6),
+    );
+    run(&mut straight, &data, 6);
+
+    let (mut first, adapters) = train(
+        load_emulator(&weights, &manifest, &device),
+        &data,
+        config(6),
+    );
+    run(&mut first, &data, 3);
+    let saved = write_tensors(&read_adapter_tensors(&first.model, &manifest.plan), "ckpt").unwrap();
+    let optim = first.optimizer_record().unwrap();
+    let state = serde_json::to_string(&first.state).unwrap();
+    drop(first);
+
+    let (mut second, _) = train(
+        load_emulator(&weights, &manifest, &device),
+        &data,
+        config(6),
+    );
+    let emulator_src = SafetensorsSource::new(&[&weights]).unwrap();
+    let ckpt_src = SafetensorsSource::new(&[&saved]).unwrap();
+    let model = Llama::load_plan(
+        &manifest.config,
+        &Overlay {
+            top: &ckpt_src,
+            base: &emulator_src,
+        },
+        &manifest.plan,
+        &device,
+    )
+    .unwrap();
+    second
+        .resume(
+            model,
+            &adapters,
+            serde_json::from_str(&state).unwrap(),
+            &optim,
+        )
+        .unwrap();
+    run(&mut second, &data, 6);
+    let a = params(&straight.model);
+    let b = params(&second.model);
+    for ((name, x), (_, y)) in a.iter().zip(&b) {
+        let worst = x
+            .iter()
+            .zip(y)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            x.iter().zip(y).all(|(p, q)| (p - q).abs() <= 1e-5),
+            "{name}: resumed run differs by {worst}"
+        );
+    }
+}
+
+#[test]
+fn divergence_stops_and_keeps_the_last_good_weights() {
+    let device = Device::flex().autodiff();
+    let base = tiny_model_bytes();
+    let (weights, manifest) = bundle(&base, 2);
+    let emu = load_emulator(&weights, &manifest, &device);
+    let data = training_data(&emu.tokenizer);
+    let cfg = TrainConfig {
+        lr: 1e30,
+        warmup_steps: 0,
+        clip_norm: None,
+        grad_accum: 1,
+        ..config(20)
+    };
+    let (mut trainer, _) = train(emu, &data, cfg);
+    let mut outcome = None;
+    for _ in 0..20 {
+        let loss = trainer.micro_step(&data.train, 0).unwrap();
+        let v = loss.into_data().try_into_vec::<f32>().unwrap()[0];
+        if let Err(e) = trainer.complete_micro_step(v) {
+            outcome = Some(e);
+            break;
+        }
+    }
+    let err = outcome.expect("a 1e30 learning rate must diverge");
+    assert!(matches!(err, Error::Diverged { .. }), "{err}");
+    assert!(err.to_string().contains("lower the learning rate"), "{err}");
+    let p = params(&trainer.model);
+    assert!(
+        p.iter().all(|(_, v)| v.iter().all(|x| x.is_finite())),
+        "rolled-back weights are finite"
+    );
+}
+
+#[test]
+fn bundles_and_adapters_refuse_the_wrong_partner() {
+    let device = Device::flex();
+    let base = tiny_model_bytes();
+    let (weights, manifest) = bundle(&base, 2);
+    let (_, other) = bundle(&base, 3);
+    // A flipped byte in the weights: the hash check names it.
+    let mut corrupt = weights.clone();
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 1;
+    let err = Emulator::load(
+        &serde_json::to_string(&manifest).unwrap(),
+        &corrupt,
+        &device,
+    )
+    .err()
+    .unwrap();
+    assert!(matches!(err, Error::BundleCorrupt { .. }), "{err}");
+    assert!(err.to_string().contains("download the bundle again"));
+    let emu = load_emulator(&weights, &manifest, &device);
+    let tensors = read_adapter_tensors(&emu.model, &manifest.plan);
+    let (aw, am) = adapter::write_adapter(
+        tensors,
+        &manifest,
+        serde_json::json!({}),
+        serde_json::json!({}),
+    )
+    .unwrap();
+    let adapter = Adapter::load(&serde_json::to_string(&am).unwrap(), &aw).unwrap();
+    adapter.check_emulator(&manifest).unwrap();
+    let err = adapter.check_emulator(&other).unwrap_err();
+    assert!(err.to_string().contains("trained on emulator"), "{err}");
+    let err = adapter.check_base("0000").unwrap_err();
+    assert!(err.to_string().contains("belong to base model"), "{err}");
+    let err = Adapter::load(&serde_json::to_string(&am).unwrap(), &aw[..aw.len() - 3])
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("corrupted"), "{err}");
+    // The emulator really lacks the dropped layers that the base model has.
+    let dropped = "model.layers.2.mlp.up_proj.weight";
+    assert!(
+        base.open()
+            .unwrap()
+            .source
+            .tensor(dropped)
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        SafetensorsSource::new(&[&weights])
+            .unwrap()
+            .tensor(dropped)
+            .unwrap()
+            .is_none()
+    );
+}

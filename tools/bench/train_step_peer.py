@@ -1,0 +1,57 @@
+"""PyTorch peer for `scaleot bench-train`: the same adapter training step on the same emulator
+(layers kept per the emulator manifest's plan, only adapter layers trainable, AdamW, loss on
+every token), same batch, same threads. Prints one JSON line."""
+import argparse, json, os, time
+
+import torch
+from transformers import AutoModelForCausalLM
+
+p = argparse.ArgumentParser()
+p.add_argument("--model-dir", required=True)
+p.add_argument("--gguf", default="SmolLM2-135M-Instruct.Q4_1.gguf")
+p.add_argument("--emulator", required=True, help="emulator manifest (.json)")
+p.add_argument("--batch", type=int, default=8)
+p.add_argument("--len", type=int, default=128)
+p.add_argument("--iters", type=int, default=5)
+p.add_argument("--threads", type=int, default=os.cpu_count())
+a = p.parse_args()
+torch.set_num_threads(a.threads)
+plan = json.load(open(a.emulator))["plan"]
+model = AutoModelForCausalLM.from_pretrained(a.model_dir, gguf_file=a.gguf, dtype=torch.float32)
+layers = model.model.layers
+keep = [i for i, k in enumerate(plan) if k != "dropped"]
+model.model.layers = torch.nn.ModuleList([layers[i] for i in keep])
+model.config.num_hidden_layers = len(keep)
+for i, layer in enumerate(model.model.layers):
+    layer.self_attn.layer_idx = i
+for prm in model.parameters():
+    prm.requires_grad_(False)
+for pos, i in enumerate(keep):
+    if plan[i] == "adapter":
+        for prm in model.model.layers[pos].parameters():
+            prm.requires_grad_(True)
+model.train()
+opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-5, weight_decay=0.0)
+vocab = model.config.vocab_size
+ids = torch.tensor([[((b * 7919 + i * 104729) % (vocab - 17)) + 17 for i in range(a.len)] for b in range(a.batch)])
+
+def step():
+    out = model(ids, labels=ids)
+    out.loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return out.loss.item()
+
+step()
+start = time.perf_counter()
+for _ in range(a.iters):
+    loss = step()
+secs = (time.perf_counter() - start) / a.iters
+peak = None
+with open("/proc/self/status") as f:
+    for line in f:
+        if line.startswith("VmHWM:"):
+            peak = int(line.split()[1]) / 1024
+print(json.dumps({"impl": "pytorch %s eager f32" % torch.__version__, "batch": a.batch, "len": a.len,
+                  "iters": a.iters, "seconds_per_step": secs, "tokens_per_second": a.batch * a.len / secs,
+                  "peak_rss_mib": peak, "threads": a.threads, "loss": loss}))
