@@ -4,10 +4,10 @@
 //! (PEFT's `modules_to_save` convention for whole layers) + a JSON manifest naming the emulator
 //! and base model it belongs to, the training config and metrics. No training data inside.
 
+use crate::sha256_hex;
 use burn::tensor::Tensor;
 use safetensors::SafeTensors;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::emulator::bundle::{EmulatorManifest, layer_tensor_names};
 use crate::emulator::plan::LayerKind;
@@ -31,13 +31,6 @@ pub struct AdapterManifest {
     pub train: serde_json::Value,
     pub metrics: serde_json::Value,
     pub weights_sha256: String,
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// The adapter layers' tensors, flattened on the device in HF layout (`[out, in]`), with
@@ -101,7 +94,7 @@ pub fn write_adapter(
         peft: serde_json::json!({"peft_type": "FULL_LAYERS", "modules_to_save": modules}),
         train,
         metrics,
-        weights_sha256: sha256_hex(&weights),
+        weights_sha256: sha256_hex(&[&weights]),
     };
     Ok((weights, manifest))
 }
@@ -125,7 +118,7 @@ impl<'a> Adapter<'a> {
                 manifest.format
             )));
         }
-        let actual = sha256_hex(weights);
+        let actual = sha256_hex(&[weights]);
         if actual != manifest.weights_sha256 {
             return Err(Error::Invalid(format!(
                 "the adapter weights are corrupted (sha256 {actual}, the manifest says {}): ask for the file again",

@@ -14,5 +14,15 @@ pub mod weights;
 
 pub use error::{Error, Result};
 
+/// Hex sha256 of byte parts taken in order: the identity of weight files, bundles, adapters.
+pub fn sha256_hex(parts: &[&[u8]]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p);
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[cfg(target_arch = "wasm32")]
 pub mod web;

@@ -149,6 +149,21 @@ fn read_adapter_tensors(
         .collect()
 }
 
+/// The adapter file an untrained emulator would hand back.
+fn untouched_adapter_file(
+    emu: &Emulator,
+    manifest: &EmulatorManifest,
+) -> (Vec<u8>, adapter::AdapterManifest) {
+    let tensors = read_adapter_tensors(&emu.model, &manifest.plan);
+    adapter::write_adapter(
+        tensors,
+        manifest,
+        serde_json::json!({}),
+        serde_json::json!({}),
+    )
+    .unwrap()
+}
+
 fn training_data(tok: &Tokenizer) -> data::Dataset {
     let text = "the cat sat on the mat. the dog sat on the log. ".repeat(30);
     let opts = DataOptions {
@@ -215,14 +230,7 @@ fn untouched_adapters_plug_in_to_the_exact_base_model() {
     let (weights, manifest) = bundle(&base, 2);
     let emu = load_emulator(&weights, &manifest, &device);
     assert_eq!(emu.model.layers.len(), 4);
-    let tensors = read_adapter_tensors(&emu.model, &manifest.plan);
-    let (aw, am) = adapter::write_adapter(
-        tensors,
-        &manifest,
-        serde_json::json!({}),
-        serde_json::json!({}),
-    )
-    .unwrap();
+    let (aw, am) = untouched_adapter_file(&emu, &manifest);
     let adapter = Adapter::load(&serde_json::to_string(&am).unwrap(), &aw).unwrap();
     let opened = base.open().unwrap();
     adapter.check_base(&opened.sha256).unwrap();
@@ -394,14 +402,7 @@ fn bundles_and_adapters_refuse_the_wrong_partner() {
     assert!(matches!(err, Error::BundleCorrupt { .. }), "{err}");
     assert!(err.to_string().contains("download the bundle again"));
     let emu = load_emulator(&weights, &manifest, &device);
-    let tensors = read_adapter_tensors(&emu.model, &manifest.plan);
-    let (aw, am) = adapter::write_adapter(
-        tensors,
-        &manifest,
-        serde_json::json!({}),
-        serde_json::json!({}),
-    )
-    .unwrap();
+    let (aw, am) = untouched_adapter_file(&emu, &manifest);
     let adapter = Adapter::load(&serde_json::to_string(&am).unwrap(), &aw).unwrap();
     adapter.check_emulator(&manifest).unwrap();
     let err = adapter.check_emulator(&other).unwrap_err();

@@ -25,6 +25,12 @@ fn device(choice: DeviceChoice) -> Result<Device> {
         DeviceChoice::Gpu => {
             bail!("this binary was built without GPU support: rebuild with `--features wgpu`")
         }
+        #[cfg(feature = "ndarray")]
+        DeviceChoice::Ndarray => Ok(Device::ndarray()),
+        #[cfg(not(feature = "ndarray"))]
+        DeviceChoice::Ndarray => bail!(
+            "this binary was built without the ndarray backend: rebuild with `--features ndarray`"
+        ),
     }
 }
 
@@ -411,7 +417,11 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     println!(
         "{}",
         json!({
-            "impl": "scaleot (burn flex, f32)",
+            "impl": format!("scaleot (burn {}, f32)", match a.model.device {
+                DeviceChoice::Cpu => "flex",
+                DeviceChoice::Gpu => "wgpu",
+                DeviceChoice::Ndarray => "ndarray",
+            }),
             "batch": a.batch, "len": a.len, "iters": a.iters,
             "seconds_per_forward": secs,
             "tokens_per_second": tokens / secs,

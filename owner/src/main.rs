@@ -29,6 +29,8 @@ pub enum DeviceChoice {
     Cpu,
     /// GPU through wgpu (build with `--features wgpu`).
     Gpu,
+    /// burn's ndarray CPU backend (build with `--features ndarray`), for comparison.
+    Ndarray,
 }
 
 /// Options every model-using command shares.

@@ -2,11 +2,11 @@
 //! model's Hugging Face names) and a JSON manifest (config, layer plan, tokenizer, hashes).
 //! Read and written from bytes, so the browser and the native binary share it.
 
+use crate::sha256_hex;
 use burn::tensor::Device;
 use half::f16;
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use super::plan::LayerKind;
 use crate::error::{Error, Result};
@@ -60,13 +60,6 @@ pub struct EmulatorManifest {
 pub enum FrozenDtype {
     F32,
     F16,
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// Everything needed to write a bundle from a base model.
@@ -153,7 +146,7 @@ pub fn write_bundle(
         method: spec.method,
         params: spec.params,
         base_model_sha256: spec.base_model_sha256,
-        weights_sha256: sha256_hex(&weights),
+        weights_sha256: sha256_hex(&[&weights]),
         weights_bytes: weights.len() as u64,
         emulator_params,
         full_params: full_param_count(cfg),
@@ -201,7 +194,7 @@ impl Emulator {
     /// Checks the weights against the manifest's hash, then builds the model.
     pub fn load(manifest_json: &str, weights: &[u8], device: &Device) -> Result<Self> {
         let manifest = Self::read_manifest(manifest_json)?;
-        let actual = sha256_hex(weights);
+        let actual = sha256_hex(&[weights]);
         if actual != manifest.weights_sha256 {
             return Err(Error::BundleCorrupt {
                 expected: manifest.weights_sha256.clone(),

@@ -1,7 +1,7 @@
 //! From file bytes to a ready model + tokenizer, for both GGUF and Hugging Face checkpoints.
 
+use crate::sha256_hex;
 use burn::tensor::Device;
-use sha2::{Digest, Sha256};
 
 use super::{Llama, LlamaConfig};
 use crate::error::Result;
@@ -15,14 +15,6 @@ pub struct LoadedModel {
     pub tokenizer: Tokenizer,
     /// sha256 of the weight bytes (all shards in order), hex.
     pub weights_sha256: String,
-}
-
-fn sha256_hex(parts: &[&[u8]]) -> String {
-    let mut h = Sha256::new();
-    for p in parts {
-        h.update(p);
-    }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The raw files of a base model, held in memory so weight sources can borrow them.

@@ -5,6 +5,8 @@ import argparse, json, os, time
 import torch
 from transformers import AutoModelForCausalLM
 
+from peer_common import peak_rss_mib, pseudo_text
+
 p = argparse.ArgumentParser()
 p.add_argument("--model-dir", required=True)
 p.add_argument("--gguf", default="SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -16,8 +18,7 @@ a = p.parse_args()
 torch.set_num_threads(a.threads)
 model = AutoModelForCausalLM.from_pretrained(a.model_dir, gguf_file=a.gguf, dtype=torch.float32).eval()
 vocab = model.config.vocab_size
-# The same pseudo-text as `scaleot bench`.
-ids = torch.tensor([[((b * 7919 + i * 104729) % (vocab - 17)) + 17 for i in range(a.len)] for b in range(a.batch)])
+ids = torch.tensor(pseudo_text(a.batch, a.len, vocab))
 with torch.inference_mode():
     model(ids)
     start = time.perf_counter()
@@ -25,11 +26,7 @@ with torch.inference_mode():
     for _ in range(a.iters):
         checksum += model(ids).logits.sum().item()
     secs = (time.perf_counter() - start) / a.iters
-peak = None
-with open("/proc/self/status") as f:
-    for line in f:
-        if line.startswith("VmHWM:"):
-            peak = int(line.split()[1]) / 1024
+peak = peak_rss_mib()
 print(json.dumps({"impl": "pytorch %s eager f32" % torch.__version__, "batch": a.batch, "len": a.len,
                   "iters": a.iters, "seconds_per_forward": secs, "tokens_per_second": a.batch * a.len / secs,
                   "peak_rss_mib": peak, "threads": a.threads, "checksum": checksum}))

@@ -6,6 +6,8 @@ import argparse, json, os, time
 import torch
 from transformers import AutoModelForCausalLM
 
+from peer_common import peak_rss_mib, pseudo_text
+
 p = argparse.ArgumentParser()
 p.add_argument("--model-dir", required=True)
 p.add_argument("--gguf", default="SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -33,7 +35,7 @@ for pos, i in enumerate(keep):
 model.train()
 opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-5, weight_decay=0.0)
 vocab = model.config.vocab_size
-ids = torch.tensor([[((b * 7919 + i * 104729) % (vocab - 17)) + 17 for i in range(a.len)] for b in range(a.batch)])
+ids = torch.tensor(pseudo_text(a.batch, a.len, vocab))
 
 def step():
     out = model(ids, labels=ids)
@@ -47,11 +49,7 @@ start = time.perf_counter()
 for _ in range(a.iters):
     loss = step()
 secs = (time.perf_counter() - start) / a.iters
-peak = None
-with open("/proc/self/status") as f:
-    for line in f:
-        if line.startswith("VmHWM:"):
-            peak = int(line.split()[1]) / 1024
+peak = peak_rss_mib()
 print(json.dumps({"impl": "pytorch %s eager f32" % torch.__version__, "batch": a.batch, "len": a.len,
                   "iters": a.iters, "seconds_per_step": secs, "tokens_per_second": a.batch * a.len / secs,
                   "peak_rss_mib": peak, "threads": a.threads, "loss": loss}))
