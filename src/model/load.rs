@@ -35,52 +35,44 @@ pub struct OpenedModel<'a> {
     pub sha256: String,
 }
 
-impl ModelBytes {
-    pub fn sha256(&self) -> String {
-        match self {
-            Self::Gguf(b) => sha256_hex(&[b]),
-            Self::Hf { shards, .. } => {
-                let refs: Vec<&[u8]> = shards.iter().map(Vec::as_slice).collect();
-                sha256_hex(&refs)
-            }
-        }
+impl<'a> OpenedModel<'a> {
+    /// A GGUF file: config, tokenizer and weights all come from it.
+    pub fn gguf(bytes: &'a [u8]) -> Result<Self> {
+        let gguf = Gguf::parse(bytes)?;
+        let config = LlamaConfig::from_gguf(&gguf)?;
+        let tokenizer = Tokenizer::from_gguf(&gguf)?;
+        let heads = (config.num_attention_heads, config.num_key_value_heads);
+        Ok(Self {
+            config,
+            tokenizer,
+            source: Box::new(GgufSource::new(gguf, heads.0, heads.1)),
+            sha256: sha256_hex(&[bytes]),
+        })
     }
 
+    /// A Hugging Face checkpoint: `config.json`, `tokenizer.json` and safetensors shards.
+    pub fn hf(config_json: &str, tokenizer_json: &str, shards: &[&'a [u8]]) -> Result<Self> {
+        Ok(Self {
+            config: LlamaConfig::from_hf_json(config_json)?,
+            tokenizer: Tokenizer::from_hf_json(tokenizer_json)?,
+            source: Box::new(SafetensorsSource::new(shards)?),
+            sha256: sha256_hex(shards),
+        })
+    }
+}
+
+impl ModelBytes {
     /// Parses headers and metadata; tensors are decoded on request.
     pub fn open(&self) -> Result<OpenedModel<'_>> {
-        let sha256 = self.sha256();
         match self {
-            Self::Gguf(bytes) => {
-                let gguf = Gguf::parse(bytes)?;
-                let config = LlamaConfig::from_gguf(&gguf)?;
-                let tokenizer = Tokenizer::from_gguf(&gguf)?;
-                let source = Box::new(GgufSource::new(
-                    gguf,
-                    config.num_attention_heads,
-                    config.num_key_value_heads,
-                ));
-                Ok(OpenedModel {
-                    config,
-                    tokenizer,
-                    source,
-                    sha256,
-                })
-            }
+            Self::Gguf(bytes) => OpenedModel::gguf(bytes),
             Self::Hf {
                 config,
                 tokenizer,
                 shards,
             } => {
-                let config = LlamaConfig::from_hf_json(config)?;
-                let tokenizer = Tokenizer::from_hf_json(tokenizer)?;
                 let refs: Vec<&[u8]> = shards.iter().map(Vec::as_slice).collect();
-                let source = Box::new(SafetensorsSource::new(&refs)?);
-                Ok(OpenedModel {
-                    config,
-                    tokenizer,
-                    source,
-                    sha256,
-                })
+                OpenedModel::hf(config, tokenizer, &refs)
             }
         }
     }
@@ -98,38 +90,22 @@ impl LoadedModel {
         })
     }
 
-    /// A GGUF file: config, tokenizer and weights all come from it.
+    /// A GGUF file, from its bytes.
     pub fn from_gguf(bytes: &[u8], device: &Device) -> Result<Self> {
-        let gguf = Gguf::parse(bytes)?;
-        let config = LlamaConfig::from_gguf(&gguf)?;
-        let tokenizer = Tokenizer::from_gguf(&gguf)?;
-        let src = GgufSource::new(gguf, config.num_attention_heads, config.num_key_value_heads);
-        let model = Llama::load(&config, &src, device)?;
-        Ok(Self {
-            config,
-            model,
-            tokenizer,
-            weights_sha256: sha256_hex(&[bytes]),
-        })
+        Self::from_opened(OpenedModel::gguf(bytes)?, device)
     }
 
-    /// A Hugging Face checkpoint: `config.json`, `tokenizer.json` and safetensors shards.
+    /// A Hugging Face checkpoint, from its files' contents.
     pub fn from_hf(
         config_json: &str,
         tokenizer_json: &str,
         shards: &[&[u8]],
         device: &Device,
     ) -> Result<Self> {
-        let config = LlamaConfig::from_hf_json(config_json)?;
-        let tokenizer = Tokenizer::from_hf_json(tokenizer_json)?;
-        let src = SafetensorsSource::new(shards)?;
-        let model = Llama::load(&config, &src, device)?;
-        Ok(Self {
-            config,
-            model,
-            tokenizer,
-            weights_sha256: sha256_hex(shards),
-        })
+        Self::from_opened(
+            OpenedModel::hf(config_json, tokenizer_json, shards)?,
+            device,
+        )
     }
 }
 
