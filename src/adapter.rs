@@ -1,20 +1,22 @@
 //! The adapter file that goes back to the model owner, and plugging it into the full model.
 //!
 //! File = safetensors with the tuned layers under the base model's Hugging Face names
-//! (PEFT's `modules_to_save` convention for whole layers) + a JSON manifest naming the emulator
-//! and base model it belongs to, the training config and metrics. No training data inside.
+//! (PEFT's `modules_to_save` convention for whole layers, PEFT's `lora_A`/`lora_B` names for
+//! LoRA) + a JSON manifest naming the emulator and base model it belongs to, the training
+//! config and metrics. No training data inside.
 
 use crate::sha256_hex;
-use burn::tensor::Tensor;
+use burn::tensor::{Device, Tensor};
 use safetensors::SafeTensors;
 use serde::{Deserialize, Serialize};
 
 use crate::emulator::bundle::{EmulatorManifest, layer_tensor_names};
 use crate::emulator::plan::LayerKind;
 use crate::error::{Error, Result};
+use crate::model::lora::{self, LoraConfig};
 use crate::model::{LayerSlot, Llama};
 use crate::weights::safetensors::decode_floats;
-use crate::weights::{HostTensor, WeightSource};
+use crate::weights::{HostTensor, Overlay, SafetensorsSource, WeightSource};
 
 pub const FORMAT: &str = "scaleot-adapter/1";
 
@@ -28,52 +30,96 @@ pub struct AdapterManifest {
     pub layers: Vec<usize>,
     /// PEFT-style description: whole layers are `modules_to_save`.
     pub peft: serde_json::Value,
+    /// Set when the adapters are LoRA factors rather than whole layers.
+    #[serde(default)]
+    pub lora: Option<LoraConfig>,
     pub train: serde_json::Value,
     pub metrics: serde_json::Value,
     pub weights_sha256: String,
 }
 
-/// The adapter layers' tensors, flattened on the device in HF layout (`[out, in]`), with
-/// their HF names and shapes. The caller reads them back (sync natively, async in wasm).
+/// The adapters' tensors, flattened on the device in HF layout, with their HF names and
+/// shapes: whole layers (`[out, in]` projections), or only the LoRA factors of layers that
+/// carry LoRA. The caller reads them back (sync natively, async in wasm).
 pub fn adapter_tensors(model: &Llama, plan: &[LayerKind]) -> Vec<(String, Vec<usize>, Tensor<1>)> {
     let mut out = Vec::new();
+    let flat = |t: Tensor<2>| {
+        let [rows, cols] = t.dims();
+        (vec![rows, cols], t.reshape([rows * cols]).detach())
+    };
     for (slot, &orig) in model.layers.iter().zip(&model.layer_index) {
         if plan.get(orig) != Some(&LayerKind::Adapter) {
             continue;
         }
         let LayerSlot::Decoder(l) = slot;
-        let names = layer_tensor_names(orig);
-        let vec1 = |t: Tensor<1>| {
-            let n = t.dims()[0];
-            (vec![n], t)
-        };
-        let mat = |t: Tensor<2>| {
-            let [inp, outp] = t.dims();
-            (vec![outp, inp], t.transpose().reshape([inp * outp]))
-        };
-        let a = &l.self_attn;
-        let parts = [
-            vec1(l.input_layernorm.weight.val()),
-            mat(a.q_proj.weight.val()),
-            mat(a.k_proj.weight.val()),
-            mat(a.v_proj.weight.val()),
-            mat(a.o_proj.weight.val()),
-            vec1(l.post_attention_layernorm.weight.val()),
-            mat(l.mlp.gate_proj.weight.val()),
-            mat(l.mlp.up_proj.weight.val()),
-            mat(l.mlp.down_proj.weight.val()),
-        ];
-        for (name, (shape, t)) in names.into_iter().zip(parts) {
-            out.push((name, shape, t.detach()));
+        if l.has_lora() {
+            for (module, proj) in l.projections(orig) {
+                let Some(pair) = &proj.lora else { continue };
+                let [a_name, b_name] = lora::factor_names(&module);
+                let (a_shape, a) = flat(pair.a.val().transpose());
+                let (b_shape, b) = flat(pair.b.val().transpose());
+                out.push((a_name, a_shape, a));
+                out.push((b_name, b_shape, b));
+            }
+            continue;
         }
+        let names = layer_tensor_names(orig);
+        let norm = |t: Tensor<1>| (vec![t.dims()[0]], t.detach());
+        let mut parts = vec![norm(l.input_layernorm.weight.val())];
+        let projections = l.projections(orig);
+        let (attn, mlp) = projections.split_at(4);
+        parts.extend(attn.iter().map(|(_, p)| flat(p.weight.val().transpose())));
+        parts.push(norm(l.post_attention_layernorm.weight.val()));
+        parts.extend(mlp.iter().map(|(_, p)| flat(p.weight.val().transpose())));
+        out.extend(
+            names
+                .into_iter()
+                .zip(parts)
+                .map(|(name, (shape, t))| (name, shape, t)),
+        );
     }
     out
+}
+
+/// The emulator with a training checkpoint's adapters in place (resuming): whole layers
+/// swapped in, or LoRA factors attached to the adapter layers at stack `positions`.
+/// `checkpoint` holds what [`adapter_tensors`] returned, as safetensors.
+pub fn checkpointed_model(
+    manifest: &EmulatorManifest,
+    emulator: &[u8],
+    checkpoint: &[u8],
+    (positions, lora): (&[usize], Option<&LoraConfig>),
+    device: &Device,
+) -> Result<Llama> {
+    let base = SafetensorsSource::new(&[emulator])?;
+    let saved = SafetensorsSource::new(&[checkpoint])?;
+    if let Some(l) = lora {
+        return Llama::load_plan(&manifest.config, &base, &manifest.plan, device)?.with_lora(
+            positions,
+            l,
+            0,
+            Some(&saved),
+        );
+    }
+    let first = manifest.plan.iter().position(|k| *k == LayerKind::Adapter);
+    let probe = first.map(|i| format!("model.layers.{i}.self_attn.q_proj.weight"));
+    if let Some(name) = probe.filter(|n| matches!(saved.tensor(n), Ok(None))) {
+        return Err(Error::Invalid(format!(
+            "the checkpoint has no `{name}`: it was made with LoRA; resume with the same LoRA settings"
+        )));
+    }
+    let whole_layers = Overlay {
+        top: &saved,
+        base: &base,
+    };
+    Llama::load_plan(&manifest.config, &whole_layers, &manifest.plan, device)
 }
 
 /// Serializes read-back adapter tensors into `(safetensors bytes, manifest)`.
 pub fn write_adapter(
     tensors: Vec<(String, HostTensor)>,
     emulator: &EmulatorManifest,
+    lora: Option<&LoraConfig>,
     train: serde_json::Value,
     metrics: serde_json::Value,
 ) -> Result<(Vec<u8>, AdapterManifest)> {
@@ -85,13 +131,25 @@ pub fn write_adapter(
         .map(|(i, _)| i)
         .collect();
     let weights = crate::weights::safetensors::write_tensors(&tensors, FORMAT)?;
-    let modules: Vec<String> = layers.iter().map(|i| format!("model.layers.{i}")).collect();
+    let peft = match lora {
+        None => {
+            let modules: Vec<String> = layers.iter().map(|i| format!("model.layers.{i}")).collect();
+            serde_json::json!({"peft_type": "FULL_LAYERS", "modules_to_save": modules})
+        }
+        // PEFT's adapter_config.json fields.
+        Some(l) => serde_json::json!({
+            "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": l.rank, "lora_alpha": l.alpha,
+            "target_modules": l.targets, "layers_to_transform": layers, "lora_dropout": 0.0,
+            "bias": "none",
+        }),
+    };
     let manifest = AdapterManifest {
         format: FORMAT.into(),
         emulator_sha256: emulator.weights_sha256.clone(),
         base_model_sha256: emulator.base_model_sha256.clone(),
         layers,
-        peft: serde_json::json!({"peft_type": "FULL_LAYERS", "modules_to_save": modules}),
+        peft,
+        lora: lora.cloned(),
         train,
         metrics,
         weights_sha256: sha256_hex(&[&weights]),
@@ -127,7 +185,52 @@ impl<'a> Adapter<'a> {
         }
         let tensors =
             SafeTensors::deserialize(weights).map_err(|e| Error::Safetensors(e.to_string()))?;
-        Ok(Self { manifest, tensors })
+        let adapter = Self { manifest, tensors };
+        if let Some(missing) = adapter
+            .expected_tensors()?
+            .into_iter()
+            .find(|n| adapter.tensors.tensor(n).is_err())
+        {
+            return Err(Error::Invalid(format!(
+                "the adapter file lacks `{missing}`, which its manifest promises: ask for the file again"
+            )));
+        }
+        Ok(adapter)
+    }
+
+    /// The tensor names the manifest promises.
+    fn expected_tensors(&self) -> Result<Vec<String>> {
+        let layers = &self.manifest.layers;
+        Ok(match &self.manifest.lora {
+            None => layers.iter().flat_map(|&i| layer_tensor_names(i)).collect(),
+            Some(l) => {
+                l.validate()?;
+                layers
+                    .iter()
+                    .flat_map(|&i| l.targets.iter().map(move |t| lora::module_name(i, t)))
+                    .flat_map(|m| lora::factor_names(&m))
+                    .collect()
+            }
+        })
+    }
+
+    /// The adapters plugged into `base` (the full model or the emulator): whole layers
+    /// replace the base's, LoRA factors merge into its weights as `W + B·A·alpha/r`.
+    pub fn plugged_into<'b>(&'b self, base: &'b dyn WeightSource) -> PluggedIn<'b> {
+        PluggedIn {
+            adapter: self,
+            base,
+        }
+    }
+
+    fn stored(&self, hf_name: &str) -> Result<Option<HostTensor>> {
+        match self.tensors.tensor(hf_name) {
+            Ok(view) => Ok(Some(HostTensor {
+                shape: view.shape().to_vec(),
+                data: decode_floats(view.dtype(), view.data(), hf_name)?,
+            })),
+            Err(_) => Ok(None),
+        }
     }
 
     /// Refuses adapters trained against another emulator.
@@ -155,14 +258,28 @@ impl<'a> Adapter<'a> {
     }
 }
 
-impl WeightSource for Adapter<'_> {
+/// A base model's weights with adapters plugged in, as one weight source.
+pub struct PluggedIn<'a> {
+    adapter: &'a Adapter<'a>,
+    base: &'a dyn WeightSource,
+}
+
+impl WeightSource for PluggedIn<'_> {
     fn tensor(&self, hf_name: &str) -> Result<Option<HostTensor>> {
-        match self.tensors.tensor(hf_name) {
-            Ok(view) => Ok(Some(HostTensor {
-                shape: view.shape().to_vec(),
-                data: decode_floats(view.dtype(), view.data(), hf_name)?,
-            })),
-            Err(_) => Ok(None),
+        let Some(cfg) = &self.adapter.manifest.lora else {
+            return match self.adapter.stored(hf_name)? {
+                Some(t) => Ok(Some(t)),
+                None => self.base.tensor(hf_name),
+            };
+        };
+        let base = self.base.tensor(hf_name)?;
+        let (Some(mut w), Some(module)) = (base, hf_name.strip_suffix(".weight")) else {
+            return self.base.tensor(hf_name);
+        };
+        let [a_name, b_name] = lora::factor_names(module);
+        if let (Some(a), Some(b)) = (self.adapter.stored(&a_name)?, self.adapter.stored(&b_name)?) {
+            lora::merge(&mut w, &a, &b, cfg.scale() as f32)?;
         }
+        Ok(Some(w))
     }
 }

@@ -124,10 +124,13 @@ pub struct Trainer {
     /// The model before the latest optimizer step: what a divergence rolls back to.
     last_good: Llama,
     n_examples: usize,
+    /// The current epoch's example order (epoch, order), computed once per epoch.
+    order: (usize, Vec<usize>),
 }
 
 impl Trainer {
-    /// `model` lives on an autodiff device; only the layers at `trainable` stack positions learn.
+    /// `model` lives on an autodiff device; only the layers at `trainable` stack positions learn
+    /// (only their LoRA factors where they carry LoRA).
     pub fn new(
         model: Llama,
         trainable: &[usize],
@@ -145,6 +148,7 @@ impl Trainer {
         }
         let model = model.with_trainable_layers(trainable);
         let optim = build_optimizer(&cfg);
+        let order = (0, epoch_order(cfg.seed, 0, n_examples));
         Ok(Self {
             last_good: model.clone(),
             model,
@@ -160,6 +164,7 @@ impl Trainer {
             },
             optim,
             accum: GradientsAccumulator::new(),
+            order,
             n_examples,
         })
     }
@@ -168,25 +173,20 @@ impl Trainer {
         self.state.step >= self.cfg.steps
     }
 
-    /// The example order of an epoch: a seeded shuffle, the same on every run.
-    fn order(&self, epoch: usize) -> Vec<usize> {
-        let mut order: Vec<usize> = (0..self.n_examples).collect();
-        order.shuffle(&mut StdRng::seed_from_u64(
-            self.cfg.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-        ));
-        order
-    }
-
     fn next_examples<'a>(&mut self, data: &'a [Example]) -> Vec<&'a Example> {
         let mut picked = Vec::with_capacity(self.cfg.batch_size);
-        let mut order = self.order(self.state.epoch);
         while picked.len() < self.cfg.batch_size {
-            if self.state.cursor >= order.len() {
+            if self.state.cursor >= self.n_examples {
                 self.state.epoch += 1;
                 self.state.cursor = 0;
-                order = self.order(self.state.epoch);
             }
-            picked.push(&data[order[self.state.cursor]]);
+            if self.order.0 != self.state.epoch {
+                self.order = (
+                    self.state.epoch,
+                    epoch_order(self.cfg.seed, self.state.epoch, self.n_examples),
+                );
+            }
+            picked.push(&data[self.order.1[self.state.cursor]]);
             self.state.cursor += 1;
         }
         picked
@@ -286,6 +286,15 @@ impl Trainer {
         self.accum = GradientsAccumulator::new();
         Ok(())
     }
+}
+
+/// The example order of an epoch: a seeded shuffle, the same on every run.
+fn epoch_order(seed: u64, epoch: usize, n: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut StdRng::seed_from_u64(
+        seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+    ));
+    order
 }
 
 fn build_optimizer(cfg: &TrainConfig) -> ModuleOptimizer {

@@ -3,6 +3,7 @@
 
 mod common;
 
+use burn::module::Module;
 use burn::tensor::Device;
 use scaleot::Error;
 use scaleot::adapter::{self, Adapter};
@@ -11,11 +12,11 @@ use scaleot::emulator::{
     AdapterSplit, BundleSpec, Emulator, EmulatorManifest, FrozenDtype, uniform_drop, write_bundle,
 };
 use scaleot::eval::loglik::ScoringBatch;
-use scaleot::model::{Llama, LlamaConfig, ModelBytes, token_tensor};
+use scaleot::model::{LayerSlot, Llama, LlamaConfig, LoraConfig, ModelBytes, token_tensor};
 use scaleot::tokenizer::Tokenizer;
 use scaleot::train::{TrainConfig, Trainer};
 use scaleot::weights::safetensors::write_tensors;
-use scaleot::weights::{HostTensor, Overlay, SafetensorsSource, WeightSource};
+use scaleot::weights::{HostTensor, SafetensorsSource, WeightSource};
 
 /// A byte-level tokenizer with all 256 byte symbols, a few merges and ChatML specials.
 fn tiny_tokenizer() -> Tokenizer {
@@ -158,6 +159,7 @@ fn untouched_adapter_file(
     adapter::write_adapter(
         tensors,
         manifest,
+        None,
         serde_json::json!({}),
         serde_json::json!({}),
     )
@@ -199,8 +201,22 @@ fn params(model: &Llama) -> Vec<(String, Vec<f32>)> {
 }
 
 fn train(emu: Emulator, data: &data::Dataset, cfg: TrainConfig) -> (Trainer, Vec<usize>) {
+    train_with(emu, data, cfg, None)
+}
+
+/// A trainer on the emulator's adapters: whole layers, or LoRA factors on them.
+fn train_with(
+    emu: Emulator,
+    data: &data::Dataset,
+    cfg: TrainConfig,
+    lora: Option<&LoraConfig>,
+) -> (Trainer, Vec<usize>) {
     let adapters = emu.adapter_positions();
-    let trainer = Trainer::new(emu.model, &adapters, cfg, data.train.len()).unwrap();
+    let model = match lora {
+        Some(l) => emu.model.with_lora(&adapters, l, 1, None).unwrap(),
+        None => emu.model,
+    };
+    let trainer = Trainer::new(model, &adapters, cfg, data.train.len()).unwrap();
     (trainer, adapters)
 }
 
@@ -236,10 +252,7 @@ fn untouched_adapters_plug_in_to_the_exact_base_model() {
     adapter.check_base(&opened.sha256).unwrap();
     let plugged = Llama::load(
         &opened.config,
-        &Overlay {
-            top: &adapter,
-            base: opened.source.as_ref(),
-        },
+        &adapter.plugged_into(opened.source.as_ref()),
         &device,
     )
     .unwrap();
@@ -285,45 +298,42 @@ fn training_lowers_held_out_loss_and_touches_only_adapters() {
 
 #[test]
 fn checkpoint_resume_continues_exactly() {
+    assert_resume_is_exact(None);
+}
+
+#[test]
+fn lora_checkpoint_resume_continues_exactly() {
+    assert_resume_is_exact(Some(&lora_config()));
+}
+
+/// A run stopped at step 3 and resumed from its checkpoint ends where a straight run does.
+fn assert_resume_is_exact(lora: Option<&LoraConfig>) {
     let device = Device::flex().autodiff();
     let base = tiny_model_bytes();
     let (weights, manifest) = bundle(&base, 2);
     let data = training_data(&load_emulator(&weights, &manifest, &device).tokenizer);
-    let (mut straight, _) = train(
-        load_emulator(&weights, &manifest, &device),
-        &data,
-        config(6),
-    );
+    let fresh = || {
+        train_with(
+            load_emulator(&weights, &manifest, &device),
+            &data,
+            config(6),
+            lora,
+        )
+    };
+    let (mut straight, _) = fresh();
     run(&mut straight, &data, 6);
 
-    let (mut first, adapters) = train(
-        load_emulator(&weights, &manifest, &device),
-        &data,
-        config(6),
-    );
+    let (mut first, adapters) = fresh();
     run(&mut first, &data, 3);
     let saved = write_tensors(&read_adapter_tensors(&first.model, &manifest.plan), "ckpt").unwrap();
     let optim = first.optimizer_record().unwrap();
     let state = serde_json::to_string(&first.state).unwrap();
     drop(first);
 
-    let (mut second, _) = train(
-        load_emulator(&weights, &manifest, &device),
-        &data,
-        config(6),
-    );
-    let emulator_src = SafetensorsSource::new(&[&weights]).unwrap();
-    let ckpt_src = SafetensorsSource::new(&[&saved]).unwrap();
-    let model = Llama::load_plan(
-        &manifest.config,
-        &Overlay {
-            top: &ckpt_src,
-            base: &emulator_src,
-        },
-        &manifest.plan,
-        &device,
-    )
-    .unwrap();
+    let (mut second, _) = fresh();
+    let model =
+        adapter::checkpointed_model(&manifest, &weights, &saved, (&adapters, lora), &device)
+            .unwrap();
     second
         .resume(
             model,
@@ -333,8 +343,8 @@ fn checkpoint_resume_continues_exactly() {
         )
         .unwrap();
     run(&mut second, &data, 6);
-    let a = params(&straight.model);
-    let b = params(&second.model);
+    let a = all_weights(&straight.model);
+    let b = all_weights(&second.model);
     for ((name, x), (_, y)) in a.iter().zip(&b) {
         let worst = x
             .iter()
@@ -346,6 +356,202 @@ fn checkpoint_resume_continues_exactly() {
             "{name}: resumed run differs by {worst}"
         );
     }
+    // The other mode's checkpoint is refused, not silently misread.
+    let other = match lora {
+        Some(_) => None,
+        None => Some(lora_config()),
+    };
+    let err = adapter::checkpointed_model(
+        &manifest,
+        &weights,
+        &saved,
+        (&adapters, other.as_ref()),
+        &device,
+    )
+    .expect_err("a checkpoint of the other mode must be refused");
+    assert!(err.to_string().contains("LoRA"), "{err}");
+}
+
+fn lora_config() -> LoraConfig {
+    LoraConfig::new(4, 8.0, "all").unwrap()
+}
+
+/// Every weight of the model by name: embedding, norms, projections, LoRA factors.
+fn all_weights(model: &Llama) -> Vec<(String, Vec<f32>)> {
+    let host = |t: burn::tensor::Tensor<2>| -> Vec<f32> { t.into_data().try_into_vec().unwrap() };
+    let mut out = vec![("embed".to_string(), host(model.embed_tokens.val()))];
+    for (slot, &orig) in model.layers.iter().zip(&model.layer_index) {
+        let LayerSlot::Decoder(l) = slot;
+        for (norm, w) in [
+            ("input_layernorm", &l.input_layernorm.weight),
+            (
+                "post_attention_layernorm",
+                &l.post_attention_layernorm.weight,
+            ),
+        ] {
+            let v: Vec<f32> = w.val().into_data().try_into_vec().unwrap();
+            out.push((format!("model.layers.{orig}.{norm}"), v));
+        }
+        for (module, proj) in l.projections(orig) {
+            out.push((format!("{module}.weight"), host(proj.weight.val())));
+            if let Some(lora) = &proj.lora {
+                out.push((format!("{module}.lora_A"), host(lora.a.val())));
+                out.push((format!("{module}.lora_B"), host(lora.b.val())));
+            }
+        }
+    }
+    out
+}
+
+fn logits(model: &Llama, device: &Device) -> Vec<f32> {
+    let ids = vec![vec![5u32, 80, 100, 3, 250, 17, 42, 9]];
+    model
+        .forward(token_tensor(&ids, device))
+        .into_data()
+        .try_into_vec()
+        .unwrap()
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
+}
+
+#[test]
+fn lora_trains_only_its_factors_and_merges_like_the_unmerged_model() {
+    let device = Device::flex().autodiff();
+    let base = tiny_model_bytes();
+    let (weights, manifest) = bundle(&base, 2);
+    let emu = load_emulator(&weights, &manifest, &device);
+    let data = training_data(&emu.tokenizer);
+    let lora = lora_config();
+    let (mut trainer, adapters) = train_with(emu, &data, config(25), Some(&lora));
+    let before = all_weights(&trainer.model);
+    let loss_before = held_out_loss(&trainer.model, &data.held_out);
+    run(&mut trainer, &data, 25);
+    let loss_after = held_out_loss(&trainer.model, &data.held_out);
+    assert!(
+        loss_after < loss_before - 0.3,
+        "held-out loss {loss_before} → {loss_after}"
+    );
+    for ((name, x), (_, y)) in before.iter().zip(&all_weights(&trainer.model)) {
+        if name.ends_with("lora_B") {
+            assert_ne!(x, y, "{name} should have trained");
+        } else if !name.ends_with("lora_A") {
+            assert_eq!(x, y, "{name} must stay bit-identical");
+        }
+    }
+
+    // The file: PEFT names and shapes, A and B for 7 projections of the 2 adapter layers.
+    let tensors = read_adapter_tensors(&trainer.model, &manifest.plan);
+    assert_eq!(tensors.len(), 2 * 7 * 2);
+    let (name, t) = &tensors[0];
+    assert_eq!(
+        name,
+        "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
+    );
+    assert_eq!(t.shape, vec![4, 32]);
+    let down_b = tensors
+        .iter()
+        .find(|(n, _)| n == "base_model.model.model.layers.5.mlp.down_proj.lora_B.weight")
+        .expect("down_proj B of layer 5");
+    assert_eq!(down_b.1.shape, vec![32, 4]);
+    let (aw, am) = adapter::write_adapter(
+        tensors,
+        &manifest,
+        Some(&lora),
+        serde_json::json!({}),
+        serde_json::json!({}),
+    )
+    .unwrap();
+    assert_eq!(am.peft["peft_type"], "LORA");
+    let adapter = Adapter::load(&serde_json::to_string(&am).unwrap(), &aw).unwrap();
+
+    // Emulator with the factors merged (W + B·A·alpha/r) = emulator running them unmerged.
+    let plain = Device::flex();
+    let merged = Emulator::load_with_adapter(
+        &serde_json::to_string(&manifest).unwrap(),
+        &weights,
+        Some(&adapter),
+        &plain,
+    )
+    .unwrap();
+    let unmerged = trainer.model.valid();
+    let d = max_abs_diff(&logits(&merged.model, &plain), &logits(&unmerged, &plain));
+    assert!(d < 1e-4, "merged vs unmerged emulator logits differ by {d}");
+
+    // Same on the full model: plug-in (merged) = full model with the factors attached.
+    let opened = base.open().unwrap();
+    let plugged = Llama::load(
+        &opened.config,
+        &adapter.plugged_into(opened.source.as_ref()),
+        &plain,
+    )
+    .unwrap();
+    let factors = SafetensorsSource::new(&[&aw]).unwrap();
+    let full_positions = [0, 5];
+    let attached = Llama::load(&opened.config, opened.source.as_ref(), &plain)
+        .unwrap()
+        .with_lora(&full_positions, &lora, 0, Some(&factors))
+        .unwrap();
+    let original = Llama::load(&opened.config, opened.source.as_ref(), &plain).unwrap();
+    let d = max_abs_diff(&logits(&plugged, &plain), &logits(&attached, &plain));
+    assert!(d < 1e-4, "plug-in vs attached LoRA logits differ by {d}");
+    let moved = max_abs_diff(&logits(&plugged, &plain), &logits(&original, &plain));
+    assert!(
+        moved > 1e-3,
+        "the tuned LoRA must change the full model ({moved})"
+    );
+    assert_eq!(adapters, vec![0, 3]);
+}
+
+#[test]
+fn untouched_lora_plugs_in_to_the_exact_base_model() {
+    let device = Device::flex();
+    let base = tiny_model_bytes();
+    let (weights, manifest) = bundle(&base, 2);
+    let emu = load_emulator(&weights, &manifest, &device);
+    let lora = lora_config();
+    let positions = emu.adapter_positions();
+    let model = emu.model.with_lora(&positions, &lora, 7, None).unwrap();
+    let tensors = read_adapter_tensors(&model, &manifest.plan);
+    let (aw, am) = adapter::write_adapter(
+        tensors,
+        &manifest,
+        Some(&lora),
+        serde_json::json!({}),
+        serde_json::json!({}),
+    )
+    .unwrap();
+    let adapter = Adapter::load(&serde_json::to_string(&am).unwrap(), &aw).unwrap();
+    let opened = base.open().unwrap();
+    let plugged = Llama::load(
+        &opened.config,
+        &adapter.plugged_into(opened.source.as_ref()),
+        &device,
+    )
+    .unwrap();
+    let original = Llama::load(&opened.config, opened.source.as_ref(), &device).unwrap();
+    assert_eq!(logits(&plugged, &device), logits(&original, &device));
+    // A file missing a factor its manifest promises is refused by name.
+    let mut partial = read_adapter_tensors(&model, &manifest.plan);
+    partial.pop();
+    let (pw, mut pm) = adapter::write_adapter(
+        partial,
+        &manifest,
+        Some(&lora),
+        serde_json::json!({}),
+        serde_json::json!({}),
+    )
+    .unwrap();
+    pm.weights_sha256 = scaleot::sha256_hex(&[&pw]);
+    let err = Adapter::load(&serde_json::to_string(&pm).unwrap(), &pw)
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("lacks"), "{err}");
 }
 
 #[test]

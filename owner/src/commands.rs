@@ -271,7 +271,6 @@ fn eval_model(a: &EvalArgs) -> Result<(scaleot::model::Llama, Tokenizer, usize)>
     use scaleot::adapter::Adapter;
     use scaleot::emulator::Emulator;
     use scaleot::model::Llama;
-    use scaleot::weights::{Overlay, SafetensorsSource};
     let dev = device(a.model.device)?;
     let adapter_files = a
         .adapter
@@ -284,20 +283,9 @@ fn eval_model(a: &EvalArgs) -> Result<(scaleot::model::Llama, Tokenizer, usize)>
         .transpose()?;
     if let Some(path) = &a.emulator {
         let (json, weights) = model_files::read_pair(path, "emulator")?;
-        let manifest = Emulator::read_manifest(&json)?;
-        let emu = Emulator::load(&json, &weights, &dev)?;
-        let ctx = manifest.config.max_position_embeddings;
-        let Some(adapter) = adapter else {
-            return Ok((emu.model, emu.tokenizer, ctx));
-        };
-        adapter.check_emulator(&manifest)?;
-        let base = SafetensorsSource::new(&[&weights])?;
-        let src = Overlay {
-            top: &adapter,
-            base: &base,
-        };
-        let model = Llama::load_plan(&manifest.config, &src, &manifest.plan, &dev)?;
-        return Ok((model, emu.tokenizer, ctx));
+        let emu = Emulator::load_with_adapter(&json, &weights, adapter.as_ref(), &dev)?;
+        let ctx = emu.manifest.config.max_position_embeddings;
+        return Ok((emu.model, emu.tokenizer, ctx));
     }
     let path = a.model.model.clone().unwrap_or_else(default_model);
     let bytes = model_files::read_model(&path)?;
@@ -306,11 +294,8 @@ fn eval_model(a: &EvalArgs) -> Result<(scaleot::model::Llama, Tokenizer, usize)>
     let model = match &adapter {
         Some(adapter) => {
             adapter.check_base(&opened.sha256)?;
-            let src = Overlay {
-                top: adapter,
-                base: opened.source.as_ref(),
-            };
-            Llama::load(&opened.config, &src, &dev)?
+            let plugged = adapter.plugged_into(opened.source.as_ref());
+            Llama::load(&opened.config, &plugged, &dev)?
         }
         None => Llama::load(&opened.config, opened.source.as_ref(), &dev)?,
     };

@@ -13,9 +13,9 @@ use scaleot::emulator::{
     AdapterSplit, BundleSpec, Emulator, FrozenDtype, LayerKind, uniform_drop, write_bundle,
 };
 use scaleot::eval::loglik::ScoringBatch;
-use scaleot::model::Llama;
+use scaleot::model::{Llama, LoraConfig};
 use scaleot::train::{TrainConfig, TrainState, Trainer};
-use scaleot::weights::{HostTensor, SafetensorsSource};
+use scaleot::weights::HostTensor;
 use serde_json::json;
 
 use crate::model_files::{default_model, read, read_model, read_pair, weights_beside};
@@ -153,6 +153,15 @@ pub struct FinetuneArgs {
     /// Continue from the checkpoint folder of an earlier run with the same settings.
     #[arg(long)]
     resume: Option<PathBuf>,
+    /// Tune LoRA factors of this rank on the adapter layers' projections (0: whole layers).
+    #[arg(long, default_value_t = 0)]
+    lora_rank: usize,
+    /// LoRA alpha; updates are scaled by alpha / rank (default: 2 × rank).
+    #[arg(long)]
+    lora_alpha: Option<f64>,
+    /// Projections that get LoRA: `all`, or a list such as q_proj,v_proj.
+    #[arg(long, default_value = "all")]
+    lora_targets: String,
 }
 
 /// Mean loss per target token over a set of examples (no gradients).
@@ -233,6 +242,12 @@ pub fn finetune(a: FinetuneArgs) -> Result<()> {
         clip_norm: (a.clip > 0.0).then_some(a.clip),
         seed: a.seed,
     };
+    let lora = (a.lora_rank > 0)
+        .then(|| {
+            let alpha = a.lora_alpha.unwrap_or(2.0 * a.lora_rank as f64);
+            LoraConfig::new(a.lora_rank, alpha, &a.lora_targets)
+        })
+        .transpose()?;
     let adapters = emu.adapter_positions();
     let before = if held_out.is_empty() {
         None
@@ -240,7 +255,11 @@ pub fn finetune(a: FinetuneArgs) -> Result<()> {
         Some(mean_loss(&emu.model.valid(), &held_out, pad, a.batch_size)?)
     };
     let plan = emu.manifest.plan.clone();
-    let mut trainer = Trainer::new(emu.model, &adapters, cfg.clone(), train.len())?;
+    let model = match &lora {
+        Some(l) => emu.model.with_lora(&adapters, l, a.seed, None)?,
+        None => emu.model,
+    };
+    let mut trainer = Trainer::new(model, &adapters, cfg.clone(), train.len())?;
     let ckpt = checkpoint_dir(&a.out);
     if let Some(dir) = &a.resume {
         let state: TrainState = serde_json::from_slice(&read(
@@ -258,11 +277,13 @@ pub fn finetune(a: FinetuneArgs) -> Result<()> {
             "checkpoint adapters",
             "the checkpoint folder is incomplete",
         )?;
-        let src = PluggedInWeights {
-            emulator: &weights,
-            adapters: &adapter_bytes,
-        };
-        let model = src.load(&emu.manifest, &device)?;
+        let model = adapter::checkpointed_model(
+            &emu.manifest,
+            &weights,
+            &adapter_bytes,
+            (&adapters, lora.as_ref()),
+            &device,
+        )?;
         trainer.resume(model, &adapters, state, &optim)?;
         eprintln!("resumed at step {}", trainer.state.step);
     }
@@ -327,8 +348,13 @@ pub fn finetune(a: FinetuneArgs) -> Result<()> {
         "diverged": diverged,
         "data": {"format": format, "train_examples": train.len(), "train_target_tokens": train_tokens, "held_out_examples": held_out.len()},
     });
-    let (w, m) =
-        adapter::write_adapter(tensors, &emu.manifest, serde_json::to_value(&cfg)?, metrics)?;
+    let (w, m) = adapter::write_adapter(
+        tensors,
+        &emu.manifest,
+        lora.as_ref(),
+        serde_json::to_value(&cfg)?,
+        metrics,
+    )?;
     write_file(&weights_beside(&a.out), &w)?;
     write_file(&a.out, serde_json::to_string_pretty(&m)?.as_bytes())?;
     if let (Some(b), Some(f)) = (before, after) {
@@ -343,33 +369,6 @@ pub fn finetune(a: FinetuneArgs) -> Result<()> {
         bail!("{d}");
     }
     Ok(())
-}
-
-/// Emulator weights with checkpointed adapters swapped in.
-struct PluggedInWeights<'a> {
-    emulator: &'a [u8],
-    adapters: &'a [u8],
-}
-
-impl PluggedInWeights<'_> {
-    fn load(
-        &self,
-        manifest: &scaleot::emulator::EmulatorManifest,
-        device: &Device,
-    ) -> Result<Llama> {
-        let base = SafetensorsSource::new(&[self.emulator])?;
-        let tuned = SafetensorsSource::new(&[self.adapters])?;
-        let src = scaleot::weights::Overlay {
-            top: &tuned,
-            base: &base,
-        };
-        Ok(Llama::load_plan(
-            &manifest.config,
-            &src,
-            &manifest.plan,
-            device,
-        )?)
-    }
 }
 
 fn save_checkpoint(dir: &Path, trainer: &Trainer, plan: &[LayerKind]) -> Result<()> {
@@ -411,10 +410,7 @@ pub fn plugin(a: PluginArgs) -> Result<()> {
     let (json, weights) = read_pair(&a.adapter, "adapter")?;
     let adapter = Adapter::load(&json, &weights)?;
     adapter.check_base(&opened.sha256)?;
-    let merged = scaleot::weights::Overlay {
-        top: &adapter,
-        base: opened.source.as_ref(),
-    };
+    let merged = adapter.plugged_into(opened.source.as_ref());
     let ckpt = scaleot::weights::safetensors::write_checkpoint(&opened.config, &merged)?;
     std::fs::create_dir_all(&a.out)?;
     write_file(&a.out.join("model.safetensors"), &ckpt)?;
@@ -427,8 +423,12 @@ pub fn plugin(a: PluginArgs) -> Result<()> {
         opened.tokenizer.to_hf_json().to_string().as_bytes(),
     )?;
     println!(
-        "plugged {} adapter layers into {}; checkpoint in {}",
+        "plugged {} adapter layers{} into {}; checkpoint in {}",
         adapter.manifest.layers.len(),
+        match &adapter.manifest.lora {
+            Some(l) => format!(" (LoRA r={} alpha={} merged)", l.rank, l.alpha),
+            None => String::new(),
+        },
         base_path.display(),
         a.out.display()
     );

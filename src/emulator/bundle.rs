@@ -9,6 +9,7 @@ use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
 use super::plan::LayerKind;
+use crate::adapter::Adapter;
 use crate::error::{Error, Result};
 use crate::model::{Llama, LlamaConfig};
 use crate::tokenizer::Tokenizer;
@@ -193,6 +194,17 @@ impl Emulator {
 
     /// Checks the weights against the manifest's hash, then builds the model.
     pub fn load(manifest_json: &str, weights: &[u8], device: &Device) -> Result<Self> {
+        Self::load_with_adapter(manifest_json, weights, None, device)
+    }
+
+    /// [`Emulator::load`] with an adapter file plugged in; adapters tuned on another emulator
+    /// are refused.
+    pub fn load_with_adapter(
+        manifest_json: &str,
+        weights: &[u8],
+        adapter: Option<&Adapter>,
+        device: &Device,
+    ) -> Result<Self> {
         let manifest = Self::read_manifest(manifest_json)?;
         let actual = sha256_hex(&[weights]);
         if actual != manifest.weights_sha256 {
@@ -204,7 +216,14 @@ impl Emulator {
         SafeTensors::deserialize(weights).map_err(|e| Error::Safetensors(e.to_string()))?;
         let tokenizer = Tokenizer::from_hf_json(&manifest.tokenizer.to_string())?;
         let src = SafetensorsSource::new(&[weights])?;
-        let model = Llama::load_plan(&manifest.config, &src, &manifest.plan, device)?;
+        let model = match adapter {
+            None => Llama::load_plan(&manifest.config, &src, &manifest.plan, device)?,
+            Some(adapter) => {
+                adapter.check_emulator(&manifest)?;
+                let plugged = adapter.plugged_into(&src);
+                Llama::load_plan(&manifest.config, &plugged, &manifest.plan, device)?
+            }
+        };
         Ok(Self {
             manifest,
             model,

@@ -12,19 +12,25 @@ use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use sha2::{Digest, Sha256};
 
 use super::config::LlamaConfig;
+use super::lora::Lora;
 use crate::emulator::plan::LayerKind;
 use crate::error::{Error, Result};
 use crate::weights::{HostTensor, WeightSource};
 
-/// A bias-free projection, weight stored `[in, out]` as burn's `linear` expects.
+/// A bias-free projection, weight stored `[in, out]` as burn's `linear` expects, with an
+/// optional LoRA update beside it.
 #[derive(Module, Debug)]
 pub struct Linear {
     pub weight: Param<Tensor<2>>,
+    pub lora: Option<Lora>,
 }
 
 impl Linear {
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        linear(x, self.weight.val(), None)
+        match &self.lora {
+            None => linear(x, self.weight.val(), None),
+            Some(lora) => linear(x.clone(), self.weight.val(), None) + lora.delta(x),
+        }
     }
 }
 
@@ -275,6 +281,7 @@ impl Llama {
                         device,
                     ),
                 ),
+                lora: None,
             })
         };
         let norm = |name: &str| -> Result<RmsNorm> {
@@ -393,8 +400,9 @@ impl Llama {
         self.head(self.hidden(tokens, None))
     }
 
-    /// Makes only the layers at `trainable` (stack positions) receive gradients; the
-    /// embedding, final norm, head and every other layer are frozen.
+    /// Makes only the layers at `trainable` (stack positions) receive gradients — only their
+    /// LoRA factors where they carry LoRA; the embedding, final norm, head and every other
+    /// layer are frozen.
     pub fn with_trainable_layers(self, trainable: &[usize]) -> Self {
         let layers = self
             .layers
@@ -402,7 +410,10 @@ impl Llama {
             .enumerate()
             .map(|(i, l)| {
                 if trainable.contains(&i) {
-                    l.unfreeze()
+                    match l {
+                        LayerSlot::Decoder(d) if d.has_lora() => LayerSlot::Decoder(d.lora_only()),
+                        l => l.unfreeze(),
+                    }
                 } else {
                     l.freeze()
                 }
@@ -427,7 +438,7 @@ impl Llama {
 
 /// A parameter whose id derives from its checkpoint name, so optimizer state saved in one
 /// process finds its parameter again in the next (checkpoint resume).
-fn named_param<const D: usize>(name: &str, tensor: Tensor<D>) -> Param<Tensor<D>> {
+pub(crate) fn named_param<const D: usize>(name: &str, tensor: Tensor<D>) -> Param<Tensor<D>> {
     let digest = Sha256::digest(name.as_bytes());
     let mut id = [0u8; 8];
     id.copy_from_slice(&digest[..8]);

@@ -3,7 +3,9 @@
 pub mod config;
 pub mod llama;
 pub mod load;
+pub mod lora;
 
 pub use config::LlamaConfig;
 pub use llama::{KvCache, LayerSlot, Llama, token_tensor};
 pub use load::{LoadedModel, ModelBytes, OpenedModel};
+pub use lora::LoraConfig;
