@@ -7,6 +7,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use serde_json::Value;
 
+use crate::chat::{ChatTemplate, Message};
 use crate::error::{Error, Result};
 use crate::tokenizer::Tokenizer;
 
@@ -58,9 +59,6 @@ impl Dataset {
         self.train.iter().map(Example::target_tokens).sum()
     }
 }
-
-/// SmolLM2's default system message, added by its chat template when none is given.
-const DEFAULT_SYSTEM: &str = "You are a helpful AI assistant named SmolLM, trained by Hugging Face";
 
 fn line_err(line: usize, msg: impl std::fmt::Display) -> Error {
     Error::Invalid(format!("line {line}: {msg}"))
@@ -136,6 +134,7 @@ fn parse_jsonl(
     let mut format: Option<DataFormat> = None;
     let mut examples = Vec::new();
     let mut text_stream: Vec<u32> = Vec::new();
+    let mut template: Option<ChatTemplate> = None;
     for (i, line) in text.lines().enumerate() {
         let n = i + 1;
         if line.trim().is_empty() {
@@ -175,7 +174,15 @@ fn parse_jsonl(
                     opts,
                 )?);
             }
-            DataFormat::Chat => examples.push(chat(tok, &v, n, opts)?),
+            DataFormat::Chat => {
+                // Compiled on the first conversation, once per file.
+                if template.is_none() {
+                    template = Some(tok.chat_template()?);
+                }
+                if let Some(t) = &template {
+                    examples.push(chat(tok, t, &v, n, opts)?);
+                }
+            }
             DataFormat::MultipleChoice => {
                 let (prompt, answer) = multiple_choice(&v, n)?;
                 examples.push(pair(
@@ -293,39 +300,46 @@ fn fit(mut ex: Example, line: usize, opts: &DataOptions) -> Result<Example> {
     Ok(ex)
 }
 
-/// ChatML as SmolLM2's template writes it; loss on assistant turns (content + `<|im_end|>`).
-fn chat(tok: &Tokenizer, v: &Value, line: usize, opts: &DataOptions) -> Result<Example> {
+/// A conversation laid out by the model's own chat template; loss on assistant turns.
+fn chat(
+    tok: &Tokenizer,
+    template: &ChatTemplate,
+    v: &Value,
+    line: usize,
+    opts: &DataOptions,
+) -> Result<Example> {
     let messages = v["messages"]
         .as_array()
         .filter(|m| !m.is_empty())
         .ok_or_else(|| line_err(line, "`messages` must be a non-empty list"))?;
-    let mut turns: Vec<(String, String)> = Vec::new();
+    let mut turns = Vec::with_capacity(messages.len());
     for m in messages {
-        let role = m["role"]
-            .as_str()
-            .ok_or_else(|| line_err(line, "a message lacks `role`"))?;
-        let content = m["content"]
-            .as_str()
-            .ok_or_else(|| line_err(line, "a message lacks `content`"))?;
-        turns.push((role.to_owned(), content.to_owned()));
+        let field = |key: &str| {
+            m[key]
+                .as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| line_err(line, format!("a message lacks `{key}`")))
+        };
+        turns.push(Message {
+            role: field("role")?,
+            content: field("content")?,
+        });
     }
-    if turns[0].0 != "system" {
-        turns.insert(0, ("system".into(), DEFAULT_SYSTEM.into()));
+    if !turns.iter().any(|t| t.role == "assistant") {
+        return Err(line_err(
+            line,
+            "the conversation has no assistant turn: nothing to learn",
+        ));
     }
+    let segments = template.segments(&turns).map_err(|e| line_err(line, e))?;
     let mut ex = Example {
         ids: Vec::new(),
         loss: Vec::new(),
     };
-    let mut push = |text: &str, loss: bool| {
-        let ids = tok.encode(text);
-        ex.loss.extend(std::iter::repeat_n(loss, ids.len()));
+    for seg in segments {
+        let ids = tok.encode(&seg.text);
+        ex.loss.extend(std::iter::repeat_n(seg.learn, ids.len()));
         ex.ids.extend(ids);
-    };
-    for (role, content) in &turns {
-        let learn = role == "assistant";
-        push(&format!("<|im_start|>{role}\n"), false);
-        push(&format!("{content}<|im_end|>"), learn);
-        push("\n", false);
     }
     fit(ex, line, opts)
 }
@@ -347,7 +361,11 @@ mod tests {
             ("<|im_start|>".to_string(), 257),
             ("<|im_end|>".to_string(), 258),
         ];
-        Tokenizer::new(tokens, &[], specials, true, Some(257), Some(258)).unwrap()
+        let mut tok = Tokenizer::new(tokens, &[], specials, true, Some(257), Some(258)).unwrap();
+        tok.chat_template = Some(
+            "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}".into(),
+        );
+        tok
     }
 
     fn opts() -> DataOptions {
@@ -396,7 +414,11 @@ mod tests {
             .filter(|(_, l)| **l)
             .map(|(i, _)| *i)
             .collect();
-        assert_eq!(tok().decode(&learned), "ok<|im_end|>");
+        assert_eq!(tok().decode(&learned), "ok<|im_end|>\n");
+        let mut plain = tok();
+        plain.chat_template = None;
+        let err = load(chat, "c.jsonl", &plain, &opts()).unwrap_err();
+        assert!(err.to_string().contains("no chat template"), "{err}");
         let mc = br#"{"question":"2+2?","choices":["3","4"],"answer":1}"#;
         let d = load(mc, "m.jsonl", &tok(), &opts()).unwrap();
         assert_eq!(d.format, DataFormat::MultipleChoice);

@@ -2,6 +2,7 @@
 //! compiled natively (owner binary) and to wasm32 (the data owner's browser app).
 
 pub mod adapter;
+pub mod chat;
 pub mod data;
 pub mod emulator;
 pub mod error;

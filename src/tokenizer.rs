@@ -30,6 +30,9 @@ pub struct Tokenizer {
     char_to_byte: HashMap<char, u8>,
     pub bos_id: Option<u32>,
     pub eos_id: Option<u32>,
+    /// The model's Jinja chat template (GGUF `tokenizer.chat_template`, HF
+    /// `tokenizer_config.json`), when it has one.
+    pub chat_template: Option<String>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -118,6 +121,7 @@ impl Tokenizer {
             char_to_byte,
             bos_id,
             eos_id,
+            chat_template: None,
         })
     }
 
@@ -170,14 +174,30 @@ impl Tokenizer {
         // llama.cpp's pre-tokenizers that split digits one by one before the GPT-2 regex.
         let split_digits = matches!(pre, "smollm" | "starcoder" | "refact" | "codeshell");
         let id = |key: &str| g.get(key).and_then(MetaValue::as_u64).map(|v| v as u32);
-        Self::new(
+        let mut tok = Self::new(
             tokens,
             &merges,
             specials,
             split_digits,
             id("tokenizer.ggml.bos_token_id"),
             id("tokenizer.ggml.eos_token_id"),
-        )
+        )?;
+        tok.chat_template = g
+            .get("tokenizer.chat_template")
+            .and_then(MetaValue::as_str)
+            .map(str::to_owned);
+        Ok(tok)
+    }
+
+    /// The model's chat template, compiled; an error says what to do when it has none.
+    pub fn chat_template(&self) -> Result<crate::chat::ChatTemplate> {
+        let source = self.chat_template.as_deref().ok_or_else(|| {
+            Error::Invalid(
+                "this model has no chat template, so `messages` data cannot be laid out; use prompt/completion JSONL instead".into(),
+            )
+        })?;
+        let token = |id: Option<u32>| id.and_then(|i| self.id_to_token(i)).unwrap_or("");
+        crate::chat::ChatTemplate::new(source, token(self.bos_id), token(self.eos_id))
     }
 
     /// From a Hugging Face `tokenizer.json` (BPE model with a ByteLevel pre-tokenizer).

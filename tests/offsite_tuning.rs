@@ -95,6 +95,7 @@ fn tiny_model_bytes() -> ModelBytes {
     ModelBytes::Hf {
         config: cfg.to_hf_json().to_string(),
         tokenizer: tiny_tokenizer().to_hf_json().to_string(),
+        tokenizer_config: None,
         shards: vec![write_tensors(&tensors, "pt").unwrap()],
     }
 }

@@ -49,3 +49,56 @@ fn tokenizer_survives_a_round_trip_through_tokenizer_json() {
     assert_eq!((again.bos_id, again.eos_id), (tok.bos_id, tok.eos_id));
     check(&again, "round trip");
 }
+
+#[test]
+fn chat_template_matches_transformers_apply_chat_template() {
+    use scaleot::chat::Message;
+    use scaleot::data::{self, DataFormat, DataOptions};
+    let bytes = common::smollm2_bytes();
+    let tok = Tokenizer::from_gguf(&Gguf::parse(&bytes).unwrap()).unwrap();
+    let template = tok.chat_template().unwrap();
+    let g = common::golden("chat.json");
+    let cases = g["cases"].as_array().expect("cases");
+    for case in cases {
+        let messages: Vec<Message> = case["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| Message {
+                role: m["role"].as_str().unwrap().into(),
+                content: m["content"].as_str().unwrap().into(),
+            })
+            .collect();
+        let generation_prompt = case["add_generation_prompt"].as_bool().unwrap();
+        let text = template.render(&messages, generation_prompt).unwrap();
+        assert_eq!(text, case["text"].as_str().unwrap());
+        if generation_prompt {
+            continue;
+        }
+        // Training data: the same ids, learned exactly on the assistant turns.
+        let line = serde_json::json!({ "messages": case["messages"] }).to_string();
+        let opts = DataOptions {
+            max_len: 512,
+            held_out: 0.0,
+            seed: 0,
+            truncate: false,
+        };
+        let d = data::load(line.as_bytes(), "chat.jsonl", &tok, &opts).unwrap();
+        assert_eq!(d.format, DataFormat::Chat);
+        let ex = &d.train[0];
+        assert_eq!(ex.ids, common::ids(&case["ids"]));
+        let learned: Vec<u32> = ex
+            .ids
+            .iter()
+            .zip(&ex.loss)
+            .filter(|(_, l)| **l)
+            .map(|(i, _)| *i)
+            .collect();
+        let want: String = messages
+            .iter()
+            .filter(|m| m.role == "assistant")
+            .map(|m| format!("{}<|im_end|>\n", m.content))
+            .collect();
+        assert_eq!(tok.decode(&learned), want);
+    }
+}

@@ -54,6 +54,10 @@ pub fn read_model(path: &Path) -> Result<ModelBytes> {
     Ok(ModelBytes::Hf {
         config: text("config.json")?,
         tokenizer: text("tokenizer.json")?,
+        tokenizer_config: match path.join("tokenizer_config.json") {
+            p if p.is_file() => Some(text("tokenizer_config.json")?),
+            _ => None,
+        },
         shards: shards
             .iter()
             .map(|p| read(p, "weights", hint))

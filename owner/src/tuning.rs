@@ -422,6 +422,13 @@ pub fn plugin(a: PluginArgs) -> Result<()> {
         &a.out.join("tokenizer.json"),
         opened.tokenizer.to_hf_json().to_string().as_bytes(),
     )?;
+    if let Some(template) = &opened.tokenizer.chat_template {
+        let config = json!({"chat_template": template});
+        write_file(
+            &a.out.join("tokenizer_config.json"),
+            serde_json::to_string_pretty(&config)?.as_bytes(),
+        )?;
+    }
     println!(
         "plugged {} adapter layers{} into {}; checkpoint in {}",
         adapter.manifest.layers.len(),

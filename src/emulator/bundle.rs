@@ -54,6 +54,9 @@ pub struct EmulatorManifest {
     pub full_params: u64,
     /// The tokenizer as a Hugging Face `tokenizer.json` document.
     pub tokenizer: serde_json::Value,
+    /// The model's chat template, for `messages` data.
+    #[serde(default)]
+    pub chat_template: Option<String>,
 }
 
 /// Storage precision of frozen (non-adapter) weights in the bundle.
@@ -152,6 +155,7 @@ pub fn write_bundle(
         emulator_params,
         full_params: full_param_count(cfg),
         tokenizer: spec.tokenizer.to_hf_json(),
+        chat_template: spec.tokenizer.chat_template.clone(),
     };
     Ok((weights, manifest))
 }
@@ -214,7 +218,8 @@ impl Emulator {
             });
         }
         SafeTensors::deserialize(weights).map_err(|e| Error::Safetensors(e.to_string()))?;
-        let tokenizer = Tokenizer::from_hf_json(&manifest.tokenizer.to_string())?;
+        let mut tokenizer = Tokenizer::from_hf_json(&manifest.tokenizer.to_string())?;
+        tokenizer.chat_template = manifest.chat_template.clone();
         let src = SafetensorsSource::new(&[weights])?;
         let model = match adapter {
             None => Llama::load_plan(&manifest.config, &src, &manifest.plan, device)?,

@@ -23,6 +23,8 @@ pub enum ModelBytes {
     Hf {
         config: String,
         tokenizer: String,
+        /// `tokenizer_config.json`, where the chat template lives (optional).
+        tokenizer_config: Option<String>,
         shards: Vec<Vec<u8>>,
     },
 }
@@ -50,11 +52,26 @@ impl<'a> OpenedModel<'a> {
         })
     }
 
-    /// A Hugging Face checkpoint: `config.json`, `tokenizer.json` and safetensors shards.
-    pub fn hf(config_json: &str, tokenizer_json: &str, shards: &[&'a [u8]]) -> Result<Self> {
+    /// A Hugging Face checkpoint: `config.json`, `tokenizer.json`, optionally
+    /// `tokenizer_config.json` (for the chat template), and safetensors shards.
+    pub fn hf(
+        config_json: &str,
+        tokenizer_json: &str,
+        tokenizer_config: Option<&str>,
+        shards: &[&'a [u8]],
+    ) -> Result<Self> {
+        let mut tokenizer = Tokenizer::from_hf_json(tokenizer_json)?;
+        if let Some(text) = tokenizer_config {
+            let v: serde_json::Value =
+                serde_json::from_str(text).map_err(|source| crate::error::Error::Json {
+                    what: "tokenizer_config.json".into(),
+                    source,
+                })?;
+            tokenizer.chat_template = v["chat_template"].as_str().map(str::to_owned);
+        }
         Ok(Self {
             config: LlamaConfig::from_hf_json(config_json)?,
-            tokenizer: Tokenizer::from_hf_json(tokenizer_json)?,
+            tokenizer,
             source: Box::new(SafetensorsSource::new(shards)?),
             sha256: sha256_hex(shards),
         })
@@ -69,10 +86,11 @@ impl ModelBytes {
             Self::Hf {
                 config,
                 tokenizer,
+                tokenizer_config,
                 shards,
             } => {
                 let refs: Vec<&[u8]> = shards.iter().map(Vec::as_slice).collect();
-                OpenedModel::hf(config, tokenizer, &refs)
+                OpenedModel::hf(config, tokenizer, tokenizer_config.as_deref(), &refs)
             }
         }
     }
@@ -103,7 +121,7 @@ impl LoadedModel {
         device: &Device,
     ) -> Result<Self> {
         Self::from_opened(
-            OpenedModel::hf(config_json, tokenizer_json, shards)?,
+            OpenedModel::hf(config_json, tokenizer_json, None, shards)?,
             device,
         )
     }

@@ -2,12 +2,14 @@
 
 Test tooling only (never a runtime dependency). Writes the committed goldens under tests/:
   tests/golden/tokenizer.json     token ids for tricky strings (HF tokenizer built from the GGUF)
+  tests/golden/chat.json          the model's chat template applied by transformers (text + ids)
   tests/golden/logits.json        per-token log-probs, top-5 next tokens, greedy continuation
   tests/fixtures/tiny-llama/      a tiny random LLaMA checkpoint (config.json + model.safetensors)
                                   with its logits, to test the safetensors loader independently
   tests/fixtures/smollm2-tokenizer.json.gz   the HF tokenizer.json, to test that loader
 
-Usage: tools/reference/setup-venv.sh && .venv-ref/bin/python tools/reference/make_goldens.py
+Usage: tools/reference/setup-venv.sh && .venv-ref/bin/python tools/reference/make_goldens.py [chat]
+("chat" regenerates only the chat goldens)
 """
 import gzip, json, os, sys
 
@@ -47,9 +49,30 @@ LOGIT_PROMPTS = [
     "def fibonacci(n):\n    if n < 2:\n        return n\n",
 ]
 
+CHAT_CASES = [
+    ([{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4."}], False),
+    ([{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Capital of France?"},
+      {"role": "assistant", "content": "Paris."}, {"role": "user", "content": "And of Italy?"},
+      {"role": "assistant", "content": "Rome, since 1871."}], False),
+    ([{"role": "user", "content": "Write a haiku about   spaces\n\tand tabs"}], True),
+]
+
+
+def chat_goldens(tok):
+    cases = []
+    for messages, gen in CHAT_CASES:
+        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen)
+        ids = tok(text, add_special_tokens=False).input_ids
+        cases.append({"messages": messages, "add_generation_prompt": gen, "text": text, "ids": ids})
+    with open(os.path.join(ROOT, "tests/golden/chat.json"), "w") as f:
+        json.dump({"source": "transformers apply_chat_template (gguf_file=%s)" % GGUF, "cases": cases}, f, indent=1, ensure_ascii=False)
+
 
 def main():
     tok = AutoTokenizer.from_pretrained(MODEL_DIR, gguf_file=GGUF)
+    chat_goldens(tok)
+    if sys.argv[1:] == ["chat"]:
+        return 0
     cases = [{"text": s, "ids": tok(s, add_special_tokens=False).input_ids} for s in TOKENIZER_CASES]
     with open(os.path.join(ROOT, "tests/golden/tokenizer.json"), "w") as f:
         json.dump({"source": "transformers AutoTokenizer(gguf_file=%s)" % GGUF, "cases": cases}, f, indent=1, ensure_ascii=False)
