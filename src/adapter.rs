@@ -63,20 +63,7 @@ pub fn adapter_tensors(model: &Llama, plan: &[LayerKind]) -> Vec<(String, Vec<us
             }
             continue;
         }
-        let names = layer_tensor_names(orig);
-        let norm = |t: Tensor<1>| (vec![t.dims()[0]], t.detach());
-        let mut parts = vec![norm(l.input_layernorm.weight.val())];
-        let projections = l.projections(orig);
-        let (attn, mlp) = projections.split_at(4);
-        parts.extend(attn.iter().map(|(_, p)| flat(p.weight.val().transpose())));
-        parts.push(norm(l.post_attention_layernorm.weight.val()));
-        parts.extend(mlp.iter().map(|(_, p)| flat(p.weight.val().transpose())));
-        out.extend(
-            names
-                .into_iter()
-                .zip(parts)
-                .map(|(name, (shape, t))| (name, shape, t)),
-        );
+        out.extend(l.hf_tensors(orig));
     }
     out
 }

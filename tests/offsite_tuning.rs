@@ -638,3 +638,51 @@ fn bundles_and_adapters_refuse_the_wrong_partner() {
             .is_none()
     );
 }
+
+#[test]
+fn distillation_brings_the_emulator_middle_closer_and_touches_nothing_else() {
+    use scaleot::emulator::{DistillConfig, Distiller, LayerKind};
+    let device = Device::flex().autodiff();
+    let base = tiny_model_bytes();
+    let opened = base.open().unwrap();
+    let split = AdapterSplit::parse("1+1").unwrap();
+    let plan = uniform_drop(6, split, 2).unwrap();
+    let teacher = Llama::load(&opened.config, opened.source.as_ref(), &device).unwrap();
+    let student = Llama::load_plan(&opened.config, opened.source.as_ref(), &plan, &device).unwrap();
+    let before = all_weights(&student);
+    let cfg = DistillConfig {
+        steps: 30,
+        batch_size: 2,
+        lr: 3e-3,
+        warmup_steps: 2,
+    };
+    let mut d = Distiller::new(teacher, student, &plan, split, cfg).unwrap();
+    let rows: Vec<Vec<u32>> = (0..8u32)
+        .map(|r| (0..16).map(|i| (r * 31 + i * 7) % 250 + 3).collect())
+        .collect();
+    let mut losses = Vec::new();
+    for batch in rows.chunks(2).cycle().take(30) {
+        let l: f32 = d
+            .step(batch)
+            .unwrap()
+            .into_data()
+            .try_into_vec::<f32>()
+            .unwrap()[0];
+        losses.push(l);
+    }
+    assert!(d.finished());
+    let (first, last) = (losses[0], losses[29]);
+    assert!(last < first * 0.7, "relative loss {first} → {last}");
+    // Only the kept middle layers (original 2 and 3 → here 1..3 in the stack) learned.
+    for ((name, x), (_, y)) in before.iter().zip(&all_weights(&d.student)) {
+        let middle = plan
+            .iter()
+            .enumerate()
+            .any(|(i, k)| *k == LayerKind::Raw && name.starts_with(&format!("model.layers.{i}.")));
+        if middle && name.ends_with("proj.weight") {
+            assert_ne!(x, y, "{name} should have learned");
+        } else if !middle {
+            assert_eq!(x, y, "{name} must stay bit-identical");
+        }
+    }
+}

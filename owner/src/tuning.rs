@@ -10,12 +10,13 @@ use clap::ValueEnum;
 use scaleot::adapter::{self, Adapter};
 use scaleot::data::{self, DataOptions, Dataset};
 use scaleot::emulator::{
-    AdapterSplit, BundleSpec, Emulator, FrozenDtype, LayerKind, uniform_drop, write_bundle,
+    AdapterSplit, BundleSpec, DistillConfig, Distiller, Emulator, FrozenDtype, LayerKind,
+    uniform_drop, write_bundle,
 };
 use scaleot::eval::loglik::ScoringBatch;
 use scaleot::model::{Llama, LoraConfig};
 use scaleot::train::{TrainConfig, TrainState, Trainer};
-use scaleot::weights::HostTensor;
+use scaleot::weights::{HostTensor, SafetensorsSource, WeightSource};
 use serde_json::json;
 
 use crate::model_files::{default_model, read, read_model, read_pair, weights_beside};
@@ -52,6 +53,29 @@ pub struct EmulatorArgs {
     /// Output manifest path; the weights go beside it as .safetensors.
     #[arg(long, default_value = "emulator.json")]
     out: PathBuf,
+    #[command(flatten)]
+    distill: DistillArgs,
+}
+
+/// Offsite-Tuning's emulator distillation on the owner's public corpus.
+#[derive(clap::Args)]
+struct DistillArgs {
+    /// Distill the kept middle layers towards the full model's middle block.
+    #[arg(long)]
+    distill: bool,
+    /// Public text files (.txt) to distill on; default: the fetched WordNet glosses.
+    #[arg(long, num_args = 1..)]
+    corpus: Vec<PathBuf>,
+    #[arg(long, default_value_t = 200)]
+    distill_steps: usize,
+    #[arg(long, default_value_t = 4)]
+    distill_batch: usize,
+    #[arg(long, default_value_t = 128)]
+    distill_seq_len: usize,
+    #[arg(long, default_value_t = 1e-4)]
+    distill_lr: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
 }
 
 fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -76,19 +100,41 @@ pub fn emulator(a: EmulatorArgs) -> Result<()> {
     let plan = match a.method {
         Method::UniformDrop => uniform_drop(n, split, keep)?,
     };
+    let mut params = json!({"adapters": split.to_string(), "keep": keep});
+    let distilled = if a.distill.distill {
+        let (tensors, report) = distill(&opened, &plan, split, &a.distill)?;
+        params["distill"] = report;
+        Some(scaleot::weights::safetensors::write_tensors(
+            &tensors,
+            "distilled",
+        )?)
+    } else {
+        None
+    };
+    let distilled_src = distilled
+        .as_deref()
+        .map(|bytes| SafetensorsSource::new(&[bytes]))
+        .transpose()?;
+    let weights_src: Box<dyn WeightSource + '_> = match &distilled_src {
+        Some(top) => Box::new(scaleot::weights::Overlay {
+            top,
+            base: opened.source.as_ref(),
+        }),
+        None => Box::new(BorrowedSource(opened.source.as_ref())),
+    };
     let spec = BundleSpec {
         config: &opened.config,
         tokenizer: &opened.tokenizer,
         plan,
         method: "uniform-drop".into(),
-        params: json!({"adapters": split.to_string(), "keep": keep}),
+        params,
         base_model_sha256: opened.sha256.clone(),
         frozen_dtype: match a.frozen_dtype {
             Precision::F16 => FrozenDtype::F16,
             Precision::F32 => FrozenDtype::F32,
         },
     };
-    let (weights, manifest) = write_bundle(spec, opened.source.as_ref())?;
+    let (weights, manifest) = write_bundle(spec, weights_src.as_ref())?;
     write_file(&weights_beside(&a.out), &weights)?;
     write_file(&a.out, serde_json::to_string_pretty(&manifest)?.as_bytes())?;
     let count = |k: LayerKind| manifest.plan.iter().filter(|p| **p == k).count();
@@ -108,6 +154,140 @@ pub fn emulator(a: EmulatorArgs) -> Result<()> {
         manifest.weights_sha256
     );
     Ok(())
+}
+
+/// A borrowed weight source, boxed beside owned ones.
+struct BorrowedSource<'a>(&'a dyn WeightSource);
+
+impl WeightSource for BorrowedSource<'_> {
+    fn tensor(&self, hf_name: &str) -> scaleot::Result<Option<HostTensor>> {
+        self.0.tensor(hf_name)
+    }
+}
+
+/// Distills the plan's kept middle layers; returns their tuned tensors (HF names) and a
+/// report for the manifest.
+fn distill(
+    opened: &scaleot::model::OpenedModel<'_>,
+    plan: &[LayerKind],
+    split: AdapterSplit,
+    a: &DistillArgs,
+) -> Result<(Vec<(String, HostTensor)>, serde_json::Value)> {
+    let device = Device::flex().autodiff();
+    let corpus = if a.corpus.is_empty() {
+        vec![crate::model_files::assets_dir().join("corpus/wordnet-glosses.txt")]
+    } else {
+        a.corpus.clone()
+    };
+    let mut rows: Vec<Vec<u32>> = Vec::new();
+    let mut corpus_files = Vec::new();
+    for path in &corpus {
+        let bytes = read(
+            path,
+            "corpus",
+            "run `bash scripts/fetch-assets.sh` for the default corpus, or pass --corpus FILE.txt",
+        )?;
+        corpus_files.push(json!({
+            "file": path.file_name().map(|n| n.to_string_lossy().into_owned()),
+            "bytes": bytes.len(), "sha256": scaleot::sha256_hex(&[&bytes]),
+        }));
+        let opts = DataOptions {
+            max_len: a.distill_seq_len,
+            held_out: 0.0,
+            seed: a.seed,
+            truncate: false,
+        };
+        let name = format!("{}.txt", path.display());
+        let set = data::load(&bytes, &name, &opened.tokenizer, &opts)
+            .with_context(|| format!("reading corpus {}", path.display()))?;
+        rows.extend(
+            set.train
+                .into_iter()
+                .filter(|e| e.ids.len() == a.distill_seq_len)
+                .map(|e| e.ids),
+        );
+    }
+    let needed = a.distill_steps * a.distill_batch;
+    if rows.len() < a.distill_batch {
+        bail!(
+            "the corpus gives {} sequences of {} tokens; distillation needs at least a batch of {}",
+            rows.len(),
+            a.distill_seq_len,
+            a.distill_batch
+        );
+    }
+    let teacher = Llama::load(&opened.config, opened.source.as_ref(), &device)?;
+    let student = Llama::load_plan(&opened.config, opened.source.as_ref(), plan, &device)?;
+    let cfg = DistillConfig {
+        steps: a.distill_steps,
+        batch_size: a.distill_batch,
+        lr: a.distill_lr,
+        warmup_steps: (a.distill_steps / 10).max(1),
+    };
+    let mut distiller = Distiller::new(teacher, student, plan, split, cfg)?;
+    eprintln!(
+        "distilling on {} sequences of {} tokens ({} needed for {} steps)",
+        rows.len(),
+        a.distill_seq_len,
+        needed,
+        a.distill_steps
+    );
+    let pb = progress::bar(a.distill_steps as u64, "distill", "steps");
+    let start = Instant::now();
+    let mut losses = Vec::with_capacity(a.distill_steps);
+    for (step, batch) in rows.chunks_exact(a.distill_batch).cycle().enumerate() {
+        if distiller.finished() {
+            break;
+        }
+        let loss: f32 = distiller
+            .step(batch)?
+            .into_data()
+            .try_into_vec::<f32>()
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?[0];
+        if !loss.is_finite() {
+            bail!("distillation diverged at step {step} (loss {loss}): lower --distill-lr");
+        }
+        losses.push(loss);
+        pb.inc(1);
+        pb.set_message(format!("relative loss {loss:.4}"));
+        if pb.is_hidden() && (step + 1) % 20 == 0 {
+            eprintln!(
+                "distill step {}/{} relative loss {loss:.4}",
+                step + 1,
+                a.distill_steps
+            );
+        }
+    }
+    pb.finish_and_clear();
+    let secs = start.elapsed().as_secs_f64();
+    let mean = |s: &[f32]| s.iter().sum::<f32>() / s.len().max(1) as f32;
+    let window = (losses.len() / 10).max(1);
+    let (first, last) = (
+        mean(&losses[..window]),
+        mean(&losses[losses.len() - window..]),
+    );
+    eprintln!("distilled in {secs:.0}s: relative loss {first:.4} → {last:.4}");
+    let student = distiller.student;
+    let mut tensors = Vec::new();
+    for (slot, &orig) in student.layers.iter().zip(&student.layer_index) {
+        if plan[orig] != LayerKind::Raw {
+            continue;
+        }
+        let scaleot::model::LayerSlot::Decoder(layer) = slot;
+        for (name, shape, t) in layer.hf_tensors(orig) {
+            let data: Vec<f32> = t
+                .into_data()
+                .try_into_vec()
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            tensors.push((name, HostTensor { shape, data }));
+        }
+    }
+    let report = json!({
+        "steps": a.distill_steps, "batch": a.distill_batch, "seq_len": a.distill_seq_len,
+        "lr": a.distill_lr, "seed": a.seed, "corpus": corpus_files, "relative_loss_first": first,
+        "relative_loss_last": last, "seconds": secs, "peak_rss_mib": crate::commands::peak_rss_mib(),
+    });
+    Ok((tensors, report))
 }
 
 #[derive(clap::Args)]

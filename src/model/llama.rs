@@ -194,6 +194,30 @@ impl DecoderLayer {
     }
 }
 
+impl DecoderLayer {
+    /// The layer's tensors flattened on the device in HF layout (`[out, in]` projections),
+    /// with the HF names of original layer `layer` and their shapes (LoRA factors excluded).
+    pub fn hf_tensors(&self, layer: usize) -> Vec<(String, Vec<usize>, Tensor<1>)> {
+        let flat = |t: Tensor<2>| {
+            let t = t.transpose();
+            let [rows, cols] = t.dims();
+            (vec![rows, cols], t.reshape([rows * cols]).detach())
+        };
+        let norm = |t: Tensor<1>| (vec![t.dims()[0]], t.detach());
+        let projections = self.projections(layer);
+        let (attn, mlp) = projections.split_at(4);
+        let mut parts = vec![norm(self.input_layernorm.weight.val())];
+        parts.extend(attn.iter().map(|(_, p)| flat(p.weight.val())));
+        parts.push(norm(self.post_attention_layernorm.weight.val()));
+        parts.extend(mlp.iter().map(|(_, p)| flat(p.weight.val())));
+        crate::emulator::bundle::layer_tensor_names(layer)
+            .into_iter()
+            .zip(parts)
+            .map(|(name, (shape, t))| (name, shape, t))
+            .collect()
+    }
+}
+
 /// What occupies one position of the layer stack.
 #[derive(Module, Debug)]
 pub enum LayerSlot {
@@ -363,6 +387,16 @@ impl Llama {
             .val()
             .select(0, tokens.reshape([b * t]))
             .reshape([b, t, hidden])
+    }
+
+    /// Runs the layers at stack positions `range` over hidden states `x` that start at
+    /// position 0 (no cache): the building block of layer-wise distillation.
+    pub fn run_layers(&self, x: Tensor<3>, range: std::ops::Range<usize>) -> Tensor<3> {
+        let [_, t, _] = x.dims();
+        let rope = Rope::new(self.rope_theta, self.head_dim, 0, t, &x.device());
+        self.layers[range]
+            .iter()
+            .fold(x, |h, layer| layer.forward(h, &rope, None))
     }
 
     /// Final-normed hidden states `[batch, len, hidden]`; `cache` enables incremental decoding.

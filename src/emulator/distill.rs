@@ -1,0 +1,118 @@
+//! Offsite-Tuning's emulator distillation (`--method uniform-drop --distill`): the emulator's
+//! kept middle layers learn to do what the full model's whole middle block does — map the
+//! bottom adapters' output to the top adapters' input — on the owner's public corpus. Loss:
+//! mean squared error of the middle block's output hidden states, relative to the teacher's
+//! mean square so that it reads as a fraction (0 = identical, 1 = as far as predicting zeros).
+
+use burn::module::Module;
+use burn::optim::grad_clipping::GradientClippingConfig;
+use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::tensor::Tensor;
+use serde::{Deserialize, Serialize};
+
+use super::plan::{AdapterSplit, LayerKind};
+use crate::error::{Error, Result};
+use crate::model::{Llama, token_tensor};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DistillConfig {
+    pub steps: usize,
+    /// Sequences per step.
+    pub batch_size: usize,
+    pub lr: f64,
+    pub warmup_steps: usize,
+}
+
+/// Teacher (full model, frozen) and student (emulator, middle layers learning) side by side.
+pub struct Distiller {
+    teacher: Llama,
+    pub student: Llama,
+    split: AdapterSplit,
+    cfg: DistillConfig,
+    optim: ModuleOptimizer,
+    pub step: usize,
+}
+
+impl Distiller {
+    /// Both models on the same autodiff device; `plan` is the student's layer plan.
+    pub fn new(
+        teacher: Llama,
+        student: Llama,
+        plan: &[LayerKind],
+        split: AdapterSplit,
+        cfg: DistillConfig,
+    ) -> Result<Self> {
+        if cfg.steps == 0 || cfg.batch_size == 0 || !(cfg.lr > 0.0 && cfg.lr.is_finite()) {
+            return Err(Error::Invalid(
+                "distillation needs at least one step, one sequence per batch and a positive learning rate".into(),
+            ));
+        }
+        let n = teacher.layers.len();
+        if plan.len() != n || split.middle(n)?.is_empty() {
+            return Err(Error::Invalid(
+                "the teacher must be the full model the emulator plan was made for".into(),
+            ));
+        }
+        let middle: Vec<usize> = (split.bottom..student.layers.len() - split.top).collect();
+        let student = student.with_trainable_layers(&middle);
+        Ok(Self {
+            teacher: teacher.freeze(),
+            student,
+            split,
+            optim: AdamWConfig::new()
+                .with_grad_clipping(Some(GradientClippingConfig::Norm(1.0)))
+                .init(),
+            cfg,
+            step: 0,
+        })
+    }
+
+    pub fn finished(&self) -> bool {
+        self.step >= self.cfg.steps
+    }
+
+    fn lr(&self) -> f64 {
+        let warm = self.cfg.warmup_steps.max(1);
+        if self.step < warm {
+            return self.cfg.lr * (self.step + 1) as f64 / warm as f64;
+        }
+        let progress =
+            (self.step - warm) as f64 / self.cfg.steps.saturating_sub(warm).max(1) as f64;
+        self.cfg.lr * 0.5 * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos())
+    }
+
+    /// One optimizer step on equal-length token rows; returns the relative loss, on device.
+    pub fn step(&mut self, rows: &[Vec<u32>]) -> Result<Tensor<1>> {
+        if rows.is_empty()
+            || rows
+                .iter()
+                .any(|r| r.len() != rows[0].len() || r.is_empty())
+        {
+            return Err(Error::Invalid(
+                "a distillation batch needs non-empty rows of equal length".into(),
+            ));
+        }
+        let device = self.student.device();
+        let tokens = token_tensor(rows, &device);
+        let (b, t) = (self.split.bottom, self.split.top);
+        let n_teacher = self.teacher.layers.len();
+        let n_student = self.student.layers.len();
+        // The bottom adapters are identical in both: their output is the shared input.
+        let x = self
+            .teacher
+            .run_layers(self.teacher.embed(tokens), 0..b)
+            .detach();
+        let target = self
+            .teacher
+            .run_layers(x.clone(), b..n_teacher - t)
+            .detach();
+        let out = self.student.run_layers(x, b..n_student - t);
+        let scale = target.clone().powi_scalar(2).mean().detach();
+        let loss = (out - target).powi_scalar(2).mean().div(scale);
+        let grads = GradientsParams::from_grads(loss.backward(), &self.student);
+        let lr = self.lr();
+        self.student = self.optim.step(lr, self.student.clone(), grads);
+        self.step += 1;
+        Ok(loss.detach())
+    }
+}
