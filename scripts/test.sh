@@ -31,6 +31,14 @@ grep -q "resumed at step 1" "$ot/resume.log" || { echo "resume from checkpoint f
 "$bin" eval --tasks arc_easy --limit 8 --adapter "$ot/adapter.json"
 "$bin" plugin --adapter "$ot/adapter.json" --out "$ot/plugged"
 "$bin" eval --tasks arc_easy --limit 8 --model "$ot/plugged"
+echo "==> LoRA on chat data (the model's chat template), merged plug-in; distilled emulator"
+"$bin" finetune --emulator "$ot/emu.json" --data tests/fixtures/chat-sample.jsonl --steps 2 \
+  --batch-size 2 --held-out 0.2 --lora-rank 4 --out "$ot/lora.json"
+"$bin" plugin --adapter "$ot/lora.json" --out "$ot/plugged-lora" | tee "$ot/plugin-lora.log"
+grep -q "LoRA r=4" "$ot/plugin-lora.log"
+"$bin" eval --tasks arc_easy --limit 8 --model "$ot/plugged-lora"
+"$bin" emulator --adapters 2+2 --keep 13 --distill --distill-steps 2 --distill-batch 2 \
+  --out "$ot/emu-distilled.json"
 rm -rf "$ot"
 echo "==> lm-evaluation-harness parity: full ARC-Easy and PIQA (about 7 minutes)"
 bash tools/reference/eval_parity.sh

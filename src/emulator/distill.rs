@@ -107,8 +107,9 @@ impl Distiller {
             .run_layers(x.clone(), b..n_teacher - t)
             .detach();
         let out = self.student.run_layers(x, b..n_student - t);
-        let scale = target.clone().powi_scalar(2).mean().detach();
-        let loss = (out - target).powi_scalar(2).mean().div(scale);
+        let norm = target.clone().powi_scalar(2).sum_dim(2);
+        let err = (out - target).powi_scalar(2).sum_dim(2);
+        let loss = err.div(norm.add_scalar(1e-6)).mean();
         let grads = GradientsParams::from_grads(loss.backward(), &self.student);
         let lr = self.lr();
         self.student = self.optim.step(lr, self.student.clone(), grads);
