@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::model::lora::{self, LoraConfig};
 use crate::model::{LayerSlot, Llama};
 use crate::weights::safetensors::decode_floats;
-use crate::weights::{HostTensor, Overlay, SafetensorsSource, WeightSource};
+use crate::weights::{Factored, HostTensor, Overlay, SafetensorsSource, WeightSource};
 
 pub const FORMAT: &str = "scaleot-adapter/1";
 
@@ -51,7 +51,9 @@ pub fn adapter_tensors(model: &Llama, plan: &[LayerKind]) -> Vec<(String, Vec<us
         if plan.get(orig) != Some(&LayerKind::Adapter) {
             continue;
         }
-        let LayerSlot::Decoder(l) = slot;
+        let LayerSlot::Decoder(l) = slot else {
+            continue; // adapters are decoder layers; a harmonizer is never one
+        };
         if l.has_lora() {
             for (module, proj) in l.projections(orig) {
                 let Some(pair) = &proj.lora else { continue };
@@ -78,7 +80,8 @@ pub fn checkpointed_model(
     (positions, lora): (&[usize], Option<&LoraConfig>),
     device: &Device,
 ) -> Result<Llama> {
-    let base = SafetensorsSource::new(&[emulator])?;
+    let stored = SafetensorsSource::new(&[emulator])?;
+    let base = Factored(&stored);
     let saved = SafetensorsSource::new(&[checkpoint])?;
     if let Some(l) = lora {
         return Llama::load_plan(&manifest.config, &base, &manifest.plan, device)?.with_lora(

@@ -181,7 +181,9 @@ fn only_chosen_layers_get_gradients() {
     let logits = m.forward(token_tensor(&[vec![5, 6, 7, 8]], &device));
     let grads = logits.powi_scalar(2).mean().backward();
     let layer_grad = |i: usize| {
-        let scaleot::model::LayerSlot::Decoder(l) = &m.layers[i];
+        let scaleot::model::LayerSlot::Decoder(l) = &m.layers[i] else {
+            panic!("the full model holds decoder layers only");
+        };
         l.mlp.up_proj.weight.val().grad(&grads)
     };
     assert!(

@@ -69,6 +69,12 @@ fn tiny_config() -> LlamaConfig {
 
 /// A random tiny model as Hugging Face files (deterministic LCG weights).
 fn tiny_model_bytes() -> ModelBytes {
+    tiny_model_bytes_with(|_| false)
+}
+
+/// The tiny model with the layers for which `identity(i)` holds turned into identities
+/// (zero attention output and MLP down projections: they add nothing to the residual).
+fn tiny_model_bytes_with(identity: impl Fn(usize) -> bool) -> ModelBytes {
     let cfg = tiny_config();
     let mut state = 42u64;
     let mut rand = |n: usize, scale: f32| -> Vec<f32> {
@@ -85,11 +91,19 @@ fn tiny_model_bytes() -> ModelBytes {
     for name in scaleot::weights::safetensors::checkpoint_names(&cfg) {
         let (shape, scale) = tiny_shape(&cfg, &name);
         let n = shape.iter().product();
-        let data = if name.ends_with("norm.weight") {
+        let mut data: Vec<f32> = if name.ends_with("norm.weight") {
             rand(n, 0.1).into_iter().map(|x| 1.0 + x).collect()
         } else {
             rand(n, scale)
         };
+        let layer = name
+            .strip_prefix("model.layers.")
+            .and_then(|r| r.split('.').next())
+            .and_then(|i| i.parse::<usize>().ok());
+        let silent = name.ends_with("o_proj.weight") || name.ends_with("down_proj.weight");
+        if silent && layer.is_some_and(&identity) {
+            data.iter_mut().for_each(|x| *x = 0.0);
+        }
         tensors.push((name, HostTensor { shape, data }));
     }
     ModelBytes::Hf {
@@ -382,7 +396,9 @@ fn all_weights(model: &Llama) -> Vec<(String, Vec<f32>)> {
     let host = |t: burn::tensor::Tensor<2>| -> Vec<f32> { t.into_data().try_into_vec().unwrap() };
     let mut out = vec![("embed".to_string(), host(model.embed_tokens.val()))];
     for (slot, &orig) in model.layers.iter().zip(&model.layer_index) {
-        let LayerSlot::Decoder(l) = slot;
+        let LayerSlot::Decoder(l) = slot else {
+            continue;
+        };
         for (norm, w) in [
             ("input_layernorm", &l.input_layernorm.weight),
             (
@@ -685,4 +701,71 @@ fn distillation_brings_the_emulator_middle_closer_and_touches_nothing_else() {
             assert_eq!(x, y, "{name} must stay bit-identical");
         }
     }
+}
+
+fn replace_config(steps: usize) -> scaleot::emulator::replace::ReplaceConfig {
+    scaleot::emulator::replace::ReplaceConfig {
+        adapters: AdapterSplit::parse("1+1").unwrap(),
+        rank: 4,
+        group: 2,
+        candidates: 4,
+        steps,
+        eta: 200.0,
+        lr: 3e-3,
+        seed: 5,
+    }
+}
+
+fn replace_rows() -> Vec<Vec<u32>> {
+    (0..8u32)
+        .map(|r| (0..16).map(|i| (r * 31 + i * 7) % 250 + 3).collect())
+        .collect()
+}
+
+/// Runs Dynamic LayerReplace on the tiny model; returns (scores, LM losses).
+fn run_replace(base: &ModelBytes, steps: usize) -> (Vec<f64>, Vec<f32>) {
+    use scaleot::emulator::replace::LayerReplace;
+    let device = Device::flex().autodiff();
+    let opened = base.open().unwrap();
+    let model = Llama::load(&opened.config, opened.source.as_ref(), &device).unwrap();
+    let mut r = LayerReplace::new(model, replace_config(steps), None).unwrap();
+    let rows = replace_rows();
+    let mut losses = Vec::new();
+    for batch in rows.chunks(2).cycle().take(steps) {
+        let lm: f32 = r
+            .harmonizer_step(batch)
+            .unwrap()
+            .into_data()
+            .try_into_vec::<f32>()
+            .unwrap()[0];
+        let val = r.rl_step(&rows[6..]).unwrap();
+        r.complete_step(lm, val).unwrap();
+        losses.push(lm);
+    }
+    assert!(r.finished());
+    (r.state.scores.clone(), losses)
+}
+
+#[test]
+fn layer_replace_scores_the_layer_that_matters_highest() {
+    // Middle layers 1..=4; only layer 2 does anything, the others are identities that a
+    // fresh harmonizer (also an identity) replaces for free.
+    let base = tiny_model_bytes_with(|i| i != 2);
+    let (scores, _) = run_replace(&base, 12);
+    let best = (0..scores.len())
+        .max_by(|&a, &b| scores[a].total_cmp(&scores[b]))
+        .unwrap();
+    assert_eq!(best + 1, 2, "layer 2 must score highest: {scores:?}");
+    let least = scaleot::emulator::replace::least_important(&scores, 1, 0.5, None).unwrap();
+    assert!(!least.contains(&2), "{least:?}");
+    // Same seed, same run.
+    assert_eq!(run_replace(&base, 12).0, scores);
+}
+
+#[test]
+fn harmonizers_learn_to_stand_in_for_their_layers() {
+    let (_, losses) = run_replace(&tiny_model_bytes(), 30);
+    let first = losses[..5].iter().sum::<f32>() / 5.0;
+    let last = losses[25..].iter().sum::<f32>() / 5.0;
+    assert!(last < first - 0.05, "mixed-network loss {first} → {last}");
 }

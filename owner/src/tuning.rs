@@ -273,7 +273,9 @@ fn distill(
         if plan[orig] != LayerKind::Raw {
             continue;
         }
-        let scaleot::model::LayerSlot::Decoder(layer) = slot;
+        let scaleot::model::LayerSlot::Decoder(layer) = slot else {
+            continue;
+        };
         for (name, shape, t) in layer.hf_tensors(orig) {
             let data: Vec<f32> = t
                 .into_data()

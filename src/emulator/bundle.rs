@@ -11,9 +11,10 @@ use serde::{Deserialize, Serialize};
 use super::plan::LayerKind;
 use crate::adapter::Adapter;
 use crate::error::{Error, Result};
+use crate::model::harmonizer::harmonizer_tensor_names;
 use crate::model::{Llama, LlamaConfig};
 use crate::tokenizer::Tokenizer;
-use crate::weights::{HostTensor, SafetensorsSource, WeightSource};
+use crate::weights::{Factored, HostTensor, SafetensorsSource, WeightSource, lowrank_names};
 
 pub const FORMAT: &str = "scaleot-emulator/1";
 
@@ -113,12 +114,25 @@ pub fn write_bundle(
                     take(name, *kind == LayerKind::Adapter, true)?;
                 }
             }
-            LayerKind::Dropped => {}
-            other => {
-                return Err(Error::Invalid(format!(
-                    "layer {i}: {other:?} layers are written by the ScaleOT emulator builder"
-                )));
+            LayerKind::LowRank => {
+                // Attention as SVD factors (the builder's source provides them), the rest raw.
+                for name in layer_tensor_names(i) {
+                    match name.strip_suffix(".weight") {
+                        Some(m) if m.contains(".self_attn.") => {
+                            for factor in lowrank_names(m) {
+                                take(factor, false, true)?;
+                            }
+                        }
+                        _ => take(name, false, true)?,
+                    }
+                }
             }
+            LayerKind::Harmonizer => {
+                for name in harmonizer_tensor_names(i) {
+                    take(name, false, true)?;
+                }
+            }
+            LayerKind::Dropped => {}
         }
     }
     let mut buffers: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
@@ -220,7 +234,8 @@ impl Emulator {
         SafeTensors::deserialize(weights).map_err(|e| Error::Safetensors(e.to_string()))?;
         let mut tokenizer = Tokenizer::from_hf_json(&manifest.tokenizer.to_string())?;
         tokenizer.chat_template = manifest.chat_template.clone();
-        let src = SafetensorsSource::new(&[weights])?;
+        let stored = SafetensorsSource::new(&[weights])?;
+        let src = Factored(&stored);
         let model = match adapter {
             None => Llama::load_plan(&manifest.config, &src, &manifest.plan, device)?,
             Some(adapter) => {

@@ -3,6 +3,7 @@
 pub mod bundle;
 pub mod distill;
 pub mod plan;
+pub mod replace;
 
 pub use bundle::{BundleSpec, Emulator, EmulatorManifest, FrozenDtype, write_bundle};
 pub use distill::{DistillConfig, Distiller};

@@ -12,6 +12,7 @@ use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use sha2::{Digest, Sha256};
 
 use super::config::LlamaConfig;
+use super::harmonizer::Harmonizer;
 use super::lora::Lora;
 use crate::emulator::plan::LayerKind;
 use crate::error::{Error, Result};
@@ -221,14 +222,17 @@ impl DecoderLayer {
 /// What occupies one position of the layer stack.
 #[derive(Module, Debug)]
 pub enum LayerSlot {
-    /// The original decoder layer.
+    /// The original decoder layer (raw, or with low-rank attention rebuilt from its factors).
     Decoder(DecoderLayer),
+    /// ScaleOT's stand-in for a replaced layer.
+    Harmonizer(Harmonizer),
 }
 
 impl LayerSlot {
     pub fn forward(&self, x: Tensor<3>, rope: &Rope, cache: Option<&mut LayerCache>) -> Tensor<3> {
         match self {
             Self::Decoder(layer) => layer.forward(x, rope, cache),
+            Self::Harmonizer(h) => h.forward(x),
         }
     }
 }
@@ -319,12 +323,14 @@ impl Llama {
         let mut layer_index = Vec::with_capacity(cfg.num_hidden_layers);
         for (i, kind) in plan.iter().enumerate() {
             match kind {
-                LayerKind::Adapter | LayerKind::Raw => {}
+                // Low-rank layers are dense here: the bundle's source multiplies the factors out.
+                LayerKind::Adapter | LayerKind::Raw | LayerKind::LowRank => {}
                 LayerKind::Dropped => continue,
-                other => {
-                    return Err(Error::Invalid(format!(
-                        "layer {i} is planned as {other:?}, which this build cannot load yet"
-                    )));
+                LayerKind::Harmonizer => {
+                    layer_index.push(i);
+                    let harmonizer = Harmonizer::load(src, i, h, cfg.rms_norm_eps, device)?;
+                    layers.push(LayerSlot::Harmonizer(harmonizer));
+                    continue;
                 }
             }
             layer_index.push(i);
@@ -481,7 +487,7 @@ pub(crate) fn named_param<const D: usize>(name: &str, tensor: Tensor<D>) -> Para
     param
 }
 
-fn check_shape(name: &str, t: &HostTensor, expected: &[usize]) -> Result<()> {
+pub(crate) fn check_shape(name: &str, t: &HostTensor, expected: &[usize]) -> Result<()> {
     if t.shape != expected || t.data.len() != expected.iter().product::<usize>() {
         return Err(Error::ShapeMismatch {
             tensor: name.to_owned(),
@@ -493,7 +499,7 @@ fn check_shape(name: &str, t: &HostTensor, expected: &[usize]) -> Result<()> {
 }
 
 /// Row-major `[rows, cols]` → `[cols, rows]`.
-fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+pub(crate) fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let mut out = vec![0f32; data.len()];
     for r in 0..rows {
         for c in 0..cols {

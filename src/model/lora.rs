@@ -209,7 +209,11 @@ impl Llama {
                     "no layer at stack position {pos} for LoRA"
                 )));
             };
-            let LayerSlot::Decoder(layer) = &mut self.layers[pos];
+            let LayerSlot::Decoder(layer) = &mut self.layers[pos] else {
+                return Err(Error::Invalid(format!(
+                    "stack position {pos} holds a harmonizer, which takes no LoRA"
+                )));
+            };
             for target in &cfg.targets {
                 let module = module_name(orig, target);
                 let proj = layer

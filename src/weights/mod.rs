@@ -36,6 +36,58 @@ impl WeightSource for Overlay<'_> {
     }
 }
 
+/// Selective Rank Compression's storage: a projection kept as factors
+/// `{module}.lowrank_u.weight` `[out, r]` (U·Σ) and `{module}.lowrank_v.weight` `[r, in]` (Vᵀ).
+pub fn lowrank_names(module: &str) -> [String; 2] {
+    [
+        format!("{module}.lowrank_u.weight"),
+        format!("{module}.lowrank_v.weight"),
+    ]
+}
+
+/// A source whose low-rank projections read as dense weights: `X.weight` absent but its
+/// factors present → `U·V`. Models load low-rank layers like raw ones through it.
+pub struct Factored<'a>(pub &'a dyn WeightSource);
+
+impl WeightSource for Factored<'_> {
+    fn tensor(&self, hf_name: &str) -> Result<Option<HostTensor>> {
+        if let Some(t) = self.0.tensor(hf_name)? {
+            return Ok(Some(t));
+        }
+        let Some(module) = hf_name.strip_suffix(".weight") else {
+            return Ok(None);
+        };
+        let [u_name, v_name] = lowrank_names(module);
+        let (Some(u), Some(v)) = (self.0.tensor(&u_name)?, self.0.tensor(&v_name)?) else {
+            return Ok(None);
+        };
+        let (out, r, inp) = match (&u.shape[..], &v.shape[..]) {
+            ([o, r1], [r2, i]) if r1 == r2 => (*o, *r1, *i),
+            _ => {
+                return Err(crate::error::Error::ShapeMismatch {
+                    tensor: v_name,
+                    expected: vec![u.shape.get(1).copied().unwrap_or(0), 0],
+                    found: v.shape,
+                });
+            }
+        };
+        let mut w = vec![0f32; out * inp];
+        for o in 0..out {
+            let row = &mut w[o * inp..(o + 1) * inp];
+            for k in 0..r {
+                let c = u.data[o * r + k];
+                for (x, &vv) in row.iter_mut().zip(&v.data[k * inp..(k + 1) * inp]) {
+                    *x += c * vv;
+                }
+            }
+        }
+        Ok(Some(HostTensor {
+            shape: vec![out, inp],
+            data: w,
+        }))
+    }
+}
+
 pub use self::gguf::Gguf;
 pub use self::safetensors::SafetensorsSource;
 

@@ -1,0 +1,347 @@
+//! ScaleOT's Dynamic LayerReplace, on the owner's side: one harmonizer per middle layer and an
+//! importance score per middle layer, learned together.
+//!
+//! - Harmonizer step: sample a mask (in each group of `group` middle layers draw
+//!   `u_i ~ U(0,1)·p_i` with `p_i = sigmoid(s_i)`, keep the top half, replace the rest by their
+//!   harmonizers), run the mixed network on owner text, update only the harmonizers with the
+//!   LM loss (raw layers frozen).
+//! - RL step: sample `candidates` masks, score each by validation loss `L_j`, reward
+//!   `r_j = exp(-L_j) - mean_j exp(-L_j)`, and for every layer kept in candidate `j`:
+//!   `s_i += eta · r_j · p_i (1 - p_i)`.
+//!
+//! Important layers end up with high scores (they are kept when they are sampled as kept,
+//! and that lowers the loss); the harmonizers learn to stand in for whichever layers get
+//! replaced. The assembled emulator replaces the lowest-scored layers.
+
+use burn::module::Module;
+use burn::optim::grad_clipping::GradientClippingConfig;
+use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer, OptimizerRecord};
+use burn::tensor::{Device, Int, Tensor};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use super::plan::AdapterSplit;
+use crate::error::{Error, Result};
+use crate::model::llama::Rope;
+use crate::model::{Harmonizer, Llama, token_tensor};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReplaceConfig {
+    pub adapters: AdapterSplit,
+    /// Harmonizer rank `r`.
+    pub rank: usize,
+    /// Middle layers per sampling group `N_g`.
+    pub group: usize,
+    /// Candidate masks per RL step `N_c`.
+    pub candidates: usize,
+    /// Iterations; each is one harmonizer step and one RL step.
+    pub steps: usize,
+    /// Score learning rate `eta`.
+    pub eta: f64,
+    /// Harmonizer learning rate (AdamW, warmup then cosine).
+    pub lr: f64,
+    pub seed: u64,
+}
+
+impl ReplaceConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.rank == 0 || self.group < 2 || self.candidates < 2 || self.steps == 0 {
+            return Err(Error::Invalid(
+                "harmonizer rank and steps must be at least 1, groups and candidates at least 2"
+                    .into(),
+            ));
+        }
+        if !(self.lr > 0.0 && self.eta > 0.0) {
+            return Err(Error::Invalid("learning rates must be positive".into()));
+        }
+        Ok(())
+    }
+}
+
+/// All middle layers' harmonizers, as one module for the optimizer.
+#[derive(Module, Debug)]
+pub struct Harmonizers {
+    pub list: Vec<Harmonizer>,
+}
+
+/// What the run saves to continue exactly where it stopped.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReplaceState {
+    pub step: usize,
+    pub scores: Vec<f64>,
+    /// Per iteration: (harmonizer LM loss, mean candidate validation loss).
+    pub history: Vec<(f32, f64)>,
+}
+
+pub struct LayerReplace {
+    model: Llama,
+    pub harmonizers: Harmonizers,
+    pub cfg: ReplaceConfig,
+    pub state: ReplaceState,
+    optim: ModuleOptimizer,
+    /// Original indices of the middle layers.
+    middle: std::ops::Range<usize>,
+}
+
+fn sigmoid(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+impl LayerReplace {
+    /// `model` is the full model on an autodiff device (it is frozen here); harmonizers start
+    /// fresh (or come from `harmonizers` when resuming).
+    pub fn new(model: Llama, cfg: ReplaceConfig, harmonizers: Option<Harmonizers>) -> Result<Self> {
+        cfg.validate()?;
+        let n = model.layers.len();
+        if model.layer_index != (0..n).collect::<Vec<_>>() {
+            return Err(Error::Invalid(
+                "Dynamic LayerReplace starts from the full model, not an emulator".into(),
+            ));
+        }
+        let middle = cfg.adapters.middle(n)?;
+        let device = model.device();
+        let hidden = model.embed_tokens.dims()[1];
+        let eps = model.norm.eps;
+        let harmonizers = match harmonizers {
+            Some(h) if h.list.len() == middle.len() => h,
+            Some(_) => {
+                return Err(Error::Invalid(
+                    "the checkpoint's harmonizers do not match this model's middle layers".into(),
+                ));
+            }
+            None => Harmonizers {
+                list: middle
+                    .clone()
+                    .map(|i| Harmonizer::fresh(i, hidden, cfg.rank, eps, cfg.seed, &device))
+                    .collect(),
+            },
+        };
+        Ok(Self {
+            model: model.freeze(),
+            harmonizers,
+            state: ReplaceState {
+                step: 0,
+                scores: vec![0.0; middle.len()],
+                history: Vec::new(),
+            },
+            optim: optimizer(),
+            middle,
+            cfg,
+        })
+    }
+
+    pub fn finished(&self) -> bool {
+        self.state.step >= self.cfg.steps
+    }
+
+    pub fn middle(&self) -> std::ops::Range<usize> {
+        self.middle.clone()
+    }
+
+    /// `p_i = sigmoid(s_i)` for each middle layer.
+    pub fn keep_probabilities(&self) -> Vec<f64> {
+        self.state.scores.iter().map(|&s| sigmoid(s)).collect()
+    }
+
+    /// A mask over the middle layers (`true` = raw layer kept), drawn from an RNG that
+    /// depends only on the seed, the step and the draw: the same run gives the same masks.
+    fn sample_mask(&self, draw: u64) -> Vec<bool> {
+        let mut rng = StdRng::seed_from_u64(
+            self.cfg.seed ^ (self.state.step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ draw,
+        );
+        let p = self.keep_probabilities();
+        let mut keep = vec![false; p.len()];
+        for start in (0..p.len()).step_by(self.cfg.group) {
+            let end = (start + self.cfg.group).min(p.len());
+            let mut u: Vec<(f64, usize)> = (start..end)
+                .map(|i| (rng.random::<f64>() * p[i], i))
+                .collect();
+            u.sort_by(|a, b| b.0.total_cmp(&a.0));
+            for &(_, i) in u.iter().take((end - start).div_ceil(2)) {
+                keep[i] = true;
+            }
+        }
+        keep
+    }
+
+    /// Mean next-token loss of the mixed network on `tokens` (`[batch, len]`).
+    fn mixed_loss(
+        model: &Llama,
+        harmonizers: &Harmonizers,
+        middle: &std::ops::Range<usize>,
+        keep: &[bool],
+        tokens: Tensor<2, Int>,
+    ) -> Tensor<1> {
+        let [b, t] = tokens.dims();
+        let rope = Rope::new(model.rope_theta, model.head_dim, 0, t, &tokens.device());
+        let mut x = model.embed(tokens.clone());
+        for (i, layer) in model.layers.iter().enumerate() {
+            x = match middle.contains(&i) && !keep[i - middle.start] {
+                true => harmonizers.list[i - middle.start].forward(x),
+                false => layer.forward(x, &rope, None),
+            };
+        }
+        let logits = model.head(model.norm.forward(x.slice([0..b, 0..t - 1])));
+        let vocab = logits.dims()[2];
+        let logp = burn::tensor::activation::log_softmax(logits.reshape([b * (t - 1), vocab]), 1);
+        let targets = tokens.slice([0..b, 1..t]).reshape([b * (t - 1), 1]);
+        logp.gather(1, targets).mean().neg()
+    }
+
+    /// One harmonizer step on `rows` (equal lengths); returns the LM loss on the device.
+    pub fn harmonizer_step(&mut self, rows: &[Vec<u32>]) -> Result<Tensor<1>> {
+        check_rows(rows)?;
+        let keep = self.sample_mask(0);
+        let tokens = token_tensor(rows, &self.model.device());
+        let loss = Self::mixed_loss(&self.model, &self.harmonizers, &self.middle, &keep, tokens);
+        let grads = GradientsParams::from_grads(loss.backward(), &self.harmonizers);
+        let lr = self.lr();
+        self.harmonizers = self.optim.step(lr, self.harmonizers.clone(), grads);
+        Ok(loss.detach())
+    }
+
+    /// One RL step on validation `rows`: scores `candidates` masks and updates the scores.
+    /// Readback is synchronous (the owner's native binary). Returns the mean candidate loss.
+    pub fn rl_step(&mut self, rows: &[Vec<u32>]) -> Result<f64> {
+        check_rows(rows)?;
+        let model = self.model.valid();
+        let harmonizers = self.harmonizers.valid();
+        let tokens = token_tensor(rows, &model.device());
+        let mut masks = Vec::with_capacity(self.cfg.candidates);
+        let mut losses = Vec::with_capacity(self.cfg.candidates);
+        for j in 0..self.cfg.candidates {
+            let keep = self.sample_mask(1 + j as u64);
+            let loss = Self::mixed_loss(&model, &harmonizers, &self.middle, &keep, tokens.clone());
+            let value: Vec<f32> = loss
+                .into_data()
+                .try_into_vec()
+                .map_err(|e| Error::Invalid(format!("reading a loss back: {e:?}")))?;
+            if !value[0].is_finite() {
+                return Err(Error::Diverged {
+                    step: self.state.step,
+                    loss: value[0],
+                });
+            }
+            masks.push(keep);
+            losses.push(value[0] as f64);
+        }
+        let utility: Vec<f64> = losses.iter().map(|l| (-l).exp()).collect();
+        let mean = utility.iter().sum::<f64>() / utility.len() as f64;
+        let p = self.keep_probabilities();
+        for (mask, u) in masks.iter().zip(&utility) {
+            let reward = u - mean;
+            for (i, &kept) in mask.iter().enumerate() {
+                if kept {
+                    self.state.scores[i] += self.cfg.eta * reward * p[i] * (1.0 - p[i]);
+                }
+            }
+        }
+        Ok(losses.iter().sum::<f64>() / losses.len() as f64)
+    }
+
+    /// Records a finished iteration.
+    pub fn complete_step(&mut self, lm_loss: f32, val_loss: f64) -> Result<()> {
+        if !lm_loss.is_finite() {
+            return Err(Error::Diverged {
+                step: self.state.step,
+                loss: lm_loss,
+            });
+        }
+        self.state.history.push((lm_loss, val_loss));
+        self.state.step += 1;
+        Ok(())
+    }
+
+    fn lr(&self) -> f64 {
+        let warm = (self.cfg.steps / 10).max(1);
+        let s = self.state.step;
+        if s < warm {
+            return self.cfg.lr * (s + 1) as f64 / warm as f64;
+        }
+        let progress = (s - warm) as f64 / self.cfg.steps.saturating_sub(warm).max(1) as f64;
+        self.cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos()))
+    }
+
+    /// The optimizer's state, for checkpoints.
+    pub fn optimizer_record(&self) -> Result<Vec<u8>> {
+        let bytes = self
+            .optim
+            .to_record()
+            .into_bytes()
+            .map_err(|e| Error::Invalid(format!("saving optimizer state: {e:?}")))?;
+        Ok(bytes.to_vec())
+    }
+
+    /// Continues from a checkpoint (harmonizers come in through [`LayerReplace::new`]).
+    pub fn resume(&mut self, state: ReplaceState, saved_optimizer: &[u8]) -> Result<()> {
+        if state.scores.len() != self.middle.len() {
+            return Err(Error::Invalid(
+                "the checkpoint's scores do not match this model's middle layers".into(),
+            ));
+        }
+        let record = OptimizerRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(
+            saved_optimizer.to_vec(),
+        ))
+        .map_err(|e| {
+            Error::Invalid(format!(
+                "the checkpoint's optimizer state is unreadable: {e:?}"
+            ))
+        })?;
+        self.optim = optimizer().load_record(record);
+        self.state = state;
+        Ok(())
+    }
+
+    pub fn device(&self) -> Device {
+        self.model.device()
+    }
+}
+
+fn optimizer() -> ModuleOptimizer {
+    AdamWConfig::new()
+        .with_grad_clipping(Some(GradientClippingConfig::Norm(1.0)))
+        .init()
+}
+
+fn check_rows(rows: &[Vec<u32>]) -> Result<()> {
+    if rows.is_empty() || rows[0].len() < 2 || rows.iter().any(|r| r.len() != rows[0].len()) {
+        return Err(Error::Invalid(
+            "a batch needs rows of equal length, at least 2 tokens".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Which middle layers (original indices) the `alpha` share with the lowest scores is:
+/// globally, or the same share within each group of `group` layers.
+pub fn least_important(
+    scores: &[f64],
+    middle_start: usize,
+    alpha: f64,
+    group: Option<usize>,
+) -> Result<Vec<usize>> {
+    if !(0.0..1.0).contains(&alpha) {
+        return Err(Error::Invalid(format!("--alpha {alpha} must be in [0, 1)")));
+    }
+    let pick = |idx: &mut Vec<usize>, count: usize| -> Vec<usize> {
+        idx.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]).then(a.cmp(&b)));
+        idx.iter().take(count).map(|i| i + middle_start).collect()
+    };
+    let mut out = match group {
+        None => {
+            let count = (alpha * scores.len() as f64).round() as usize;
+            pick(&mut (0..scores.len()).collect(), count)
+        }
+        Some(g) => (0..scores.len())
+            .step_by(g.max(1))
+            .flat_map(|start| {
+                let end = (start + g.max(1)).min(scores.len());
+                let count = (alpha * (end - start) as f64).round() as usize;
+                pick(&mut (start..end).collect(), count)
+            })
+            .collect(),
+    };
+    out.sort();
+    Ok(out)
+}
