@@ -220,6 +220,8 @@ impl DecoderLayer {
 }
 
 /// What occupies one position of the layer stack.
+// One slot per layer in a Vec: the size difference between variants costs nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum LayerSlot {
     /// The original decoder layer (raw, or with low-rank attention rebuilt from its factors).
