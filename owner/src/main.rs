@@ -1,7 +1,9 @@
 //! `scaleot`: the model owner's command-line tool.
 
+mod build_emulator;
 mod commands;
 mod datasets;
+mod importance;
 mod model_files;
 mod progress;
 mod tuning;
@@ -59,7 +61,9 @@ enum Command {
     /// Forward-pass throughput and memory at batch x length.
     Bench(commands::BenchArgs),
     /// Build an emulator bundle from the full model (uniform LayerDrop, ...).
-    Emulator(tuning::EmulatorArgs),
+    Emulator(build_emulator::EmulatorArgs),
+    /// Dynamic LayerReplace: harmonizers and RL importance scores of the middle layers.
+    Importance(importance::ImportanceArgs),
     /// Fine-tune an emulator's adapters on private data; writes the adapter file.
     Finetune(tuning::FinetuneArgs),
     /// Merge returned adapters into the full model; writes a Hugging Face checkpoint.
@@ -101,7 +105,8 @@ fn main() {
         Command::Perplexity(a) => commands::perplexity(a),
         Command::Eval(a) => commands::eval(a),
         Command::Bench(a) => commands::bench(a),
-        Command::Emulator(a) => tuning::emulator(a),
+        Command::Emulator(a) => build_emulator::emulator(a),
+        Command::Importance(a) => importance::importance(a),
         Command::Finetune(a) => tuning::finetune(a),
         Command::Plugin(a) => tuning::plugin(a),
         Command::TaskData(a) => task_data(a),
@@ -111,4 +116,19 @@ fn main() {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// Reads a device tensor back to the host (native: blocking).
+pub fn read_vec<const D: usize>(t: burn::tensor::Tensor<D>) -> Result<Vec<f32>> {
+    t.into_data()
+        .try_into_vec::<f32>()
+        .map_err(|e| anyhow::anyhow!("reading a tensor back: {e:?}"))
+}
+
+/// Reads a one-element tensor (a loss) back to the host.
+pub fn read_scalar(t: burn::tensor::Tensor<1>) -> Result<f32> {
+    read_vec(t)?
+        .first()
+        .copied()
+        .ok_or_else(|| anyhow::anyhow!("an empty loss tensor"))
 }

@@ -87,3 +87,27 @@ pub fn read_pair(manifest: &Path, what: &str) -> Result<(String, Vec<u8>)> {
     let weights = read(&weights_beside(manifest), &format!("{what} weights"), &hint)?;
     Ok((json, weights))
 }
+
+pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Writes checkpoint parts under temporary names first, then renames them, so that a crash
+/// never leaves a half-written checkpoint.
+pub fn write_atomically(dir: &Path, parts: &[(&str, Vec<u8>)]) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for (name, data) in parts {
+        write_file(&dir.join(format!("{name}.tmp")), data)?;
+    }
+    for (name, _) in parts {
+        std::fs::rename(dir.join(format!("{name}.tmp")), dir.join(name))?;
+    }
+    Ok(())
+}
+
+pub fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}

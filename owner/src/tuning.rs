@@ -1,296 +1,24 @@
-//! Offsite-tuning commands: build an emulator, fine-tune adapters on it, plug them in.
+//! The data owner's side natively: fine-tune adapters on an emulator; and the owner's plug-in.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use burn::module::Module;
 use burn::tensor::Device;
-use clap::ValueEnum;
 use scaleot::adapter::{self, Adapter};
 use scaleot::data::{self, DataOptions, Dataset};
-use scaleot::emulator::{
-    AdapterSplit, BundleSpec, DistillConfig, Distiller, Emulator, FrozenDtype, LayerKind,
-    uniform_drop, write_bundle,
-};
+use scaleot::emulator::{Emulator, LayerKind};
 use scaleot::eval::loglik::ScoringBatch;
 use scaleot::model::{Llama, LoraConfig};
 use scaleot::train::{TrainConfig, TrainState, Trainer};
-use scaleot::weights::{HostTensor, SafetensorsSource, WeightSource};
+use scaleot::weights::HostTensor;
 use serde_json::json;
 
-use crate::model_files::{default_model, read, read_model, read_pair, weights_beside};
+use crate::model_files::{
+    default_model, mib, read, read_model, read_pair, weights_beside, write_file,
+};
 use crate::progress;
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum Method {
-    /// Offsite-Tuning's uniform LayerDrop: keep every n-th middle layer.
-    UniformDrop,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum Precision {
-    F16,
-    F32,
-}
-
-#[derive(clap::Args)]
-pub struct EmulatorArgs {
-    /// Base model (.gguf or HF folder); default: the fetched SmolLM2-135M.
-    #[arg(long)]
-    model: Option<PathBuf>,
-    #[arg(long, value_enum, default_value = "uniform-drop")]
-    method: Method,
-    /// Adapter layers at the bottom and top, e.g. 2+2.
-    #[arg(long, default_value = "2+2")]
-    adapters: String,
-    /// Middle layers to keep (default: half of them).
-    #[arg(long)]
-    keep: Option<usize>,
-    /// Storage precision of the frozen layers (adapters are always f32).
-    #[arg(long, value_enum, default_value = "f16")]
-    frozen_dtype: Precision,
-    /// Output manifest path; the weights go beside it as .safetensors.
-    #[arg(long, default_value = "emulator.json")]
-    out: PathBuf,
-    #[command(flatten)]
-    distill: DistillArgs,
-}
-
-/// Offsite-Tuning's emulator distillation on the owner's public corpus.
-#[derive(clap::Args)]
-struct DistillArgs {
-    /// Distill the kept middle layers towards the full model's middle block.
-    #[arg(long)]
-    distill: bool,
-    /// Public text files (.txt) to distill on; default: the fetched WordNet glosses.
-    #[arg(long, num_args = 1..)]
-    corpus: Vec<PathBuf>,
-    #[arg(long, default_value_t = 200)]
-    distill_steps: usize,
-    #[arg(long, default_value_t = 4)]
-    distill_batch: usize,
-    #[arg(long, default_value_t = 128)]
-    distill_seq_len: usize,
-    #[arg(long, default_value_t = 1e-4)]
-    distill_lr: f64,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-}
-
-fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
-}
-
-fn mib(bytes: u64) -> f64 {
-    bytes as f64 / (1024.0 * 1024.0)
-}
-
-pub fn emulator(a: EmulatorArgs) -> Result<()> {
-    let base_path = a.model.clone().unwrap_or_else(default_model);
-    let bytes = read_model(&base_path)?;
-    let opened = bytes.open()?;
-    let split = AdapterSplit::parse(&a.adapters)?;
-    let n = opened.config.num_hidden_layers;
-    let middle = split.middle(n)?.len();
-    let keep = a.keep.unwrap_or(middle.div_ceil(2));
-    let plan = match a.method {
-        Method::UniformDrop => uniform_drop(n, split, keep)?,
-    };
-    let mut params = json!({"adapters": split.to_string(), "keep": keep});
-    let distilled = if a.distill.distill {
-        let (tensors, report) = distill(&opened, &plan, split, &a.distill)?;
-        params["distill"] = report;
-        Some(scaleot::weights::safetensors::write_tensors(
-            &tensors,
-            "distilled",
-        )?)
-    } else {
-        None
-    };
-    let distilled_src = distilled
-        .as_deref()
-        .map(|bytes| SafetensorsSource::new(&[bytes]))
-        .transpose()?;
-    let weights_src: Box<dyn WeightSource + '_> = match &distilled_src {
-        Some(top) => Box::new(scaleot::weights::Overlay {
-            top,
-            base: opened.source.as_ref(),
-        }),
-        None => Box::new(BorrowedSource(opened.source.as_ref())),
-    };
-    let spec = BundleSpec {
-        config: &opened.config,
-        tokenizer: &opened.tokenizer,
-        plan,
-        method: "uniform-drop".into(),
-        params,
-        base_model_sha256: opened.sha256.clone(),
-        frozen_dtype: match a.frozen_dtype {
-            Precision::F16 => FrozenDtype::F16,
-            Precision::F32 => FrozenDtype::F32,
-        },
-    };
-    let (weights, manifest) = write_bundle(spec, weights_src.as_ref())?;
-    write_file(&weights_beside(&a.out), &weights)?;
-    write_file(&a.out, serde_json::to_string_pretty(&manifest)?.as_bytes())?;
-    let count = |k: LayerKind| manifest.plan.iter().filter(|p| **p == k).count();
-    println!(
-        "emulator {}: {} adapter + {} kept + {} dropped layers",
-        a.out.display(),
-        count(LayerKind::Adapter),
-        count(LayerKind::Raw),
-        count(LayerKind::Dropped)
-    );
-    println!(
-        "parameters {:.1}M of {:.1}M ({:.0}%), weights {:.1} MiB, sha256 {}",
-        manifest.emulator_params as f64 / 1e6,
-        manifest.full_params as f64 / 1e6,
-        100.0 * manifest.emulator_params as f64 / manifest.full_params as f64,
-        mib(manifest.weights_bytes),
-        manifest.weights_sha256
-    );
-    Ok(())
-}
-
-/// A borrowed weight source, boxed beside owned ones.
-struct BorrowedSource<'a>(&'a dyn WeightSource);
-
-impl WeightSource for BorrowedSource<'_> {
-    fn tensor(&self, hf_name: &str) -> scaleot::Result<Option<HostTensor>> {
-        self.0.tensor(hf_name)
-    }
-}
-
-/// Distills the plan's kept middle layers; returns their tuned tensors (HF names) and a
-/// report for the manifest.
-fn distill(
-    opened: &scaleot::model::OpenedModel<'_>,
-    plan: &[LayerKind],
-    split: AdapterSplit,
-    a: &DistillArgs,
-) -> Result<(Vec<(String, HostTensor)>, serde_json::Value)> {
-    let device = Device::flex().autodiff();
-    let corpus = if a.corpus.is_empty() {
-        vec![crate::model_files::assets_dir().join("corpus/wordnet-glosses.txt")]
-    } else {
-        a.corpus.clone()
-    };
-    let mut rows: Vec<Vec<u32>> = Vec::new();
-    let mut corpus_files = Vec::new();
-    for path in &corpus {
-        let bytes = read(
-            path,
-            "corpus",
-            "run `bash scripts/fetch-assets.sh` for the default corpus, or pass --corpus FILE.txt",
-        )?;
-        corpus_files.push(json!({
-            "file": path.file_name().map(|n| n.to_string_lossy().into_owned()),
-            "bytes": bytes.len(), "sha256": scaleot::sha256_hex(&[&bytes]),
-        }));
-        let opts = DataOptions {
-            max_len: a.distill_seq_len,
-            held_out: 0.0,
-            seed: a.seed,
-            truncate: false,
-        };
-        let name = format!("{}.txt", path.display());
-        let set = data::load(&bytes, &name, &opened.tokenizer, &opts)
-            .with_context(|| format!("reading corpus {}", path.display()))?;
-        rows.extend(
-            set.train
-                .into_iter()
-                .filter(|e| e.ids.len() == a.distill_seq_len)
-                .map(|e| e.ids),
-        );
-    }
-    let needed = a.distill_steps * a.distill_batch;
-    if rows.len() < a.distill_batch {
-        bail!(
-            "the corpus gives {} sequences of {} tokens; distillation needs at least a batch of {}",
-            rows.len(),
-            a.distill_seq_len,
-            a.distill_batch
-        );
-    }
-    let teacher = Llama::load(&opened.config, opened.source.as_ref(), &device)?;
-    let student = Llama::load_plan(&opened.config, opened.source.as_ref(), plan, &device)?;
-    let cfg = DistillConfig {
-        steps: a.distill_steps,
-        batch_size: a.distill_batch,
-        lr: a.distill_lr,
-        warmup_steps: (a.distill_steps / 10).max(1),
-    };
-    let mut distiller = Distiller::new(teacher, student, plan, split, cfg)?;
-    eprintln!(
-        "distilling on {} sequences of {} tokens ({} needed for {} steps)",
-        rows.len(),
-        a.distill_seq_len,
-        needed,
-        a.distill_steps
-    );
-    let pb = progress::bar(a.distill_steps as u64, "distill", "steps");
-    let start = Instant::now();
-    let mut losses = Vec::with_capacity(a.distill_steps);
-    for (step, batch) in rows.chunks_exact(a.distill_batch).cycle().enumerate() {
-        if distiller.finished() {
-            break;
-        }
-        let loss: f32 = distiller
-            .step(batch)?
-            .into_data()
-            .try_into_vec::<f32>()
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?[0];
-        if !loss.is_finite() {
-            bail!("distillation diverged at step {step} (loss {loss}): lower --distill-lr");
-        }
-        losses.push(loss);
-        pb.inc(1);
-        pb.set_message(format!("relative loss {loss:.4}"));
-        if pb.is_hidden() && (step + 1) % 20 == 0 {
-            eprintln!(
-                "distill step {}/{} relative loss {loss:.4}",
-                step + 1,
-                a.distill_steps
-            );
-        }
-    }
-    pb.finish_and_clear();
-    let secs = start.elapsed().as_secs_f64();
-    let mean = |s: &[f32]| s.iter().sum::<f32>() / s.len().max(1) as f32;
-    let window = (losses.len() / 10).max(1);
-    let (first, last) = (
-        mean(&losses[..window]),
-        mean(&losses[losses.len() - window..]),
-    );
-    eprintln!("distilled in {secs:.0}s: relative loss {first:.4} → {last:.4}");
-    let student = distiller.student;
-    let mut tensors = Vec::new();
-    for (slot, &orig) in student.layers.iter().zip(&student.layer_index) {
-        if plan[orig] != LayerKind::Raw {
-            continue;
-        }
-        let scaleot::model::LayerSlot::Decoder(layer) = slot else {
-            continue;
-        };
-        for (name, shape, t) in layer.hf_tensors(orig) {
-            let data: Vec<f32> = t
-                .into_data()
-                .try_into_vec()
-                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-            tensors.push((name, HostTensor { shape, data }));
-        }
-    }
-    let report = json!({
-        "steps": a.distill_steps, "batch": a.distill_batch, "seq_len": a.distill_seq_len,
-        "lr": a.distill_lr, "seed": a.seed, "corpus": corpus_files, "relative_loss_first": first,
-        "relative_loss_last": last, "seconds": secs, "peak_rss_mib": crate::commands::peak_rss_mib(),
-    });
-    Ok((tensors, report))
-}
 
 #[derive(clap::Args)]
 pub struct FinetuneArgs {
@@ -353,11 +81,7 @@ pub fn mean_loss(model: &Llama, examples: &[data::Example], pad: u32, batch: usi
     for chunk in examples.chunks(batch.max(1)) {
         let refs: Vec<&data::Example> = chunk.iter().collect();
         let b = ScoringBatch::from_examples(&refs, pad);
-        let lp: Vec<f32> = b
-            .token_logprobs(model)
-            .into_data()
-            .try_into_vec()
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let lp = crate::read_vec(b.token_logprobs(model))?;
         total -= lp.iter().map(|&x| x as f64).sum::<f64>();
         n += lp.len();
     }
@@ -376,11 +100,13 @@ fn read_adapters(model: &Llama, plan: &[LayerKind]) -> Result<Vec<(String, HostT
     adapter::adapter_tensors(model, plan)
         .into_iter()
         .map(|(name, shape, t)| {
-            let data: Vec<f32> = t
-                .into_data()
-                .try_into_vec()
-                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-            Ok((name, HostTensor { shape, data }))
+            Ok((
+                name,
+                HostTensor {
+                    shape,
+                    data: crate::read_vec(t)?,
+                },
+            ))
         })
         .collect()
 }
@@ -476,11 +202,7 @@ pub fn finetune(a: FinetuneArgs) -> Result<()> {
     let first_step = trainer.state.step;
     let mut diverged = None;
     while !trainer.finished() {
-        let loss = trainer.micro_step(&train, pad)?;
-        let value: f32 = loss
-            .into_data()
-            .try_into_vec::<f32>()
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?[0];
+        let value = crate::read_scalar(trainer.micro_step(&train, pad)?)?;
         match trainer.complete_micro_step(value) {
             Ok(Some(r)) => {
                 let secs = start.elapsed().as_secs_f64().max(1e-9);
@@ -554,22 +276,16 @@ pub fn finetune(a: FinetuneArgs) -> Result<()> {
 }
 
 fn save_checkpoint(dir: &Path, trainer: &Trainer, plan: &[LayerKind]) -> Result<()> {
-    std::fs::create_dir_all(dir)?;
     let tensors = read_adapters(&trainer.model, plan)?;
-    let bytes = scaleot::weights::safetensors::write_tensors(&tensors, "scaleot-checkpoint")?;
-    // Write to temporary names first so a crash never leaves a half-written checkpoint.
     let parts: [(&str, Vec<u8>); 3] = [
-        ("adapters.safetensors", bytes),
+        (
+            "adapters.safetensors",
+            scaleot::weights::safetensors::write_tensors(&tensors, "scaleot-checkpoint")?,
+        ),
         ("optimizer.bin", trainer.optimizer_record()?),
         ("state.json", serde_json::to_vec_pretty(&trainer.state)?),
     ];
-    for (name, data) in &parts {
-        std::fs::write(dir.join(format!("{name}.tmp")), data)?;
-    }
-    for (name, _) in &parts {
-        std::fs::rename(dir.join(format!("{name}.tmp")), dir.join(name))?;
-    }
-    Ok(())
+    crate::model_files::write_atomically(dir, &parts)
 }
 
 #[derive(clap::Args)]
@@ -666,11 +382,7 @@ pub fn bench_train(a: BenchTrainArgs) -> Result<()> {
     let adapters = emu.adapter_positions();
     let mut trainer = Trainer::new(emu.model, &adapters, cfg, examples.len())?;
     let step = |trainer: &mut Trainer| -> Result<f32> {
-        let loss = trainer.micro_step(&examples, 0)?;
-        let v = loss
-            .into_data()
-            .try_into_vec::<f32>()
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?[0];
+        let v = crate::read_scalar(trainer.micro_step(&examples, 0)?)?;
         trainer.complete_micro_step(v)?;
         Ok(v)
     };

@@ -88,6 +88,15 @@ impl WeightSource for Factored<'_> {
     }
 }
 
+/// Tensors held in memory by name (e.g. computed by the emulator builder).
+pub struct HostTensors(pub std::collections::HashMap<String, HostTensor>);
+
+impl WeightSource for HostTensors {
+    fn tensor(&self, hf_name: &str) -> Result<Option<HostTensor>> {
+        Ok(self.0.get(hf_name).cloned())
+    }
+}
+
 pub use self::gguf::Gguf;
 pub use self::safetensors::SafetensorsSource;
 
