@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::tiny::{all_weights, logits, max_abs_diff, tiny_model_bytes};
+
 use burn::module::Module;
 use burn::tensor::Device;
 use scaleot::Error;
@@ -12,121 +14,11 @@ use scaleot::emulator::{
     AdapterSplit, BundleSpec, Emulator, EmulatorManifest, FrozenDtype, uniform_drop, write_bundle,
 };
 use scaleot::eval::loglik::ScoringBatch;
-use scaleot::model::{LayerSlot, Llama, LlamaConfig, LoraConfig, ModelBytes, token_tensor};
+use scaleot::model::{Llama, LoraConfig, ModelBytes, token_tensor};
 use scaleot::tokenizer::Tokenizer;
 use scaleot::train::{TrainConfig, Trainer};
 use scaleot::weights::safetensors::write_tensors;
 use scaleot::weights::{HostTensor, SafetensorsSource, WeightSource};
-
-/// A byte-level tokenizer with all 256 byte symbols, a few merges and ChatML specials.
-fn tiny_tokenizer() -> Tokenizer {
-    let mut tokens: Vec<String> = (0..=255u8).map(|b| byte_char(b).to_string()).collect();
-    for t in ["th", "the", "<|endoftext|>", "<|im_start|>", "<|im_end|>"] {
-        tokens.push(t.into());
-    }
-    let specials = vec![
-        ("<|endoftext|>".to_string(), 258),
-        ("<|im_start|>".to_string(), 259),
-        ("<|im_end|>".to_string(), 260),
-    ];
-    Tokenizer::new(
-        tokens,
-        &["t h".into(), "th e".into()],
-        specials,
-        true,
-        Some(259),
-        Some(260),
-    )
-    .unwrap()
-}
-
-/// GPT-2's byte → printable character map.
-fn byte_char(b: u8) -> char {
-    let printable = (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || b >= 0xAE;
-    if printable {
-        return b as char;
-    }
-    let rank = (0..b)
-        .filter(|&x| !((b'!'..=b'~').contains(&x) || (0xA1..=0xAC).contains(&x) || x >= 0xAE))
-        .count();
-    char::from_u32(256 + rank as u32).unwrap()
-}
-
-fn tiny_config() -> LlamaConfig {
-    LlamaConfig {
-        vocab_size: 261,
-        hidden_size: 32,
-        intermediate_size: 64,
-        num_hidden_layers: 6,
-        num_attention_heads: 4,
-        num_key_value_heads: 2,
-        rope_theta: 10_000.0,
-        rms_norm_eps: 1e-5,
-        max_position_embeddings: 128,
-        tie_word_embeddings: true,
-    }
-}
-
-/// A random tiny model as Hugging Face files (deterministic LCG weights).
-fn tiny_model_bytes() -> ModelBytes {
-    tiny_model_bytes_with(|_| false)
-}
-
-/// The tiny model with the layers for which `identity(i)` holds turned into identities
-/// (zero attention output and MLP down projections: they add nothing to the residual).
-fn tiny_model_bytes_with(identity: impl Fn(usize) -> bool) -> ModelBytes {
-    let cfg = tiny_config();
-    let mut state = 42u64;
-    let mut rand = |n: usize, scale: f32| -> Vec<f32> {
-        (0..n)
-            .map(|_| {
-                state = state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 * scale
-            })
-            .collect()
-    };
-    let mut tensors = Vec::new();
-    for name in scaleot::weights::safetensors::checkpoint_names(&cfg) {
-        let (shape, scale) = tiny_shape(&cfg, &name);
-        let n = shape.iter().product();
-        let mut data: Vec<f32> = if name.ends_with("norm.weight") {
-            rand(n, 0.1).into_iter().map(|x| 1.0 + x).collect()
-        } else {
-            rand(n, scale)
-        };
-        let layer = name
-            .strip_prefix("model.layers.")
-            .and_then(|r| r.split('.').next())
-            .and_then(|i| i.parse::<usize>().ok());
-        let silent = name.ends_with("o_proj.weight") || name.ends_with("down_proj.weight");
-        if silent && layer.is_some_and(&identity) {
-            data.iter_mut().for_each(|x| *x = 0.0);
-        }
-        tensors.push((name, HostTensor { shape, data }));
-    }
-    ModelBytes::Hf {
-        config: cfg.to_hf_json().to_string(),
-        tokenizer: tiny_tokenizer().to_hf_json().to_string(),
-        tokenizer_config: None,
-        shards: vec![write_tensors(&tensors, "pt").unwrap()],
-    }
-}
-
-fn tiny_shape(cfg: &LlamaConfig, name: &str) -> (Vec<usize>, f32) {
-    let (h, f, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
-    let kv = cfg.num_key_value_heads * cfg.head_dim();
-    let s = 0.3;
-    match name.rsplit('.').nth(1).unwrap_or("") {
-        "embed_tokens" => (vec![v, h], 1.0),
-        "q_proj" | "o_proj" => (vec![h, h], s),
-        "k_proj" | "v_proj" => (vec![kv, h], s),
-        "gate_proj" | "up_proj" => (vec![f, h], s),
-        "down_proj" => (vec![h, f], s),
-        _ => (vec![h], 0.1),
-    }
-}
 
 fn bundle(base: &ModelBytes, keep: usize) -> (Vec<u8>, EmulatorManifest) {
     let opened = base.open().unwrap();
@@ -391,52 +283,6 @@ fn lora_config() -> LoraConfig {
     LoraConfig::new(4, 8.0, "all").unwrap()
 }
 
-/// Every weight of the model by name: embedding, norms, projections, LoRA factors.
-fn all_weights(model: &Llama) -> Vec<(String, Vec<f32>)> {
-    let host = |t: burn::tensor::Tensor<2>| -> Vec<f32> { t.into_data().try_into_vec().unwrap() };
-    let mut out = vec![("embed".to_string(), host(model.embed_tokens.val()))];
-    for (slot, &orig) in model.layers.iter().zip(&model.layer_index) {
-        let LayerSlot::Decoder(l) = slot else {
-            continue;
-        };
-        for (norm, w) in [
-            ("input_layernorm", &l.input_layernorm.weight),
-            (
-                "post_attention_layernorm",
-                &l.post_attention_layernorm.weight,
-            ),
-        ] {
-            let v: Vec<f32> = w.val().into_data().try_into_vec().unwrap();
-            out.push((format!("model.layers.{orig}.{norm}"), v));
-        }
-        for (module, proj) in l.projections(orig) {
-            out.push((format!("{module}.weight"), host(proj.weight.val())));
-            if let Some(lora) = &proj.lora {
-                out.push((format!("{module}.lora_A"), host(lora.a.val())));
-                out.push((format!("{module}.lora_B"), host(lora.b.val())));
-            }
-        }
-    }
-    out
-}
-
-fn logits(model: &Llama, device: &Device) -> Vec<f32> {
-    let ids = vec![vec![5u32, 80, 100, 3, 250, 17, 42, 9]];
-    model
-        .forward(token_tensor(&ids, device))
-        .into_data()
-        .try_into_vec()
-        .unwrap()
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0f32, f32::max)
-}
-
 #[test]
 fn lora_trains_only_its_factors_and_merges_like_the_unmerged_model() {
     let device = Device::flex().autodiff();
@@ -653,119 +499,4 @@ fn bundles_and_adapters_refuse_the_wrong_partner() {
             .unwrap()
             .is_none()
     );
-}
-
-#[test]
-fn distillation_brings_the_emulator_middle_closer_and_touches_nothing_else() {
-    use scaleot::emulator::{DistillConfig, Distiller, LayerKind};
-    let device = Device::flex().autodiff();
-    let base = tiny_model_bytes();
-    let opened = base.open().unwrap();
-    let split = AdapterSplit::parse("1+1").unwrap();
-    let plan = uniform_drop(6, split, 2).unwrap();
-    let teacher = Llama::load(&opened.config, opened.source.as_ref(), &device).unwrap();
-    let student = Llama::load_plan(&opened.config, opened.source.as_ref(), &plan, &device).unwrap();
-    let before = all_weights(&student);
-    let cfg = DistillConfig {
-        steps: 30,
-        batch_size: 2,
-        lr: 3e-3,
-        warmup_steps: 2,
-    };
-    let mut d = Distiller::new(teacher, student, &plan, split, cfg).unwrap();
-    let rows: Vec<Vec<u32>> = (0..8u32)
-        .map(|r| (0..16).map(|i| (r * 31 + i * 7) % 250 + 3).collect())
-        .collect();
-    let mut losses = Vec::new();
-    for batch in rows.chunks(2).cycle().take(30) {
-        let l: f32 = d
-            .step(batch)
-            .unwrap()
-            .into_data()
-            .try_into_vec::<f32>()
-            .unwrap()[0];
-        losses.push(l);
-    }
-    assert!(d.finished());
-    let (first, last) = (losses[0], losses[29]);
-    assert!(last < first * 0.7, "relative loss {first} → {last}");
-    // Only the kept middle layers (original 2 and 3 → here 1..3 in the stack) learned.
-    for ((name, x), (_, y)) in before.iter().zip(&all_weights(&d.student)) {
-        let middle = plan
-            .iter()
-            .enumerate()
-            .any(|(i, k)| *k == LayerKind::Raw && name.starts_with(&format!("model.layers.{i}.")));
-        if middle && name.ends_with("proj.weight") {
-            assert_ne!(x, y, "{name} should have learned");
-        } else if !middle {
-            assert_eq!(x, y, "{name} must stay bit-identical");
-        }
-    }
-}
-
-fn replace_config(steps: usize) -> scaleot::emulator::replace::ReplaceConfig {
-    scaleot::emulator::replace::ReplaceConfig {
-        adapters: AdapterSplit::parse("1+1").unwrap(),
-        rank: 4,
-        group: 2,
-        candidates: 4,
-        steps,
-        eta: 200.0,
-        lr: 3e-3,
-        seed: 5,
-    }
-}
-
-fn replace_rows() -> Vec<Vec<u32>> {
-    (0..8u32)
-        .map(|r| (0..16).map(|i| (r * 31 + i * 7) % 250 + 3).collect())
-        .collect()
-}
-
-/// Runs Dynamic LayerReplace on the tiny model; returns (scores, LM losses).
-fn run_replace(base: &ModelBytes, steps: usize) -> (Vec<f64>, Vec<f32>) {
-    use scaleot::emulator::replace::LayerReplace;
-    let device = Device::flex().autodiff();
-    let opened = base.open().unwrap();
-    let model = Llama::load(&opened.config, opened.source.as_ref(), &device).unwrap();
-    let mut r = LayerReplace::new(model, replace_config(steps), None).unwrap();
-    let rows = replace_rows();
-    let mut losses = Vec::new();
-    for batch in rows.chunks(2).cycle().take(steps) {
-        let lm: f32 = r
-            .harmonizer_step(batch)
-            .unwrap()
-            .into_data()
-            .try_into_vec::<f32>()
-            .unwrap()[0];
-        let val = r.rl_step(&rows[6..]).unwrap();
-        r.complete_step(lm, val).unwrap();
-        losses.push(lm);
-    }
-    assert!(r.finished());
-    (r.state.scores.clone(), losses)
-}
-
-#[test]
-fn layer_replace_scores_the_layer_that_matters_highest() {
-    // Middle layers 1..=4; only layer 2 does anything, the others are identities that a
-    // fresh harmonizer (also an identity) replaces for free.
-    let base = tiny_model_bytes_with(|i| i != 2);
-    let (scores, _) = run_replace(&base, 12);
-    let best = (0..scores.len())
-        .max_by(|&a, &b| scores[a].total_cmp(&scores[b]))
-        .unwrap();
-    assert_eq!(best + 1, 2, "layer 2 must score highest: {scores:?}");
-    let least = scaleot::emulator::replace::least_important(&scores, 1, 0.5, None).unwrap();
-    assert!(!least.contains(&2), "{least:?}");
-    // Same seed, same run.
-    assert_eq!(run_replace(&base, 12).0, scores);
-}
-
-#[test]
-fn harmonizers_learn_to_stand_in_for_their_layers() {
-    let (_, losses) = run_replace(&tiny_model_bytes(), 30);
-    let first = losses[..5].iter().sum::<f32>() / 5.0;
-    let last = losses[25..].iter().sum::<f32>() / 5.0;
-    assert!(last < first - 0.05, "mixed-network loss {first} → {last}");
 }
