@@ -39,6 +39,15 @@ grep -q "LoRA r=4" "$ot/plugin-lora.log"
 "$bin" eval --tasks arc_easy --limit 8 --model "$ot/plugged-lora"
 "$bin" emulator --adapters 2+2 --keep 13 --distill --distill-steps 2 --distill-batch 2 \
   --out "$ot/emu-distilled.json"
+echo "==> ScaleOT smoke: importance (checkpoint + resume), scaleot emulator with SRC, report"
+"$bin" importance --steps 2 --batch 2 --val-batch 2 --candidates 2 --checkpoint-every 1 --out "$ot/imp.json"
+"$bin" importance --steps 3 --batch 2 --val-batch 2 --candidates 2 --resume "$ot/imp.ckpt" \
+  --out "$ot/imp.json" 2>&1 | tee "$ot/imp.log"
+grep -q "resumed at step 2" "$ot/imp.log"
+"$bin" report --tasks arc_easy --methods uniform-drop,scaleot --importance "$ot/imp.json" \
+  --betas 1,0.5 --steps 1 --batch-size 2 --limit 4 --skip-full-ft --out "$ot/report"
+grep -q "scaleot b=0.5: Plug-in" "$ot/report/report.md"
+test -s "$ot/report/privacy-utility.svg"
 rm -rf "$ot"
 echo "==> lm-evaluation-harness parity: full ARC-Easy and PIQA (about 7 minutes)"
 bash tools/reference/eval_parity.sh

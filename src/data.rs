@@ -43,7 +43,7 @@ pub struct DataOptions {
     /// Share of examples held out for evaluation (0.0..0.5).
     pub held_out: f64,
     pub seed: u64,
-    /// Cut over-long prompt/completion examples instead of refusing them.
+    /// Cut over-long examples from the start (keeping the learned end) instead of refusing them.
     pub truncate: bool,
 }
 
@@ -288,8 +288,10 @@ fn fit(mut ex: Example, line: usize, opts: &DataOptions) -> Result<Example> {
                 ),
             ));
         }
-        ex.ids.truncate(opts.max_len);
-        ex.loss.truncate(opts.max_len);
+        // Keep the end, where the learned part (completion, answer, last turn) sits.
+        let cut = ex.ids.len() - opts.max_len;
+        ex.ids.drain(..cut);
+        ex.loss.drain(..cut);
     }
     if ex.target_tokens() == 0 {
         return Err(line_err(

@@ -61,10 +61,11 @@ pub struct EmulatorArgs {
     /// Adapter layers at the bottom and top, e.g. 2+2.
     #[arg(long, default_value = "2+2")]
     adapters: String,
-    /// uniform-drop: middle layers to keep (default: half of them).
+    /// uniform-drop: middle layers to keep (default: the 1 - alpha share).
     #[arg(long)]
     keep: Option<usize>,
-    /// dynamic-drop / scaleot: share of middle layers dropped or replaced by harmonizers.
+    /// Share of middle layers dropped (uniform-drop, dynamic-drop) or replaced by harmonizers
+    /// (scaleot).
     #[arg(long, default_value_t = 0.5)]
     alpha: f64,
     /// Selective Rank Compression: share of singular values kept in the kept middle layers'
@@ -122,7 +123,11 @@ pub fn emulator(a: EmulatorArgs) -> Result<()> {
     let mut params = json!({"adapters": split.to_string(), "beta": a.beta});
     let mut plan = match a.method {
         Method::UniformDrop => {
-            let keep = a.keep.unwrap_or(middle.len().div_ceil(2));
+            if !(0.0..1.0).contains(&a.alpha) {
+                bail!("--alpha {} must be in [0, 1)", a.alpha);
+            }
+            let dropped = (a.alpha * middle.len() as f64).round() as usize;
+            let keep = a.keep.unwrap_or(middle.len() - dropped);
             params["keep"] = json!(keep);
             uniform_drop(n, split, keep)?
         }

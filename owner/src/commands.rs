@@ -303,6 +303,24 @@ fn eval_model(a: &EvalArgs) -> Result<(scaleot::model::Llama, Tokenizer, usize)>
 }
 
 pub fn eval(a: EvalArgs) -> Result<()> {
+    let results = evaluate(&a)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    } else {
+        println!("| task | docs | acc | ± | acc_norm | ± |");
+        println!("|---|---:|---:|---:|---:|---:|");
+        for r in &results {
+            println!(
+                "| {} | {} | {:.4} | {:.4} | {:.4} | {:.4} |",
+                r.task, r.docs, r.acc.value, r.acc.stderr, r.acc_norm.value, r.acc_norm.stderr
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Runs an evaluation and returns each task's metrics.
+pub fn evaluate(a: &EvalArgs) -> Result<Vec<TaskResult>> {
     let tasks = Task::parse_list(&a.tasks)?;
     if tasks.is_empty() {
         bail!("no tasks given: pass --tasks arc_easy,piqa,...");
@@ -313,7 +331,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         .iter()
         .map(|&t| crate::datasets::load_docs(&assets, t, a.limit))
         .collect::<Result<_>>()?;
-    let (model, tokenizer, max_len) = eval_model(&a)?;
+    let (model, tokenizer, max_len) = eval_model(a)?;
     let pad = tokenizer.eos_id.unwrap_or(0);
     let mut results: Vec<TaskResult> = Vec::new();
     for (task, docs) in tasks.iter().zip(&docs) {
@@ -335,19 +353,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         );
         results.push(r);
     }
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&results)?);
-    } else {
-        println!("| task | docs | acc | ± | acc_norm | ± |");
-        println!("|---|---:|---:|---:|---:|---:|");
-        for r in &results {
-            println!(
-                "| {} | {} | {:.4} | {:.4} | {:.4} | {:.4} |",
-                r.task, r.docs, r.acc.value, r.acc.stderr, r.acc_norm.value, r.acc_norm.stderr
-            );
-        }
-    }
-    Ok(())
+    Ok(results)
 }
 
 #[derive(clap::Args)]

@@ -6,6 +6,7 @@ mod datasets;
 mod importance;
 mod model_files;
 mod progress;
+mod report;
 mod tuning;
 
 use std::path::PathBuf;
@@ -64,6 +65,8 @@ enum Command {
     Emulator(build_emulator::EmulatorArgs),
     /// Dynamic LayerReplace: harmonizers and RL importance scores of the middle layers.
     Importance(importance::ImportanceArgs),
+    /// The privacy-utility protocol: Full ZS/FT, Emulator ZS/FT, Plug-in per method and task.
+    Report(report::ReportArgs),
     /// Fine-tune an emulator's adapters on private data; writes the adapter file.
     Finetune(tuning::FinetuneArgs),
     /// Merge returned adapters into the full model; writes a Hugging Face checkpoint.
@@ -107,6 +110,7 @@ fn main() {
         Command::Bench(a) => commands::bench(a),
         Command::Emulator(a) => build_emulator::emulator(a),
         Command::Importance(a) => importance::importance(a),
+        Command::Report(a) => report::report(a),
         Command::Finetune(a) => tuning::finetune(a),
         Command::Plugin(a) => tuning::plugin(a),
         Command::TaskData(a) => task_data(a),

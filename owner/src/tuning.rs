@@ -49,7 +49,7 @@ pub struct FinetuneArgs {
     /// Share of the data held out for before/after evaluation.
     #[arg(long, default_value_t = 0.1)]
     held_out: f64,
-    /// Cut over-long examples instead of refusing them.
+    /// Cut over-long examples from the start (keeping the learned end) instead of refusing them.
     #[arg(long)]
     truncate: bool,
     #[arg(long, default_value_t = 0)]
