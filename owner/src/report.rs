@@ -415,15 +415,16 @@ fn write_outputs(
     // (what, measured, target, met)
     let mut targets: Vec<(String, f64, &str, bool)> = Vec::new();
     let base_of = |m: &str| labels.iter().find(|l| *l == &format!("{m} b=1"));
-    if let (Some(s), Some(u)) = (base_of("scaleot"), base_of("uniform-drop")) {
-        if let (Some(ps), Some(pu)) = (plug(s), plug(u)) {
-            targets.push((
-                "ScaleOT plug-in − uniform LayerDrop plug-in".into(),
-                ps - pu,
-                "> 0",
-                ps > pu,
-            ));
-        }
+    if let (Some(ps), Some(pu)) = (
+        base_of("scaleot").and_then(|s| plug(s)),
+        base_of("uniform-drop").and_then(|u| plug(u)),
+    ) {
+        targets.push((
+            "ScaleOT plug-in − uniform LayerDrop plug-in".into(),
+            ps - pu,
+            "> 0",
+            ps > pu,
+        ));
     }
     for l in labels {
         if let (Some(p), Some(f)) = (plug(l), avg("full-ft")) {
