@@ -27,6 +27,12 @@ ot=target/ci-ot; rm -rf "$ot"; mkdir -p "$ot"
 "$bin" finetune --emulator "$ot/emu.json" --data "$ot/arc_easy.jsonl" --steps 3 --batch-size 2 \
   --held-out 0.01 --resume "$ot/adapter.ckpt" --out "$ot/adapter-resumed.json" 2>&1 | tee "$ot/resume.log"
 grep -q "resumed at step 1" "$ot/resume.log" || { echo "resume from checkpoint failed" >&2; exit 1; }
+# A checkpoint refuses to continue a different run (here: another learning rate).
+if "$bin" finetune --emulator "$ot/emu.json" --data "$ot/arc_easy.jsonl" --steps 3 --batch-size 2 \
+  --held-out 0.01 --lr 1e-3 --resume "$ot/adapter.ckpt" --out "$ot/x.json" 2> "$ot/refuse.log"; then
+  echo "a resume with other settings must be refused" >&2; exit 1
+fi
+grep -q "belongs to another run" "$ot/refuse.log"
 "$bin" eval --tasks arc_easy --limit 8 --emulator "$ot/emu.json" --adapter "$ot/adapter.json"
 "$bin" eval --tasks arc_easy --limit 8 --adapter "$ot/adapter.json"
 "$bin" plugin --adapter "$ot/adapter.json" --out "$ot/plugged"

@@ -88,6 +88,53 @@ impl TrainConfig {
     }
 }
 
+/// What a checkpoint belongs to. Resuming against another emulator, other data or other
+/// settings would silently train a different run, so a resume compares these first.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RunIdentity {
+    pub emulator_sha256: String,
+    pub data_sha256: String,
+    /// How the data was read (sequence length, held-out share, seed, truncation).
+    pub data_options: serde_json::Value,
+    pub train: TrainConfig,
+    pub lora: Option<crate::model::LoraConfig>,
+}
+
+impl RunIdentity {
+    /// Refuses a resume whose checkpoint was made by a different run, naming what differs.
+    pub fn check_resume(&self, saved: &RunIdentity) -> Result<()> {
+        let mut differs = Vec::new();
+        if self.emulator_sha256 != saved.emulator_sha256 {
+            differs.push("the emulator");
+        }
+        if self.data_sha256 != saved.data_sha256 {
+            differs.push("the data file");
+        }
+        if self.data_options != saved.data_options {
+            differs.push("the data options (sequence length, held-out share, seed, truncation)");
+        }
+        // The step count (and the warmup it caps) may change: that extends or shortens a run.
+        let comparable = |t: &TrainConfig| TrainConfig {
+            steps: 0,
+            warmup_steps: 0,
+            ..t.clone()
+        };
+        if comparable(&self.train) != comparable(&saved.train) {
+            differs.push("the training settings");
+        }
+        if self.lora != saved.lora {
+            differs.push("the LoRA settings");
+        }
+        if differs.is_empty() {
+            return Ok(());
+        }
+        Err(Error::Invalid(format!(
+            "this checkpoint belongs to another run ({} differ): resume with the same emulator, data and settings, or start afresh",
+            differs.join(", ")
+        )))
+    }
+}
+
 /// Where the loop stands; saved with checkpoints so that a resumed run continues exactly.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TrainState {

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use burn::module::Module;
 use burn::tensor::Device;
 use scaleot::adapter::{self, Adapter};
@@ -11,7 +11,7 @@ use scaleot::data::{self, DataOptions, Dataset};
 use scaleot::emulator::{Emulator, LayerKind};
 use scaleot::eval::loglik::ScoringBatch;
 use scaleot::model::{Llama, LoraConfig};
-use scaleot::train::{TrainConfig, TrainState, Trainer};
+use scaleot::train::{RunIdentity, TrainConfig, TrainState, Trainer};
 use scaleot::weights::HostTensor;
 use serde_json::json;
 
@@ -169,7 +169,21 @@ pub fn finetune(a: FinetuneArgs) -> Result<()> {
     };
     let mut trainer = Trainer::new(model, &adapters, cfg.clone(), train.len())?;
     let ckpt = checkpoint_dir(&a.out);
+    let identity = RunIdentity {
+        emulator_sha256: emu.manifest.weights_sha256.clone(),
+        data_sha256: scaleot::sha256_hex(&[&data_bytes]),
+        data_options: json!({"seq_len": opts.max_len, "held_out": opts.held_out, "seed": opts.seed, "truncate": opts.truncate}),
+        train: cfg.clone(),
+        lora: lora.clone(),
+    };
     if let Some(dir) = &a.resume {
+        let saved: RunIdentity = serde_json::from_slice(&read(
+            &dir.join("run.json"),
+            "checkpoint identity",
+            "the checkpoint folder is incomplete",
+        )?)
+        .context("the checkpoint's run.json is unreadable")?;
+        identity.check_resume(&saved)?;
         let state: TrainState = serde_json::from_slice(&read(
             &dir.join("state.json"),
             "checkpoint state",
@@ -222,7 +236,7 @@ pub fn finetune(a: FinetuneArgs) -> Result<()> {
                 pb.set_message(line);
                 if a.checkpoint_every > 0 && r.step % a.checkpoint_every == 0 && !trainer.finished()
                 {
-                    save_checkpoint(&ckpt, &trainer, &plan)?;
+                    save_checkpoint(&ckpt, &trainer, &plan, &identity)?;
                 }
             }
             Ok(None) => {}
@@ -275,9 +289,15 @@ pub fn finetune(a: FinetuneArgs) -> Result<()> {
     Ok(())
 }
 
-fn save_checkpoint(dir: &Path, trainer: &Trainer, plan: &[LayerKind]) -> Result<()> {
+fn save_checkpoint(
+    dir: &Path,
+    trainer: &Trainer,
+    plan: &[LayerKind],
+    identity: &RunIdentity,
+) -> Result<()> {
     let tensors = read_adapters(&trainer.model, plan)?;
-    let parts: [(&str, Vec<u8>); 3] = [
+    let parts: [(&str, Vec<u8>); 4] = [
+        ("run.json", serde_json::to_vec_pretty(identity)?),
         (
             "adapters.safetensors",
             scaleot::weights::safetensors::write_tensors(&tensors, "scaleot-checkpoint")?,
