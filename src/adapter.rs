@@ -43,10 +43,7 @@ pub struct AdapterManifest {
 /// carry LoRA. The caller reads them back (sync natively, async in wasm).
 pub fn adapter_tensors(model: &Llama, plan: &[LayerKind]) -> Vec<(String, Vec<usize>, Tensor<1>)> {
     let mut out = Vec::new();
-    let flat = |t: Tensor<2>| {
-        let [rows, cols] = t.dims();
-        (vec![rows, cols], t.reshape([rows * cols]).detach())
-    };
+    let flat = crate::model::llama::hf_flat;
     for (slot, &orig) in model.layers.iter().zip(&model.layer_index) {
         if plan.get(orig) != Some(&LayerKind::Adapter) {
             continue;

@@ -11,10 +11,7 @@
 //! ```
 
 use burn::module::Module;
-use burn::optim::{
-    AdamWConfig, GradientsAccumulator, GradientsParams, ModuleOptimizer, OptimizerRecord,
-    grad_clipping::GradientClippingConfig,
-};
+use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
 use burn::tensor::Tensor;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -78,13 +75,13 @@ impl TrainConfig {
 
     /// Linear warmup to `lr`, then cosine decay to `lr * min_lr_ratio` at the last step.
     pub fn lr_at(&self, step: usize) -> f64 {
-        if step < self.warmup_steps {
-            return self.lr * (step + 1) as f64 / self.warmup_steps as f64;
-        }
-        let span = self.steps.saturating_sub(self.warmup_steps).max(1) as f64;
-        let progress = ((step - self.warmup_steps) as f64 / span).min(1.0);
-        let min = self.lr * self.min_lr_ratio;
-        min + (self.lr - min) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+        crate::optim::warmup_cosine(
+            self.lr,
+            self.warmup_steps,
+            self.steps,
+            self.min_lr_ratio,
+            step,
+        )
     }
 }
 
@@ -194,7 +191,7 @@ impl Trainer {
             ));
         }
         let model = model.with_trainable_layers(trainable);
-        let optim = build_optimizer(&cfg);
+        let optim = crate::optim::adamw(cfg.weight_decay, cfg.clip_norm);
         let order = (0, epoch_order(cfg.seed, 0, n_examples));
         Ok(Self {
             last_good: model.clone(),
@@ -303,12 +300,7 @@ impl Trainer {
 
     /// The optimizer's state (Adam moments), for checkpoints.
     pub fn optimizer_record(&self) -> Result<Vec<u8>> {
-        let bytes = self
-            .optim
-            .to_record()
-            .into_bytes()
-            .map_err(|e| Error::Invalid(format!("saving optimizer state: {e:?}")))?;
-        Ok(bytes.to_vec())
+        crate::optim::save(&self.optim)
     }
 
     /// Restores a checkpoint: the model's adapter weights come in with `model`, the rest here.
@@ -319,14 +311,8 @@ impl Trainer {
         state: TrainState,
         optimizer: &[u8],
     ) -> Result<()> {
-        let record =
-            OptimizerRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(optimizer.to_vec()))
-                .map_err(|e| {
-                    Error::Invalid(format!(
-                        "the checkpoint's optimizer state is unreadable: {e:?}"
-                    ))
-                })?;
-        self.optim = build_optimizer(&self.cfg).load_record(record);
+        let fresh = crate::optim::adamw(self.cfg.weight_decay, self.cfg.clip_norm);
+        self.optim = crate::optim::restore(fresh, optimizer)?;
         self.model = model.with_trainable_layers(trainable);
         self.last_good = self.model.clone();
         self.state = state;
@@ -342,13 +328,6 @@ fn epoch_order(seed: u64, epoch: usize, n: usize) -> Vec<usize> {
         seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
     ));
     order
-}
-
-fn build_optimizer(cfg: &TrainConfig) -> ModuleOptimizer {
-    AdamWConfig::new()
-        .with_weight_decay(cfg.weight_decay)
-        .with_grad_clipping(cfg.clip_norm.map(GradientClippingConfig::Norm))
-        .init()
 }
 
 /// Averages accumulated gradients over the accumulation window.

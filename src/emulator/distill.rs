@@ -5,8 +5,7 @@
 //! mean square so that it reads as a fraction (0 = identical, 1 = as far as predicting zeros).
 
 use burn::module::Module;
-use burn::optim::grad_clipping::GradientClippingConfig;
-use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
@@ -59,9 +58,7 @@ impl Distiller {
             teacher: teacher.freeze(),
             student,
             split,
-            optim: AdamWConfig::new()
-                .with_grad_clipping(Some(GradientClippingConfig::Norm(1.0)))
-                .init(),
+            optim: crate::optim::adamw(0.0, Some(1.0)),
             cfg,
             step: 0,
         })
@@ -73,12 +70,7 @@ impl Distiller {
 
     fn lr(&self) -> f64 {
         let warm = self.cfg.warmup_steps.max(1);
-        if self.step < warm {
-            return self.cfg.lr * (self.step + 1) as f64 / warm as f64;
-        }
-        let progress =
-            (self.step - warm) as f64 / self.cfg.steps.saturating_sub(warm).max(1) as f64;
-        self.cfg.lr * 0.5 * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos())
+        crate::optim::warmup_cosine(self.cfg.lr, warm, self.cfg.steps, 0.0, self.step)
     }
 
     /// One optimizer step on equal-length token rows; returns the relative loss, on device.

@@ -14,8 +14,7 @@
 //! replaced. The assembled emulator replaces the lowest-scored layers.
 
 use burn::module::Module;
-use burn::optim::grad_clipping::GradientClippingConfig;
-use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer, OptimizerRecord};
+use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Int, Tensor};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -255,22 +254,12 @@ impl LayerReplace {
 
     fn lr(&self) -> f64 {
         let warm = (self.cfg.steps / 10).max(1);
-        let s = self.state.step;
-        if s < warm {
-            return self.cfg.lr * (s + 1) as f64 / warm as f64;
-        }
-        let progress = (s - warm) as f64 / self.cfg.steps.saturating_sub(warm).max(1) as f64;
-        self.cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos()))
+        crate::optim::warmup_cosine(self.cfg.lr, warm, self.cfg.steps, 0.1, self.state.step)
     }
 
     /// The optimizer's state, for checkpoints.
     pub fn optimizer_record(&self) -> Result<Vec<u8>> {
-        let bytes = self
-            .optim
-            .to_record()
-            .into_bytes()
-            .map_err(|e| Error::Invalid(format!("saving optimizer state: {e:?}")))?;
-        Ok(bytes.to_vec())
+        crate::optim::save(&self.optim)
     }
 
     /// Continues from a checkpoint (harmonizers come in through [`LayerReplace::new`]).
@@ -280,15 +269,7 @@ impl LayerReplace {
                 "the checkpoint's scores do not match this model's middle layers".into(),
             ));
         }
-        let record = OptimizerRecord::from_bytes(burn::tensor::Bytes::from_bytes_vec(
-            saved_optimizer.to_vec(),
-        ))
-        .map_err(|e| {
-            Error::Invalid(format!(
-                "the checkpoint's optimizer state is unreadable: {e:?}"
-            ))
-        })?;
-        self.optim = optimizer().load_record(record);
+        self.optim = crate::optim::restore(optimizer(), saved_optimizer)?;
         self.state = state;
         Ok(())
     }
@@ -299,9 +280,7 @@ impl LayerReplace {
 }
 
 fn optimizer() -> ModuleOptimizer {
-    AdamWConfig::new()
-        .with_grad_clipping(Some(GradientClippingConfig::Norm(1.0)))
-        .init()
+    crate::optim::adamw(0.0, Some(1.0))
 }
 
 fn check_rows(rows: &[Vec<u32>]) -> Result<()> {

@@ -9,7 +9,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::llama::{Linear, RmsNorm, check_shape, named_param, transpose};
+use super::llama::{Linear, RmsNorm, check_shape, hf_flat, named_param, transpose};
 use crate::error::{Error, Result};
 use crate::weights::{HostTensor, WeightSource};
 
@@ -127,11 +127,7 @@ impl Harmonizer {
     /// The tensors in HF layout with their names, flattened on the device.
     pub fn hf_tensors(&self, layer: usize) -> Vec<(String, Vec<usize>, Tensor<1>)> {
         let [norm, down, up] = harmonizer_tensor_names(layer);
-        let flat = |t: Tensor<2>| {
-            let t = t.transpose();
-            let [rows, cols] = t.dims();
-            (vec![rows, cols], t.reshape([rows * cols]).detach())
-        };
+        let flat = |t: Tensor<2>| hf_flat(t.transpose());
         let n = self.norm.weight.val();
         let (ds, d) = flat(self.down.weight.val());
         let (us, u) = flat(self.up.weight.val());

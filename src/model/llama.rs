@@ -199,11 +199,7 @@ impl DecoderLayer {
     /// The layer's tensors flattened on the device in HF layout (`[out, in]` projections),
     /// with the HF names of original layer `layer` and their shapes (LoRA factors excluded).
     pub fn hf_tensors(&self, layer: usize) -> Vec<(String, Vec<usize>, Tensor<1>)> {
-        let flat = |t: Tensor<2>| {
-            let t = t.transpose();
-            let [rows, cols] = t.dims();
-            (vec![rows, cols], t.reshape([rows * cols]).detach())
-        };
+        let flat = |t: Tensor<2>| hf_flat(t.transpose());
         let norm = |t: Tensor<1>| (vec![t.dims()[0]], t.detach());
         let projections = self.projections(layer);
         let (attn, mlp) = projections.split_at(4);
@@ -509,6 +505,12 @@ pub(crate) fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
         }
     }
     out
+}
+
+/// A matrix already in HF layout, flattened for readback, with its shape.
+pub(crate) fn hf_flat(t: Tensor<2>) -> (Vec<usize>, Tensor<1>) {
+    let [rows, cols] = t.dims();
+    (vec![rows, cols], t.reshape([rows * cols]).detach())
 }
 
 /// Token ids as an Int tensor `[batch, len]` (rows must have equal length).
