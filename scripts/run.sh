@@ -6,12 +6,12 @@
 #   Plug-in (those adapters in the full model) → OUT/report/report.md, report.json, SVG plot.
 # Every stage is resumable: run it again after an interruption and finished work is kept.
 # Settings via environment: TASKS (arc_easy), METHODS (uniform-drop,scaleot), STEPS (150),
-# LR (1e-4), IMPORTANCE_STEPS (100), OUT (target/run).
+# LR (5e-4), LORA_RANK (8; 0 tunes whole adapter layers), IMPORTANCE_STEPS (100), OUT (target/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 TASKS=${TASKS:-arc_easy} METHODS=${METHODS:-uniform-drop,scaleot} STEPS=${STEPS:-150}
-LR=${LR:-1e-4} IMPORTANCE_STEPS=${IMPORTANCE_STEPS:-100} OUT=${OUT:-target/run}
+LR=${LR:-5e-4} LORA_RANK=${LORA_RANK:-8} IMPORTANCE_STEPS=${IMPORTANCE_STEPS:-100} OUT=${OUT:-target/run}
 bash scripts/setup.sh
 bash scripts/fetch-assets.sh
 cargo build --release -p scaleot-owner
@@ -24,5 +24,5 @@ if [ ! -f "$OUT/importance.json" ]; then
   "$bin" importance --steps "$IMPORTANCE_STEPS" "${resume[@]}" --out "$OUT/importance.json"
 fi
 "$bin" report --tasks "$TASKS" --methods "$METHODS" --importance "$OUT/importance.json" \
-  --steps "$STEPS" --lr "$LR" --out "$OUT/report"
+  --steps "$STEPS" --lr "$LR" --lora-rank "$LORA_RANK" --out "$OUT/report"
 cat "$OUT/report/report.md"

@@ -41,6 +41,9 @@ pub struct ReportArgs {
     batch_size: usize,
     #[arg(long, default_value_t = 1e-4)]
     lr: f64,
+    /// Tune LoRA factors of this rank instead of whole adapter layers (0: whole layers).
+    #[arg(long, default_value_t = 0)]
+    lora_rank: usize,
     /// Distillation steps for uniform-drop-distill.
     #[arg(long, default_value_t = 200)]
     distill_steps: usize,
@@ -166,7 +169,7 @@ impl Runner {
 
 /// Fine-tunes adapters on an emulator unless the adapter file exists; returns the command.
 fn finetune(emulator: &str, data: &str, adapter: &str, a: &ReportArgs) -> Result<Vec<String>> {
-    let args = argv(&[
+    let mut args = argv(&[
         "--emulator",
         emulator,
         "--data",
@@ -188,6 +191,9 @@ fn finetune(emulator: &str, data: &str, adapter: &str, a: &ReportArgs) -> Result
         "--out",
         adapter,
     ]);
+    if a.lora_rank > 0 {
+        args.extend(["--lora-rank".to_string(), a.lora_rank.to_string()]);
+    }
     let line = format!("scaleot finetune {}", args.join(" "));
     if !Path::new(adapter).exists() {
         crate::tuning::finetune(parse(&args)?)?;
