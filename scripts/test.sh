@@ -46,7 +46,7 @@ grep -q "LoRA r=4" "$ot/plugin-lora.log"
 "$bin" emulator --adapters 2+2 --keep 13 --distill --distill-steps 2 --distill-batch 2 \
   --out "$ot/emu-distilled.json"
 echo "==> ScaleOT smoke: importance (checkpoint + resume), scaleot emulator with SRC, report"
-"$bin" importance --steps 2 --batch 2 --val-batch 2 --candidates 2 --checkpoint-every 1 --out "$ot/imp.json"
+"$bin" importance --steps 3 --batch 2 --val-batch 2 --candidates 2 --checkpoint-every 2 --out "$ot/imp.json"
 "$bin" importance --steps 3 --batch 2 --val-batch 2 --candidates 2 --resume "$ot/imp.ckpt" \
   --out "$ot/imp.json" 2>&1 | tee "$ot/imp.log"
 grep -q "resumed at step 2" "$ot/imp.log"

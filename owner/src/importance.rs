@@ -226,6 +226,19 @@ pub fn importance(a: ImportanceArgs) -> Result<()> {
                 opened.config.rms_norm_eps,
                 &device,
             )?;
+            let saved: serde_json::Value =
+                serde_json::from_slice(&read(&dir.join("run.json"), "checkpoint identity", hint)?)?;
+            let same_steps = |c: &ReplaceConfig| ReplaceConfig {
+                steps: 0,
+                ..c.clone()
+            };
+            let saved_cfg: ReplaceConfig = serde_json::from_value(saved["config"].clone())
+                .context("the checkpoint's run.json is unreadable")?;
+            if same_steps(&saved_cfg) != same_steps(&cfg) || saved["corpus"] != corpus {
+                bail!(
+                    "this checkpoint belongs to another run (other settings or corpus): resume with the same ones, or start afresh"
+                );
+            }
             let mut run = LayerReplace::new(model, cfg.clone(), Some(h))?;
             let state: ReplaceState =
                 serde_json::from_slice(&read(&dir.join("state.json"), "checkpoint state", hint)?)?;
@@ -260,7 +273,7 @@ pub fn importance(a: ImportanceArgs) -> Result<()> {
         }
         pb.set_message(line);
         if a.checkpoint_every > 0 && step % a.checkpoint_every == 0 && !run.finished() {
-            save_checkpoint(&ckpt, &run, middle.start)?;
+            save_checkpoint(&ckpt, &run, middle.start, &corpus)?;
         }
     }
     pb.finish_and_clear();
@@ -294,10 +307,16 @@ pub fn importance(a: ImportanceArgs) -> Result<()> {
     Ok(())
 }
 
-fn save_checkpoint(dir: &Path, run: &LayerReplace, middle_start: usize) -> Result<()> {
-    std::fs::create_dir_all(dir)?;
+fn save_checkpoint(
+    dir: &Path,
+    run: &LayerReplace,
+    middle_start: usize,
+    corpus: &serde_json::Value,
+) -> Result<()> {
     let tensors = harmonizer_tensors(&run.harmonizers, middle_start)?;
-    let parts: [(&str, Vec<u8>); 3] = [
+    let identity = serde_json::json!({"config": run.cfg, "corpus": corpus});
+    let parts: [(&str, Vec<u8>); 4] = [
+        ("run.json", serde_json::to_vec_pretty(&identity)?),
         (
             "harmonizers.safetensors",
             write_tensors(&tensors, "scaleot-checkpoint")?,
