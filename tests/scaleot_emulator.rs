@@ -72,7 +72,8 @@ fn replace_config(steps: usize) -> scaleot::emulator::replace::ReplaceConfig {
         group: 2,
         candidates: 4,
         steps,
-        eta: 200.0,
+        eta: 2.0,
+        reward: scaleot::emulator::replace::Reward::Relative,
         lr: 3e-3,
         seed: 5,
     }

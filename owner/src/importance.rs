@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use burn::tensor::Device;
 use scaleot::emulator::AdapterSplit;
-use scaleot::emulator::replace::{Harmonizers, LayerReplace, ReplaceConfig, ReplaceState};
+use scaleot::emulator::replace::{Harmonizers, LayerReplace, ReplaceConfig, ReplaceState, Reward};
 use scaleot::model::{Harmonizer, Llama};
 use scaleot::weights::safetensors::write_tensors;
 use scaleot::weights::{HostTensor, SafetensorsSource, WeightSource};
@@ -20,6 +20,12 @@ use crate::model_files::{default_model, read, read_model, read_pair, weights_bes
 use crate::progress;
 
 pub const FORMAT: &str = "scaleot-importance/1";
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum RewardArg {
+    Relative,
+    Absolute,
+}
 
 #[derive(clap::Args)]
 pub struct ImportanceArgs {
@@ -44,8 +50,11 @@ pub struct ImportanceArgs {
     #[arg(long, default_value_t = 100)]
     steps: usize,
     /// Score learning rate.
-    #[arg(long, default_value_t = 50.0)]
+    #[arg(long, default_value_t = 1.0)]
     eta: f64,
+    /// Reward: relative (exp(-L_j)/mean - 1, default) or absolute (exp(-L_j) - mean, the paper's).
+    #[arg(long, value_enum, default_value = "relative")]
+    reward: RewardArg,
     /// Harmonizer learning rate.
     #[arg(long, default_value_t = 1e-3)]
     lr: f64,
@@ -191,6 +200,10 @@ pub fn importance(a: ImportanceArgs) -> Result<()> {
         candidates: a.candidates,
         steps: a.steps,
         eta: a.eta,
+        reward: match a.reward {
+            RewardArg::Relative => Reward::Relative,
+            RewardArg::Absolute => Reward::Absolute,
+        },
         lr: a.lr,
         seed: a.seed,
     };

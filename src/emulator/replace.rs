@@ -6,8 +6,11 @@
 //!   harmonizers), run the mixed network on owner text, update only the harmonizers with the
 //!   LM loss (raw layers frozen).
 //! - RL step: sample `candidates` masks, score each by validation loss `L_j`, reward
-//!   `r_j = exp(-L_j) - mean_j exp(-L_j)`, and for every layer kept in candidate `j`:
-//!   `s_i += eta · r_j · p_i (1 - p_i)`.
+//!   `r_j = exp(-L_j) - mean_j exp(-L_j)` (the paper's, [`Reward::Absolute`]) or that divided by
+//!   the mean (default, [`Reward::Relative`]), and for every layer kept in candidate `j`:
+//!   `s_i += eta · r_j · p_i (1 - p_i)`. The relative form is our choice: at the losses of a
+//!   half-replaced network (7-10 nats) `exp(-L)` is ~1e-4 and absolute rewards barely move the
+//!   scores; divided by the mean they are `exp(-(L_j - L̄))`-like, independent of the loss level.
 //!
 //! Important layers end up with high scores (they are kept when they are sampled as kept,
 //! and that lowers the loss); the harmonizers learn to stand in for whichever layers get
@@ -25,6 +28,16 @@ use crate::error::{Error, Result};
 use crate::model::llama::Rope;
 use crate::model::{Harmonizer, Llama, token_tensor};
 
+/// How candidate losses become rewards.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reward {
+    /// `exp(-L_j) - mean exp(-L)`.
+    Absolute,
+    /// `exp(-L_j) / mean exp(-L) - 1`.
+    Relative,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ReplaceConfig {
     pub adapters: AdapterSplit,
@@ -38,6 +51,7 @@ pub struct ReplaceConfig {
     pub steps: usize,
     /// Score learning rate `eta`.
     pub eta: f64,
+    pub reward: Reward,
     /// Harmonizer learning rate (AdamW, warmup then cosine).
     pub lr: f64,
     pub seed: u64,
@@ -229,7 +243,10 @@ impl LayerReplace {
         let mean = utility.iter().sum::<f64>() / utility.len() as f64;
         let p = self.keep_probabilities();
         for (mask, u) in masks.iter().zip(&utility) {
-            let reward = u - mean;
+            let reward = match self.cfg.reward {
+                Reward::Absolute => u - mean,
+                Reward::Relative => u / mean - 1.0,
+            };
             for (i, &kept) in mask.iter().enumerate() {
                 if kept {
                     self.state.scores[i] += self.cfg.eta * reward * p[i] * (1.0 - p[i]);
