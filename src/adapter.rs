@@ -28,7 +28,7 @@ pub struct AdapterManifest {
     pub base_model_sha256: String,
     /// Original layer indices of the tuned layers.
     pub layers: Vec<usize>,
-    /// PEFT-style description: whole layers are `modules_to_save`.
+    /// PEFT-style description: whole layers as `modules_to_save`, or LoRA as adapter_config.json.
     pub peft: serde_json::Value,
     /// Set when the adapters are LoRA factors rather than whole layers.
     #[serde(default)]

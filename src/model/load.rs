@@ -60,6 +60,7 @@ impl<'a> OpenedModel<'a> {
         tokenizer_config: Option<&str>,
         shards: &[&'a [u8]],
     ) -> Result<Self> {
+        let config = LlamaConfig::from_hf_json(config_json)?;
         let mut tokenizer = Tokenizer::from_hf_json(tokenizer_json)?;
         if let Some(text) = tokenizer_config {
             let v: serde_json::Value =
@@ -70,7 +71,7 @@ impl<'a> OpenedModel<'a> {
             tokenizer.chat_template = v["chat_template"].as_str().map(str::to_owned);
         }
         Ok(Self {
-            config: LlamaConfig::from_hf_json(config_json)?,
+            config,
             tokenizer,
             source: Box::new(SafetensorsSource::new(shards)?),
             sha256: sha256_hex(shards),
