@@ -98,17 +98,7 @@ impl Harmonizer {
     fn from_host(layer: usize, [n, d, u]: [HostTensor; 3], eps: f64, device: &Device) -> Self {
         let [norm_name, down_name, up_name] = harmonizer_tensor_names(layer);
         let proj = |name: &str, t: HostTensor| {
-            let (out, inp) = (t.shape[0], t.shape[1]);
-            Linear {
-                weight: named_param(
-                    name,
-                    Tensor::from_data(
-                        TensorData::new(transpose(&t.data, out, inp), [inp, out]),
-                        device,
-                    ),
-                ),
-                lora: None,
-            }
+            Linear::from_hf(name, &t.data, t.shape[0], t.shape[1], device)
         };
         let hidden = n.data.len();
         Self {

@@ -27,6 +27,21 @@ pub struct Linear {
 }
 
 impl Linear {
+    /// From a Hugging Face `[out, in]` weight (row-major), transposed to burn's `[in, out]`.
+    pub(crate) fn from_hf(
+        name: &str,
+        data: &[f32],
+        out: usize,
+        inp: usize,
+        device: &Device,
+    ) -> Self {
+        let weight = TensorData::new(transpose(data, out, inp), [inp, out]);
+        Self {
+            weight: named_param(name, Tensor::from_data(weight, device)),
+            lora: None,
+        }
+    }
+
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         match &self.lora {
             None => linear(x, self.weight.val(), None),
@@ -299,16 +314,7 @@ impl Llama {
         // HF stores projections `[out, in]`; burn wants `[in, out]`.
         let proj = |name: &str, out: usize, inp: usize| -> Result<Linear> {
             let t = fetch(name, &[out, inp])?;
-            Ok(Linear {
-                weight: named_param(
-                    name,
-                    Tensor::from_data(
-                        TensorData::new(transpose(&t.data, out, inp), [inp, out]),
-                        device,
-                    ),
-                ),
-                lora: None,
-            })
+            Ok(Linear::from_hf(name, &t.data, out, inp, device))
         };
         let norm = |name: &str| -> Result<RmsNorm> {
             Ok(RmsNorm {
