@@ -62,11 +62,23 @@ fn untouched_adapter_file(
     emu: &Emulator,
     manifest: &EmulatorManifest,
 ) -> (Vec<u8>, adapter::AdapterManifest) {
-    let tensors = read_adapter_tensors(&emu.model, &manifest.plan);
+    adapter_file(
+        read_adapter_tensors(&emu.model, &manifest.plan),
+        manifest,
+        None,
+    )
+}
+
+/// An adapter file of these tensors (no training config or metrics).
+fn adapter_file(
+    tensors: Vec<(String, HostTensor)>,
+    manifest: &EmulatorManifest,
+    lora: Option<&LoraConfig>,
+) -> (Vec<u8>, adapter::AdapterManifest) {
     adapter::write_adapter(
         tensors,
         manifest,
-        None,
+        lora,
         serde_json::json!({}),
         serde_json::json!({}),
     )
@@ -322,14 +334,7 @@ fn lora_trains_only_its_factors_and_merges_like_the_unmerged_model() {
         .find(|(n, _)| n == "base_model.model.model.layers.5.mlp.down_proj.lora_B.weight")
         .expect("down_proj B of layer 5");
     assert_eq!(down_b.1.shape, vec![32, 4]);
-    let (aw, am) = adapter::write_adapter(
-        tensors,
-        &manifest,
-        Some(&lora),
-        serde_json::json!({}),
-        serde_json::json!({}),
-    )
-    .unwrap();
+    let (aw, am) = adapter_file(tensors, &manifest, Some(&lora));
     assert_eq!(am.peft["peft_type"], "LORA");
     let adapter = Adapter::load(&serde_json::to_string(&am).unwrap(), &aw).unwrap();
 
@@ -381,14 +386,7 @@ fn untouched_lora_plugs_in_to_the_exact_base_model() {
     let positions = emu.adapter_positions();
     let model = emu.model.with_lora(&positions, &lora, 7, None).unwrap();
     let tensors = read_adapter_tensors(&model, &manifest.plan);
-    let (aw, am) = adapter::write_adapter(
-        tensors,
-        &manifest,
-        Some(&lora),
-        serde_json::json!({}),
-        serde_json::json!({}),
-    )
-    .unwrap();
+    let (aw, am) = adapter_file(tensors, &manifest, Some(&lora));
     let adapter = Adapter::load(&serde_json::to_string(&am).unwrap(), &aw).unwrap();
     let opened = base.open().unwrap();
     let plugged = Llama::load(
@@ -402,14 +400,7 @@ fn untouched_lora_plugs_in_to_the_exact_base_model() {
     // A file missing a factor its manifest promises is refused by name.
     let mut partial = read_adapter_tensors(&model, &manifest.plan);
     partial.pop();
-    let (pw, mut pm) = adapter::write_adapter(
-        partial,
-        &manifest,
-        Some(&lora),
-        serde_json::json!({}),
-        serde_json::json!({}),
-    )
-    .unwrap();
+    let (pw, mut pm) = adapter_file(partial, &manifest, Some(&lora));
     pm.weights_sha256 = scaleot::sha256_hex(&[&pw]);
     let err = Adapter::load(&serde_json::to_string(&pm).unwrap(), &pw)
         .err()

@@ -390,12 +390,8 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         .collect();
     let run = || -> Result<f64> {
         let logits = m.model.forward(token_tensor(&rows, &dev));
-        let s = logits
-            .sum()
-            .into_data()
-            .try_into_vec::<f32>()
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?[0];
-        Ok(s as f64)
+        // Reading the sum back waits for the whole forward pass.
+        Ok(crate::read_scalar(logits.sum())? as f64)
     };
     run()?;
     let start = Instant::now();
