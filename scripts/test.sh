@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The test command: sets up what is missing, fetches the real model and data, then runs
-# formatting and lint checks, all native tests, a short real evaluation, and the wasm32 build.
+# formatting and lint checks, all native tests, a short real evaluation, and the browser tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 trap 'echo "[test.sh] $((SECONDS / 60))m$((SECONDS % 60))s elapsed" >&2' EXIT
 export PATH="$HOME/.cargo/bin:$PATH"
 bash scripts/setup.sh
+bash scripts/setup-web.sh
 bash scripts/fetch-assets.sh
 
 echo "==> cargo fmt --check"; cargo fmt --all -- --check
@@ -57,5 +58,6 @@ test -s "$ot/report/privacy-utility.svg"
 rm -rf "$ot"
 echo "==> lm-evaluation-harness parity: full ARC-Easy and PIQA (about 7 minutes)"
 bash tools/reference/eval_parity.sh
-echo "==> wasm32 build of the core"; cargo build --release --target wasm32-unknown-unknown -p scaleot --features wgpu
+echo "==> browser: WebGPU training parity (wasm-bindgen-test), the page end to end, privacy"
+bash scripts/page-test.sh
 echo "all checks passed"

@@ -35,8 +35,13 @@ pub struct AdapterManifest {
     pub lora: Option<LoraConfig>,
     pub train: serde_json::Value,
     pub metrics: serde_json::Value,
+    /// sha256 of the weights file's tensor data (the bytes after its header), so that the same
+    /// weights verify in the two-file form and in the single file that embeds this manifest.
     pub weights_sha256: String,
 }
+
+/// Header key under which a single-file adapter carries its manifest.
+pub const EMBEDDED_MANIFEST_KEY: &str = "scaleot_adapter";
 
 /// The adapters' tensors, flattened on the device in HF layout, with their HF names and
 /// shapes: whole layers (`[out, in]` projections), or only the LoRA factors of layers that
@@ -139,9 +144,38 @@ pub fn write_adapter(
         lora: lora.cloned(),
         train,
         metrics,
-        weights_sha256: sha256_hex(&[&weights]),
+        weights_sha256: weights_digest(&weights)?,
     };
     Ok((weights, manifest))
+}
+
+/// The `weights_sha256` of a weights file: sha256 of its tensor data.
+pub fn weights_digest(weights: &[u8]) -> Result<String> {
+    let (_, data) = crate::weights::safetensors::header_and_data(weights)?;
+    Ok(sha256_hex(&[data]))
+}
+
+/// One file holding both: the weights with the manifest in their safetensors header. This is
+/// what the browser hands back (a single download); `scaleot plugin` reads either form.
+pub fn embed_manifest(weights: &[u8], manifest: &AdapterManifest) -> Result<Vec<u8>> {
+    let tensors =
+        SafeTensors::deserialize(weights).map_err(|e| Error::Safetensors(e.to_string()))?;
+    let items: Vec<_> = tensors
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let shape = view.shape().to_vec();
+            (name, view.dtype(), shape, view.data().to_vec())
+        })
+        .collect();
+    let json = serde_json::to_string(manifest).map_err(|source| Error::Json {
+        what: "adapter manifest".into(),
+        source,
+    })?;
+    crate::weights::safetensors::encode_with(
+        &items,
+        &[("format", FORMAT), (EMBEDDED_MANIFEST_KEY, &json)],
+    )
 }
 
 /// A read adapter file, checked against its manifest.
@@ -151,6 +185,22 @@ pub struct Adapter<'a> {
 }
 
 impl<'a> Adapter<'a> {
+    /// Reads a single-file adapter (see [`embed_manifest`]).
+    pub fn load_single(file: &'a [u8]) -> Result<Self> {
+        let (meta, _) = crate::weights::safetensors::header_and_data(file).map_err(|e| {
+            Error::Invalid(format!(
+                "the adapter file is corrupted or truncated ({e}): ask for the file again"
+            ))
+        })?;
+        let Some(json) = meta.get(EMBEDDED_MANIFEST_KEY) else {
+            return Err(Error::Invalid(
+                "this safetensors file carries no adapter manifest: pass the adapter's .json manifest (its weights beside it) or the single file the browser saved".into(),
+            ));
+        };
+        Self::load(json, file)
+    }
+
+    /// Reads an adapter from its manifest and weights file, checking one against the other.
     pub fn load(manifest_json: &str, weights: &'a [u8]) -> Result<Self> {
         let manifest: AdapterManifest =
             serde_json::from_str(manifest_json).map_err(|source| Error::Json {
@@ -163,7 +213,11 @@ impl<'a> Adapter<'a> {
                 manifest.format
             )));
         }
-        let actual = sha256_hex(&[weights]);
+        let actual = weights_digest(weights).map_err(|e| {
+            Error::Invalid(format!(
+                "the adapter weights are corrupted or truncated ({e}): ask for the file again"
+            ))
+        })?;
         if actual != manifest.weights_sha256 {
             return Err(Error::Invalid(format!(
                 "the adapter weights are corrupted (sha256 {actual}, the manifest says {}): ask for the file again",

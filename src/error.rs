@@ -83,6 +83,11 @@ pub enum Error {
     )]
     Diverged { step: usize, loss: f32 },
 
+    #[error(
+        "the compute device failed ({0}): training stopped; reload to continue from the last checkpoint"
+    )]
+    Device(String),
+
     #[error("{0}")]
     Invalid(String),
 }

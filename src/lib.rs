@@ -10,6 +10,7 @@ pub mod eval;
 pub mod generate;
 pub mod model;
 pub mod optim;
+pub mod session;
 pub mod tokenizer;
 pub mod train;
 pub mod weights;

@@ -304,15 +304,19 @@ impl Trainer {
     }
 
     /// Restores a checkpoint: the model's adapter weights come in with `model`, the rest here.
+    /// Without `optimizer` state (browser checkpoints) Adam's moments start afresh.
     pub fn resume(
         &mut self,
         model: Llama,
         trainable: &[usize],
         state: TrainState,
-        optimizer: &[u8],
+        optimizer: Option<&[u8]>,
     ) -> Result<()> {
         let fresh = crate::optim::adamw(self.cfg.weight_decay, self.cfg.clip_norm);
-        self.optim = crate::optim::restore(fresh, optimizer)?;
+        self.optim = match optimizer {
+            Some(saved) => crate::optim::restore(fresh, saved)?,
+            None => fresh,
+        };
         self.model = model.with_trainable_layers(trainable);
         self.last_good = self.model.clone();
         self.state = state;

@@ -3,37 +3,20 @@
 
 mod common;
 
-use common::tiny::{all_weights, logits, max_abs_diff, tiny_model_bytes};
+use common::tiny::{all_weights, bundle, logits, max_abs_diff, tiny_model_bytes};
 
 use burn::module::Module;
 use burn::tensor::Device;
 use scaleot::Error;
 use scaleot::adapter::{self, Adapter};
 use scaleot::data::{self, DataOptions, Example};
-use scaleot::emulator::{
-    AdapterSplit, BundleSpec, Emulator, EmulatorManifest, FrozenDtype, uniform_drop, write_bundle,
-};
+use scaleot::emulator::{Emulator, EmulatorManifest};
 use scaleot::eval::loglik::ScoringBatch;
-use scaleot::model::{Llama, LoraConfig, ModelBytes, token_tensor};
+use scaleot::model::{Llama, LoraConfig, token_tensor};
 use scaleot::tokenizer::Tokenizer;
 use scaleot::train::{TrainConfig, Trainer};
 use scaleot::weights::safetensors::write_tensors;
 use scaleot::weights::{HostTensor, SafetensorsSource, WeightSource};
-
-fn bundle(base: &ModelBytes, keep: usize) -> (Vec<u8>, EmulatorManifest) {
-    let opened = base.open().unwrap();
-    let plan = uniform_drop(6, AdapterSplit::parse("1+1").unwrap(), keep).unwrap();
-    let spec = BundleSpec {
-        config: &opened.config,
-        tokenizer: &opened.tokenizer,
-        plan,
-        method: "uniform-drop".into(),
-        params: serde_json::json!({"keep": keep}),
-        base_model_sha256: opened.sha256.clone(),
-        frozen_dtype: FrozenDtype::F32,
-    };
-    write_bundle(spec, opened.source.as_ref()).unwrap()
-}
 
 fn load_emulator(weights: &[u8], manifest: &EmulatorManifest, device: &Device) -> Emulator {
     Emulator::load(&serde_json::to_string(manifest).unwrap(), weights, device).unwrap()
@@ -258,7 +241,7 @@ fn assert_resume_is_exact(lora: Option<&LoraConfig>) {
             model,
             &adapters,
             serde_json::from_str(&state).unwrap(),
-            &optim,
+            Some(&optim),
         )
         .unwrap();
     run(&mut second, &data, 6);
@@ -401,7 +384,7 @@ fn untouched_lora_plugs_in_to_the_exact_base_model() {
     let mut partial = read_adapter_tensors(&model, &manifest.plan);
     partial.pop();
     let (pw, mut pm) = adapter_file(partial, &manifest, Some(&lora));
-    pm.weights_sha256 = scaleot::sha256_hex(&[&pw]);
+    pm.weights_sha256 = scaleot::adapter::weights_digest(&pw).unwrap();
     let err = Adapter::load(&serde_json::to_string(&pm).unwrap(), &pw)
         .err()
         .unwrap();

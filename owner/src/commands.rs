@@ -268,18 +268,17 @@ pub struct EvalArgs {
 
 /// The model an evaluation runs: full, emulator, emulator + adapter, or full + adapter.
 fn eval_model(a: &EvalArgs) -> Result<(scaleot::model::Llama, Tokenizer, usize)> {
-    use scaleot::adapter::Adapter;
     use scaleot::emulator::Emulator;
     use scaleot::model::Llama;
     let dev = device(a.model.device)?;
     let adapter_files = a
         .adapter
         .as_ref()
-        .map(|p| model_files::read_pair(p, "adapter"))
+        .map(|p| model_files::AdapterFiles::read(p))
         .transpose()?;
     let adapter = adapter_files
         .as_ref()
-        .map(|(json, w)| Adapter::load(json, w))
+        .map(model_files::AdapterFiles::adapter)
         .transpose()?;
     if let Some(path) = &a.emulator {
         let (json, weights) = model_files::read_pair(path, "emulator")?;

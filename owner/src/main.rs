@@ -7,6 +7,7 @@ mod importance;
 mod model_files;
 mod progress;
 mod report;
+mod serve;
 mod tuning;
 
 use std::path::PathBuf;
@@ -75,6 +76,8 @@ enum Command {
     TaskData(TaskDataArgs),
     /// Adapter training-step throughput and memory on an emulator.
     BenchTrain(tuning::BenchTrainArgs),
+    /// Serve the data owner's page and an emulator (static files, strict CSP, no uploads).
+    Serve(serve::ServeArgs),
 }
 
 #[derive(clap::Args)]
@@ -115,6 +118,7 @@ fn main() {
         Command::Plugin(a) => tuning::plugin(a),
         Command::TaskData(a) => task_data(a),
         Command::BenchTrain(a) => tuning::bench_train(a),
+        Command::Serve(a) => serve::serve(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -88,6 +88,38 @@ pub fn read_pair(manifest: &Path, what: &str) -> Result<(String, Vec<u8>)> {
     Ok((json, weights))
 }
 
+/// An adapter as the data owner returned it: a .json manifest with its .safetensors beside
+/// it, or the single .safetensors file the browser saves (the manifest in its header).
+pub struct AdapterFiles {
+    manifest: Option<String>,
+    weights: Vec<u8>,
+}
+
+impl AdapterFiles {
+    pub fn read(path: &Path) -> Result<Self> {
+        if path.extension().is_some_and(|e| e == "safetensors") {
+            let hint = "pass the adapter file the data owner sent (.safetensors from the page, or the .json manifest of `scaleot finetune`)";
+            let weights = read(path, "adapter", hint)?;
+            return Ok(Self {
+                manifest: None,
+                weights,
+            });
+        }
+        let (json, weights) = read_pair(path, "adapter")?;
+        Ok(Self {
+            manifest: Some(json),
+            weights,
+        })
+    }
+
+    pub fn adapter(&self) -> Result<scaleot::adapter::Adapter<'_>> {
+        Ok(match &self.manifest {
+            Some(json) => scaleot::adapter::Adapter::load(json, &self.weights)?,
+            None => scaleot::adapter::Adapter::load_single(&self.weights)?,
+        })
+    }
+}
+
 pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

@@ -6,10 +6,9 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
 use burn::tensor::Device;
-use scaleot::adapter::{self, Adapter};
+use scaleot::adapter;
 use scaleot::data::{self, DataOptions, Dataset};
 use scaleot::emulator::{Emulator, LayerKind};
-use scaleot::eval::loglik::ScoringBatch;
 use scaleot::model::{Llama, LoraConfig};
 use scaleot::train::{RunIdentity, TrainConfig, TrainState, Trainer};
 use scaleot::weights::HostTensor;
@@ -74,21 +73,10 @@ pub struct FinetuneArgs {
     lora_targets: String,
 }
 
-/// Mean loss per target token over a set of examples (no gradients).
+/// Mean loss per target token over a set of examples (no gradients): the session's, blocking.
 pub fn mean_loss(model: &Llama, examples: &[data::Example], pad: u32, batch: usize) -> Result<f64> {
-    let mut total = 0.0;
-    let mut n = 0usize;
-    for chunk in examples.chunks(batch.max(1)) {
-        let refs: Vec<&data::Example> = chunk.iter().collect();
-        let b = ScoringBatch::from_examples(&refs, pad);
-        let lp = crate::read_vec(b.token_logprobs(model))?;
-        total -= lp.iter().map(|&x| x as f64).sum::<f64>();
-        n += lp.len();
-    }
-    if n == 0 {
-        bail!("no target tokens to evaluate");
-    }
-    Ok(total / n as f64)
+    futures_lite::future::block_on(scaleot::session::mean_loss(model, examples, pad, batch))?
+        .context("no target tokens to evaluate")
 }
 
 fn checkpoint_dir(out: &Path) -> PathBuf {
@@ -206,7 +194,7 @@ pub fn finetune(a: FinetuneArgs) -> Result<()> {
             (&adapters, lora.as_ref()),
             &device,
         )?;
-        trainer.resume(model, &adapters, state, &optim)?;
+        trainer.resume(model, &adapters, state, Some(&optim))?;
         eprintln!("resumed at step {}", trainer.state.step);
     }
     let pb = progress::bar(cfg.steps as u64, "finetune", "steps");
@@ -313,7 +301,8 @@ pub struct PluginArgs {
     /// The full base model (.gguf or HF folder) the emulator was made from.
     #[arg(long)]
     model: Option<PathBuf>,
-    /// The adapter manifest returned by the data owner.
+    /// The adapter returned by the data owner: its .json manifest (weights beside it) or the
+    /// single .safetensors file the browser page saves.
     #[arg(long)]
     adapter: PathBuf,
     /// Output folder: a Hugging Face checkpoint (config.json, tokenizer.json, model.safetensors).
@@ -325,8 +314,8 @@ pub fn plugin(a: PluginArgs) -> Result<()> {
     let base_path = a.model.clone().unwrap_or_else(default_model);
     let bytes = read_model(&base_path)?;
     let opened = bytes.open()?;
-    let (json, weights) = read_pair(&a.adapter, "adapter")?;
-    let adapter = Adapter::load(&json, &weights)?;
+    let files = crate::model_files::AdapterFiles::read(&a.adapter)?;
+    let adapter = files.adapter()?;
     adapter.check_base(&opened.sha256)?;
     let merged = adapter.plugged_into(opened.source.as_ref());
     let ckpt = scaleot::weights::safetensors::write_checkpoint(&opened.config, &merged)?;

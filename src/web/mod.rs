@@ -1,6 +1,12 @@
-//! wasm-only entry points of the shared core, for the data owner's page.
-//! The page itself (training on WebGPU) builds on these; today they expose model inspection
-//! and the tokenizer, so the core is exercised through wasm-bindgen from the start.
+//! The data owner's browser app (wasm32 only). One wasm module serves two contexts: on the
+//! page it runs the UI ([`page`]); in the dedicated worker it runs the trainer ([`worker`]),
+//! which owns the WebGPU device and the private data. [`storage`] keeps checkpoints in the
+//! origin-private file system; [`protocol`] is what the two sides say to each other.
+
+pub mod page;
+pub mod protocol;
+pub mod storage;
+pub mod worker;
 
 use wasm_bindgen::prelude::*;
 
@@ -9,8 +15,22 @@ use crate::tokenizer::Tokenizer;
 use crate::weights::Gguf;
 
 #[wasm_bindgen(start)]
-pub fn start() {
+pub fn start() -> Result<(), JsValue> {
     console_error_panic_hook::set_once();
+    let global = js_sys::global();
+    if let Some(scope) = global.dyn_ref::<web_sys::DedicatedWorkerGlobalScope>() {
+        wasm_bindgen_futures::spawn_local(worker::run(scope.clone()));
+        return Ok(());
+    }
+    // The page, unless another page embeds the module without the app's markup (tests).
+    let doc = global
+        .dyn_ref::<web_sys::Window>()
+        .and_then(|w| w.document())
+        .filter(|d| d.get_element_by_id("step-train").is_some());
+    match doc {
+        Some(doc) => page::start(doc),
+        None => Ok(()),
+    }
 }
 
 fn js_err(e: crate::Error) -> JsError {

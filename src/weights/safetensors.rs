@@ -1,6 +1,8 @@
 //! Hugging Face checkpoints: one or more `*.safetensors` shards (F32, F16 or BF16), read from bytes.
 
 use half::{bf16, f16};
+use std::collections::HashMap;
+
 use safetensors::{Dtype, SafeTensors};
 
 use super::{HostTensor, WeightSource};
@@ -83,6 +85,14 @@ pub fn checkpoint_names(cfg: &crate::model::LlamaConfig) -> Vec<String> {
 
 /// Serializes raw little-endian tensors `(name, dtype, shape, bytes)` with a `format` tag.
 pub fn encode(items: &[(String, Dtype, Vec<usize>, Vec<u8>)], format: &str) -> Result<Vec<u8>> {
+    encode_with(items, &[("format", format)])
+}
+
+/// [`encode`] with any header metadata (`__metadata__` string pairs).
+pub fn encode_with(
+    items: &[(String, Dtype, Vec<usize>, Vec<u8>)],
+    metadata: &[(&str, &str)],
+) -> Result<Vec<u8>> {
     let views = items
         .iter()
         .map(|(n, dtype, shape, b)| {
@@ -91,20 +101,35 @@ pub fn encode(items: &[(String, Dtype, Vec<usize>, Vec<u8>)], format: &str) -> R
                 .map_err(|e| Error::Safetensors(e.to_string()))
         })
         .collect::<Result<Vec<_>>>()?;
-    let meta = std::collections::HashMap::from([("format".to_owned(), format.to_owned())]);
+    let meta = metadata
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     safetensors::serialize(views, Some(meta)).map_err(|e| Error::Safetensors(e.to_string()))
 }
 
 /// Serializes host tensors as f32.
 pub fn write_tensors(tensors: &[(String, HostTensor)], format: &str) -> Result<Vec<u8>> {
-    let items: Vec<_> = tensors
+    encode(&f32_items(tensors), format)
+}
+
+/// Host tensors as raw little-endian f32 items for [`encode`].
+pub fn f32_items(tensors: &[(String, HostTensor)]) -> Vec<(String, Dtype, Vec<usize>, Vec<u8>)> {
+    tensors
         .iter()
         .map(|(n, t)| {
             let bytes = t.data.iter().flat_map(|x| x.to_le_bytes()).collect();
             (n.clone(), Dtype::F32, t.shape.clone(), bytes)
         })
-        .collect();
-    encode(&items, format)
+        .collect()
+}
+
+/// A safetensors file's `__metadata__` and its tensor data (the bytes after the header).
+pub fn header_and_data(bytes: &[u8]) -> Result<(HashMap<String, String>, &[u8])> {
+    let (n, meta) = SafeTensors::read_metadata(bytes)
+        .map_err(|e| Error::Safetensors(format!("not a readable safetensors file ({e})")))?;
+    let data = bytes.get(8 + n..).unwrap_or_default();
+    Ok((meta.metadata().clone().unwrap_or_default(), data))
 }
 
 /// Writes a full f32 checkpoint (Hugging Face layout) from any weight source.

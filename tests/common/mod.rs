@@ -33,4 +33,5 @@ pub fn ids(v: &serde_json::Value) -> Vec<u32> {
         .map(|x| x.as_u64().expect("id") as u32)
         .collect()
 }
+pub mod session_run;
 pub mod tiny;

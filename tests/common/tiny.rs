@@ -3,6 +3,9 @@
 #![allow(dead_code)]
 
 use burn::tensor::Device;
+use scaleot::emulator::{
+    AdapterSplit, BundleSpec, EmulatorManifest, FrozenDtype, uniform_drop, write_bundle,
+};
 use scaleot::model::{LayerSlot, Llama, LlamaConfig, ModelBytes, token_tensor};
 use scaleot::tokenizer::Tokenizer;
 use scaleot::weights::HostTensor;
@@ -116,6 +119,22 @@ pub fn tiny_shape(cfg: &LlamaConfig, name: &str) -> (Vec<usize>, f32) {
         "down_proj" => (vec![h, f], s),
         _ => (vec![h], 0.1),
     }
+}
+
+/// An emulator bundle of a tiny model: adapters 1+1, `keep` of the 4 middle layers kept.
+pub fn bundle(base: &ModelBytes, keep: usize) -> (Vec<u8>, EmulatorManifest) {
+    let opened = base.open().unwrap();
+    let plan = uniform_drop(6, AdapterSplit::parse("1+1").unwrap(), keep).unwrap();
+    let spec = BundleSpec {
+        config: &opened.config,
+        tokenizer: &opened.tokenizer,
+        plan,
+        method: "uniform-drop".into(),
+        params: serde_json::json!({"keep": keep}),
+        base_model_sha256: opened.sha256.clone(),
+        frozen_dtype: FrozenDtype::F32,
+    };
+    write_bundle(spec, opened.source.as_ref()).unwrap()
 }
 
 /// Every weight of the model by name: embedding, norms, projections, LoRA factors.

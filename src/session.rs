@@ -1,0 +1,407 @@
+//! One fine-tuning run as the browser worker drives it: an emulator, the private data and the
+//! settings in; steps with asynchronous readback (the only kind WebGPU allows); checkpoints as
+//! bytes; the single-file adapter out. It never touches files or the network: the caller owns
+//! storage. Native code drives it by blocking on the futures (the parity tests do).
+
+use burn::module::Module;
+use burn::tensor::Tensor;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::adapter;
+use crate::data::{self, DataOptions, Dataset, Example};
+use crate::emulator::{Emulator, EmulatorManifest, LayerKind};
+use crate::error::{Error, Result};
+use crate::eval::loglik::ScoringBatch;
+use crate::model::{Llama, LoraConfig};
+use crate::train::{RunIdentity, StepReport, TrainConfig, TrainState, Trainer};
+use crate::weights::HostTensor;
+
+/// What the data owner sets on the page; defaults are the ones that transferred best natively
+/// (LoRA r=8 on every projection of the adapter layers, lr 5e-4).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Settings {
+    pub steps: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub warmup: usize,
+    /// Longest training sequence in tokens (capped by the model's context).
+    pub seq_len: usize,
+    /// Share of the data held out for the before/after evaluation.
+    pub held_out: f64,
+    /// LoRA rank on the adapter layers (0: tune the whole adapter layers).
+    pub lora_rank: usize,
+    pub seed: u64,
+    /// Cut over-long examples from the start instead of refusing them.
+    pub truncate: bool,
+    /// At most this many held-out examples are scored before and after (keeps it quick).
+    pub eval_examples: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            steps: 50,
+            batch_size: 4,
+            lr: 5e-4,
+            warmup: 5,
+            seq_len: 256,
+            held_out: 0.1,
+            lora_rank: 8,
+            seed: 0,
+            truncate: true,
+            eval_examples: 64,
+        }
+    }
+}
+
+impl Settings {
+    fn train_config(&self) -> TrainConfig {
+        TrainConfig {
+            steps: self.steps,
+            batch_size: self.batch_size,
+            lr: self.lr,
+            warmup_steps: self.warmup.min(self.steps),
+            seed: self.seed,
+            ..TrainConfig::default()
+        }
+    }
+
+    fn lora(&self) -> Result<Option<LoraConfig>> {
+        (self.lora_rank > 0)
+            .then(|| LoraConfig::new(self.lora_rank, 2.0 * self.lora_rank as f64, "all"))
+            .transpose()
+    }
+
+    fn data_options(&self, manifest: &EmulatorManifest) -> DataOptions {
+        DataOptions {
+            max_len: self.seq_len.min(manifest.config.max_position_embeddings),
+            held_out: self.held_out,
+            seed: self.seed,
+            truncate: self.truncate,
+        }
+    }
+}
+
+/// How much a run will need, shown before training starts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Estimate {
+    pub emulator_params: u64,
+    /// f32 weights on the device.
+    pub weight_bytes: u64,
+    /// Activations kept for the backward pass of one micro-batch, and the logits.
+    pub activation_bytes: u64,
+    pub tokens_per_step: usize,
+    pub train_examples: usize,
+    pub train_target_tokens: usize,
+    pub held_out_examples: usize,
+}
+
+impl Estimate {
+    pub fn total_bytes(&self) -> u64 {
+        self.weight_bytes + self.activation_bytes
+    }
+}
+
+fn mib(bytes: f64) -> f64 {
+    bytes / 1048576.0
+}
+
+/// Refuses an emulator whose largest tensor (the embedding) cannot sit in one GPU buffer of
+/// `max_buffer` bytes (WebGPU's `maxStorageBufferBindingSize`/`maxBufferSize`).
+pub fn check_fits(manifest: &EmulatorManifest, max_buffer: f64) -> Result<()> {
+    let c = &manifest.config;
+    let embedding = (c.vocab_size * c.hidden_size * 4) as f64;
+    if embedding > max_buffer {
+        return Err(Error::Invalid(format!(
+            "this emulator is too large for this GPU: its embedding needs {:.0} MiB in one buffer, and this GPU allows {:.0} MiB. Ask the model owner for a smaller emulator (a smaller model or vocabulary) or use a device with a larger GPU",
+            mib(embedding),
+            mib(max_buffer)
+        )));
+    }
+    Ok(())
+}
+
+/// A warning when a micro-batch's logits would not fit one GPU buffer of `max_buffer` bytes.
+pub fn batch_warning(manifest: &EmulatorManifest, e: &Estimate, max_buffer: f64) -> Option<String> {
+    let logits = (e.tokens_per_step * manifest.config.vocab_size * 4) as f64;
+    (logits > max_buffer).then(|| {
+        format!(
+            "a batch's logits need {:.0} MiB in one buffer, over this GPU's {:.0} MiB limit: lower the batch size or the sequence length",
+            mib(logits),
+            mib(max_buffer)
+        )
+    })
+}
+
+/// A training checkpoint: the adapter weights so far with the run's identity, the loop's
+/// state and the settings in the safetensors header — one file, so that storage that writes
+/// files atomically (OPFS) never holds half a checkpoint.
+/// The optimizer's moments are not in it: WebGPU cannot read them back synchronously, which
+/// burn's optimizer record needs, so a resumed run restarts Adam's moments (the weights, the
+/// step, the data order and the schedule continue exactly).
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    pub identity: RunIdentity,
+    pub state: TrainState,
+    pub settings: Settings,
+    /// The whole file (safetensors).
+    pub bytes: Vec<u8>,
+}
+
+impl Checkpoint {
+    /// Reads a checkpoint file; anything else (or a damaged one) is a clear error.
+    pub fn from_bytes(bytes: Vec<u8>) -> Result<Self> {
+        let (meta, _) = crate::weights::safetensors::header_and_data(&bytes)?;
+        let field = |key: &str| -> Result<serde_json::Value> {
+            let text = meta.get(key).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "this is not a training checkpoint (no `{key}` in its header); start afresh"
+                ))
+            })?;
+            serde_json::from_str(text).map_err(|source| Error::Json {
+                what: format!("checkpoint {key}"),
+                source,
+            })
+        };
+        let (run, state, settings) = (field("run")?, field("state")?, field("settings")?);
+        let json_err = |what: &str| {
+            let what = what.to_string();
+            move |source| Error::Json { what, source }
+        };
+        Ok(Self {
+            identity: serde_json::from_value(run).map_err(json_err("checkpoint run"))?,
+            state: serde_json::from_value(state).map_err(json_err("checkpoint state"))?,
+            settings: serde_json::from_value(settings).map_err(json_err("checkpoint settings"))?,
+            bytes,
+        })
+    }
+}
+
+pub struct Session {
+    pub manifest: EmulatorManifest,
+    pub trainer: Trainer,
+    pub identity: RunIdentity,
+    pub data: Dataset,
+    lora: Option<LoraConfig>,
+    adapters: Vec<usize>,
+    pad: u32,
+    settings: Settings,
+}
+
+impl Session {
+    /// `emu` must be loaded on an autodiff device; the session trains a copy of its model.
+    /// Bad data (empty, malformed, too long) comes back as an error naming the line.
+    pub fn new(
+        emu: &Emulator,
+        data_bytes: &[u8],
+        data_name: &str,
+        settings: &Settings,
+    ) -> Result<Self> {
+        let opts = settings.data_options(&emu.manifest);
+        let data = data::load(data_bytes, data_name, &emu.tokenizer, &opts)?;
+        let cfg = settings.train_config();
+        let lora = settings.lora()?;
+        let adapters = emu.adapter_positions();
+        let model = match &lora {
+            Some(l) => emu
+                .model
+                .clone()
+                .with_lora(&adapters, l, settings.seed, None)?,
+            None => emu.model.clone(),
+        };
+        let trainer = Trainer::new(model, &adapters, cfg.clone(), data.train.len())?;
+        let identity = RunIdentity {
+            emulator_sha256: emu.manifest.weights_sha256.clone(),
+            data_sha256: crate::sha256_hex(&[data_bytes]),
+            data_options: json!({"seq_len": opts.max_len, "held_out": opts.held_out, "seed": opts.seed, "truncate": opts.truncate}),
+            train: cfg,
+            lora: lora.clone(),
+        };
+        Ok(Self {
+            pad: emu.tokenizer.eos_id.unwrap_or(0),
+            manifest: emu.manifest.clone(),
+            trainer,
+            identity,
+            data,
+            lora,
+            adapters,
+            settings: settings.clone(),
+        })
+    }
+
+    /// Device memory a run of these settings needs, roughly (f32 weights and, per micro-batch,
+    /// the activations autodiff keeps plus the logits and their gradient).
+    pub fn estimate(&self) -> Estimate {
+        let c = &self.manifest.config;
+        let tokens = self.trainer.cfg.batch_size
+            * self
+                .data
+                .train
+                .iter()
+                .map(|e| e.ids.len())
+                .max()
+                .unwrap_or(0);
+        let layers = self.trainer.model.layers.len() as u64;
+        let per_token_layer = (12 * c.hidden_size + 4 * c.intermediate_size) as u64 * 4;
+        let logits = 3 * c.vocab_size as u64 * 4;
+        Estimate {
+            emulator_params: self.manifest.emulator_params,
+            weight_bytes: self.manifest.emulator_params * 4,
+            activation_bytes: tokens as u64 * (layers * per_token_layer + logits),
+            tokens_per_step: tokens,
+            train_examples: self.data.train.len(),
+            train_target_tokens: self.data.train_tokens(),
+            held_out_examples: self.data.held_out.len(),
+        }
+    }
+
+    /// Mean loss per target token on (a slice of) the held-out examples; None without any.
+    pub async fn held_out_loss(&self) -> Result<Option<f64>> {
+        let n = self
+            .data
+            .held_out
+            .len()
+            .min(self.settings.eval_examples.max(1));
+        mean_loss(
+            &self.trainer.model.valid(),
+            &self.data.held_out[..n],
+            self.pad,
+            self.trainer.cfg.batch_size,
+        )
+        .await
+    }
+
+    /// One micro-batch forward and backward, the loss read back, and the optimizer step when
+    /// it completes one. A non-finite loss rolls back to the last good weights and errors.
+    pub async fn step(&mut self) -> Result<Option<StepReport>> {
+        let loss = self.trainer.micro_step(&self.data.train, self.pad)?;
+        let value = read_scalar(loss).await?;
+        self.trainer.complete_micro_step(value)
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn finished(&self) -> bool {
+        self.trainer.finished()
+    }
+
+    async fn adapter_host_tensors(&self) -> Result<Vec<(String, HostTensor)>> {
+        let mut out = Vec::new();
+        for (name, shape, t) in adapter::adapter_tensors(&self.trainer.model, &self.manifest.plan) {
+            out.push((
+                name,
+                HostTensor {
+                    shape,
+                    data: read_vec(t).await?,
+                },
+            ));
+        }
+        Ok(out)
+    }
+
+    pub async fn checkpoint(&self) -> Result<Checkpoint> {
+        let tensors = self.adapter_host_tensors().await?;
+        let json = |v: serde_json::Result<String>| {
+            v.map_err(|source| Error::Json {
+                what: "checkpoint".into(),
+                source,
+            })
+        };
+        let (run, state) = (
+            json(serde_json::to_string(&self.identity))?,
+            json(serde_json::to_string(&self.trainer.state))?,
+        );
+        let settings = json(serde_json::to_string(&self.settings))?;
+        let bytes = crate::weights::safetensors::encode_with(
+            &crate::weights::safetensors::f32_items(&tensors),
+            &[
+                ("format", "scaleot-checkpoint"),
+                ("run", &run),
+                ("state", &state),
+                ("settings", &settings),
+            ],
+        )?;
+        Ok(Checkpoint {
+            identity: self.identity.clone(),
+            state: self.trainer.state.clone(),
+            settings: self.settings.clone(),
+            bytes,
+        })
+    }
+
+    /// Continues from a checkpoint of this same run (another run's is refused, naming what
+    /// differs). `emulator_weights` are the bundle's safetensors bytes.
+    pub fn resume(&mut self, emulator_weights: &[u8], ckpt: &Checkpoint) -> Result<()> {
+        self.identity.check_resume(&ckpt.identity)?;
+        let device = self.trainer.model.device();
+        let model = adapter::checkpointed_model(
+            &self.manifest,
+            emulator_weights,
+            &ckpt.bytes,
+            (&self.adapters, self.lora.as_ref()),
+            &device,
+        )?;
+        self.trainer
+            .resume(model, &self.adapters, ckpt.state.clone(), None)
+    }
+
+    /// The adapter file to hand back: one safetensors file with its manifest in the header,
+    /// which `scaleot plugin --adapter FILE` accepts.
+    pub async fn adapter_file(&self, metrics: serde_json::Value) -> Result<Vec<u8>> {
+        let tensors = self.adapter_host_tensors().await?;
+        let train = serde_json::to_value(&self.trainer.cfg).map_err(|source| Error::Json {
+            what: "training settings".into(),
+            source,
+        })?;
+        let (weights, manifest) =
+            adapter::write_adapter(tensors, &self.manifest, self.lora.as_ref(), train, metrics)?;
+        adapter::embed_manifest(&weights, &manifest)
+    }
+
+    /// Original indices of the layers being tuned.
+    pub fn adapter_layers(&self) -> Vec<usize> {
+        (0..self.manifest.plan.len())
+            .filter(|&i| self.manifest.plan[i] == LayerKind::Adapter)
+            .collect()
+    }
+}
+
+/// Mean loss per target token over `examples`, in batches (no gradients kept).
+pub async fn mean_loss(
+    model: &Llama,
+    examples: &[Example],
+    pad: u32,
+    batch: usize,
+) -> Result<Option<f64>> {
+    let mut total = 0.0;
+    let mut n = 0usize;
+    for chunk in examples.chunks(batch.max(1)) {
+        let refs: Vec<&Example> = chunk.iter().collect();
+        let lp = read_vec(ScoringBatch::from_examples(&refs, pad).token_logprobs(model)).await?;
+        total -= lp.iter().map(|&x| x as f64).sum::<f64>();
+        n += lp.len();
+    }
+    Ok((n > 0).then(|| total / n as f64))
+}
+
+/// Reads a device tensor back to the host without blocking (the only way on WebGPU).
+pub async fn read_vec<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
+    t.into_data_async()
+        .await
+        .map_err(|e| Error::Device(format!("{e:?}")))?
+        .try_into_vec::<f32>()
+        .map_err(|e| Error::Device(format!("{e:?}")))
+}
+
+/// Reads a one-element tensor (a loss) back without blocking.
+pub async fn read_scalar(t: Tensor<1>) -> Result<f32> {
+    read_vec(t)
+        .await?
+        .first()
+        .copied()
+        .ok_or_else(|| Error::Device("an empty loss tensor".into()))
+}

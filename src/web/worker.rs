@@ -1,0 +1,592 @@
+//! The training worker (a dedicated Web Worker): owns the device, the emulator, the private
+//! data and the run, so that the page stays responsive. It only ever fetches the emulator from
+//! its own origin; the data arrives as a local `File` from the page and stays in memory and in
+//! origin-private storage (checkpoints).
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+use burn::tensor::Device;
+use js_sys::{Array, Uint8Array};
+use serde_json::json;
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::{JsFuture, spawn_local};
+use web_sys::{DedicatedWorkerGlobalScope, MessageEvent};
+
+use super::protocol::{
+    DataInfo, EmulatorInfo, FromWorker, ToWorker, attach, field, from_js, to_js,
+};
+use super::storage::{self, describe};
+use crate::emulator::{Emulator, LayerKind};
+use crate::error::Error;
+use crate::session::{Checkpoint, Session, Settings};
+
+/// Save a checkpoint every this many optimizer steps (and on pause and at the end).
+const CHECKPOINT_EVERY: usize = 10;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Control {
+    Run,
+    Pause,
+    Stop,
+}
+
+struct Loaded {
+    emulator: Emulator,
+    weights: Vec<u8>,
+}
+
+struct State {
+    scope: DedicatedWorkerGlobalScope,
+    device: Device,
+    backend: String,
+    /// WebGPU's largest buffer (bytes); None on the CPU fallback.
+    max_buffer: Option<f64>,
+    emulator: Option<Loaded>,
+    data: Option<(String, Vec<u8>)>,
+    session: Option<Session>,
+    control: Rc<Cell<Control>>,
+    busy: bool,
+    /// Held-out loss before training and after, and the run's speed: the adapter's metrics.
+    metrics: serde_json::Value,
+}
+
+type Shared = Rc<RefCell<State>>;
+
+fn post(scope: &DedicatedWorkerGlobalScope, msg: &FromWorker) {
+    let _ = scope.post_message(&to_js(msg));
+}
+
+fn fail(scope: &DedicatedWorkerGlobalScope, message: impl Into<String>) {
+    post(
+        scope,
+        &FromWorker::Error {
+            message: message.into(),
+        },
+    );
+}
+
+/// Sets the worker up: picks WebGPU (or says why not and falls back to the CPU), then listens.
+pub async fn run(scope: DedicatedWorkerGlobalScope) {
+    let (device, backend, max_buffer, notice) = match webgpu_limit(&scope).await {
+        Ok(limit) => match Device::wgpu_options().init_async().await {
+            Ok(d) => (d, "WebGPU".to_string(), Some(limit), None),
+            Err(e) => cpu_fallback(format!("WebGPU could not start ({e:?})")),
+        },
+        Err(why) => cpu_fallback(why),
+    };
+    let state = Rc::new(RefCell::new(State {
+        scope: scope.clone(),
+        device: device.autodiff(),
+        backend: backend.clone(),
+        max_buffer,
+        emulator: None,
+        data: None,
+        session: None,
+        control: Rc::new(Cell::new(Control::Run)),
+        busy: false,
+        metrics: json!({}),
+    }));
+    let handler_state = state.clone();
+    let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |ev: MessageEvent| {
+        on_message(&handler_state, ev.data());
+    });
+    scope.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
+    on_message.forget();
+    post(&scope, &FromWorker::Ready { backend, notice });
+}
+
+fn cpu_fallback(why: String) -> (Device, String, Option<f64>, Option<String>) {
+    let notice = format!(
+        "{why}. Training runs on the CPU instead: it works, but slowly. For speed use a browser with WebGPU (Chrome or Edge 113+, Safari 26+, Firefox 141+ on Windows)."
+    );
+    (Device::flex(), "CPU (no WebGPU)".into(), None, Some(notice))
+}
+
+/// The adapter's per-buffer limit, or why WebGPU is unusable here.
+async fn webgpu_limit(scope: &DedicatedWorkerGlobalScope) -> Result<f64, String> {
+    let gpu = field(&scope.navigator(), "gpu");
+    if gpu.is_undefined() || gpu.is_null() {
+        return Err("This browser has no WebGPU".into());
+    }
+    let request = js_sys::Reflect::get(&gpu, &"requestAdapter".into())
+        .ok()
+        .and_then(|f| f.dyn_into::<js_sys::Function>().ok())
+        .ok_or("This browser's WebGPU has no requestAdapter")?;
+    let promise = request
+        .call0(&gpu)
+        .map_err(describe)?
+        .dyn_into::<js_sys::Promise>()
+        .map_err(|_| "WebGPU requestAdapter returned no promise")?;
+    let adapter = JsFuture::from(promise).await.map_err(describe)?;
+    if adapter.is_null() || adapter.is_undefined() {
+        return Err("WebGPU found no usable GPU adapter".into());
+    }
+    let limits = field(&adapter, "limits");
+    let num = |k: &str| field(&limits, k).as_f64().unwrap_or(f64::MAX);
+    Ok(num("maxStorageBufferBindingSize").min(num("maxBufferSize")))
+}
+
+fn on_message(state: &Shared, data: JsValue) {
+    let scope = state.borrow().scope.clone();
+    let msg: ToWorker = match from_js(&data) {
+        Ok(m) => m,
+        Err(e) => return fail(&scope, e),
+    };
+    // Run control applies at once, even mid-training.
+    let control = state.borrow().control.clone();
+    match &msg {
+        ToWorker::Pause => return control.set(Control::Pause),
+        ToWorker::Resume => return control.set(Control::Run),
+        ToWorker::Stop => return control.set(Control::Stop),
+        _ => {}
+    }
+    if state.borrow().busy {
+        return fail(
+            &scope,
+            "busy: wait for the current task, or pause/stop training first",
+        );
+    }
+    state.borrow_mut().busy = true;
+    let state = state.clone();
+    let files = field(&data, "files");
+    spawn_local(async move {
+        let result = handle(&state, msg, files).await;
+        state.borrow_mut().busy = false;
+        if let Err(message) = result {
+            fail(&scope, message);
+        }
+    });
+}
+
+async fn handle(state: &Shared, msg: ToWorker, files: JsValue) -> Result<(), String> {
+    match msg {
+        ToWorker::LoadServedEmulator => load_served_emulator(state).await,
+        ToWorker::LoadLocalEmulator => {
+            let files: Vec<web_sys::File> = Array::from(&files)
+                .iter()
+                .filter_map(|f| f.dyn_into().ok())
+                .collect();
+            let pick = |ext: &str| files.iter().find(|f| f.name().ends_with(ext)).cloned();
+            let (Some(json), Some(weights)) = (pick(".json"), pick(".safetensors")) else {
+                return Err(
+                    "choose both emulator files: its .json manifest and its .safetensors weights"
+                        .into(),
+                );
+            };
+            let json = String::from_utf8(read_file(&json).await?).map_err(
+                |_| "the emulator manifest is not UTF-8 JSON: choose the emulator's .json file",
+            )?;
+            let weights = read_file(&weights).await?;
+            install_emulator(state, &json, weights)
+        }
+        ToWorker::LoadData { name, settings } => {
+            let file: web_sys::File = Array::from(&files)
+                .get(0)
+                .dyn_into()
+                .map_err(|_| "no data file was chosen")?;
+            let bytes = read_file(&file).await?;
+            state.borrow_mut().data = Some((name, bytes));
+            prepare(state, &settings).await
+        }
+        ToWorker::Configure { settings } => {
+            if state.borrow().data.is_none() {
+                return Ok(());
+            }
+            prepare(state, &settings).await
+        }
+        ToWorker::Train { settings, resume } => train(state, settings, resume).await,
+        ToWorker::Download => download(state).await,
+        ToWorker::ForgetCheckpoint => {
+            let slot = checkpoint_slot(state).ok_or("load an emulator and a data file first")?;
+            storage::remove(&slot).await
+        }
+        ToWorker::Pause | ToWorker::Resume | ToWorker::Stop => Ok(()),
+    }
+}
+
+async fn read_file(file: &web_sys::File) -> Result<Vec<u8>, String> {
+    let buf = JsFuture::from(file.array_buffer())
+        .await
+        .map_err(|e| format!("reading {} failed: {}", file.name(), describe(e)))?;
+    Ok(Uint8Array::new(&buf).to_vec())
+}
+
+async fn fetch(scope: &DedicatedWorkerGlobalScope, url: &str) -> Result<web_sys::Response, String> {
+    let resp = JsFuture::from(scope.fetch_with_str(url))
+        .await
+        .map_err(|e| format!("fetching {url}: {}", describe(e)))?;
+    resp.dyn_into()
+        .map_err(|_| "fetch returned no response".into())
+}
+
+async fn load_served_emulator(state: &Shared) -> Result<(), String> {
+    let scope = state.borrow().scope.clone();
+    let manifest = fetch(&scope, "emulator.json").await?;
+    if !manifest.ok() {
+        post(
+            &scope,
+            &FromWorker::NoServedEmulator {
+                reason: format!("this site serves no emulator (HTTP {})", manifest.status()),
+            },
+        );
+        return Ok(());
+    }
+    let text = JsFuture::from(manifest.text().map_err(describe)?)
+        .await
+        .map_err(describe)?
+        .as_string()
+        .unwrap_or_default();
+    let expected = Emulator::read_manifest(&text).map_err(|e| e.to_string())?;
+    check_fits(state, &expected)?;
+    let weights = fetch(&scope, "emulator.safetensors").await?;
+    if !weights.ok() {
+        return Err(format!(
+            "the emulator's weights are missing on this site (HTTP {}): ask the model owner",
+            weights.status()
+        ));
+    }
+    let total = expected.weights_bytes as f64;
+    let body = weights.body().ok_or("the emulator download has no body")?;
+    let reader: web_sys::ReadableStreamDefaultReader = body.get_reader().unchecked_into();
+    let mut bytes = Vec::with_capacity(expected.weights_bytes as usize);
+    let mut last_report = 0.0;
+    loop {
+        let chunk = JsFuture::from(reader.read()).await.map_err(|e| {
+            format!(
+                "the emulator download broke off: {}; reload to try again",
+                describe(e)
+            )
+        })?;
+        if field(&chunk, "done").as_bool().unwrap_or(true) {
+            break;
+        }
+        let value: Uint8Array = field(&chunk, "value").unchecked_into();
+        let at = bytes.len();
+        bytes.resize(at + value.length() as usize, 0);
+        value.copy_to(&mut bytes[at..]);
+        let done = bytes.len() as f64;
+        if done - last_report > total / 100.0 {
+            last_report = done;
+            post(
+                &scope,
+                &FromWorker::Loading {
+                    what: "emulator".into(),
+                    done,
+                    total,
+                },
+            );
+        }
+    }
+    install_emulator(state, &text, bytes)
+}
+
+fn check_fits(state: &Shared, m: &crate::emulator::EmulatorManifest) -> Result<(), String> {
+    match state.borrow().max_buffer {
+        Some(limit) => crate::session::check_fits(m, limit).map_err(|e| e.to_string()),
+        None => Ok(()),
+    }
+}
+
+fn install_emulator(state: &Shared, json: &str, weights: Vec<u8>) -> Result<(), String> {
+    let scope = state.borrow().scope.clone();
+    let manifest = Emulator::read_manifest(json).map_err(|e| e.to_string())?;
+    check_fits(state, &manifest)?;
+    post(
+        &scope,
+        &FromWorker::Loading {
+            what: "checking and building the emulator".into(),
+            done: 0.0,
+            total: 1.0,
+        },
+    );
+    let device = state.borrow().device.clone();
+    let emulator = Emulator::load(json, &weights, &device).map_err(|e| e.to_string())?;
+    let m = &emulator.manifest;
+    let info = EmulatorInfo {
+        method: m.method.clone(),
+        emulator_params: m.emulator_params,
+        full_params: m.full_params,
+        bytes: m.weights_bytes,
+        sha256: m.weights_sha256.clone(),
+        adapter_layers: (0..m.plan.len())
+            .filter(|&i| m.plan[i] == LayerKind::Adapter)
+            .collect(),
+        kept_layers: m.plan.iter().filter(|k| **k != LayerKind::Dropped).count(),
+        total_layers: m.plan.len(),
+    };
+    let mut s = state.borrow_mut();
+    s.emulator = Some(Loaded { emulator, weights });
+    s.session = None;
+    drop(s);
+    post(&scope, &FromWorker::EmulatorLoaded(info));
+    Ok(())
+}
+
+fn checkpoint_slot(state: &Shared) -> Option<String> {
+    let s = state.borrow();
+    let emu = s.emulator.as_ref()?;
+    let (_, data) = s.data.as_ref()?;
+    Some(storage::slot(
+        &emu.emulator.manifest.weights_sha256,
+        &crate::sha256_hex(&[data]),
+    ))
+}
+
+/// Builds the session for these settings: tokenizes the data, estimates the run, finds a
+/// stored checkpoint, and reports all of it.
+async fn prepare(state: &Shared, settings: &Settings) -> Result<(), String> {
+    let (scope, max_buffer) = {
+        let s = state.borrow();
+        (s.scope.clone(), s.max_buffer)
+    };
+    let session = {
+        let s = state.borrow();
+        let emu = s.emulator.as_ref().ok_or("load the emulator first")?;
+        let (name, bytes) = s.data.as_ref().ok_or("choose a data file first")?;
+        Session::new(&emu.emulator, bytes, name, settings).map_err(|e| e.to_string())?
+    };
+    let estimate = session.estimate();
+    let warning =
+        max_buffer.and_then(|l| crate::session::batch_warning(&session.manifest, &estimate, l));
+    let slot = checkpoint_slot(state).ok_or("load an emulator and a data file first")?;
+    let checkpoint = match storage::load(&slot).await? {
+        Some(bytes) => Checkpoint::from_bytes(bytes)
+            .ok()
+            .map(|c| (c.state.step, c.settings)),
+        None => None,
+    };
+    let info = DataInfo {
+        format: serde_json::to_value(session.data.format)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default(),
+        train_examples: estimate.train_examples,
+        train_target_tokens: estimate.train_target_tokens,
+        held_out_examples: estimate.held_out_examples,
+        estimate,
+        warning,
+        checkpoint,
+    };
+    state.borrow_mut().session = Some(session);
+    post(&scope, &FromWorker::DataLoaded(info));
+    Ok(())
+}
+
+fn now_seconds() -> f64 {
+    js_sys::Date::now() / 1000.0
+}
+
+async fn train(state: &Shared, settings: Settings, resume: bool) -> Result<(), String> {
+    let slot = checkpoint_slot(state).ok_or("load an emulator and a data file first")?;
+    let stored = if resume {
+        let bytes = storage::load(&slot)
+            .await?
+            .ok_or("there is no stored checkpoint to resume")?;
+        Some(Checkpoint::from_bytes(bytes).map_err(|e| e.to_string())?)
+    } else {
+        None
+    };
+    let settings = stored
+        .as_ref()
+        .map(|c| c.settings.clone())
+        .unwrap_or(settings);
+    let current = state
+        .borrow()
+        .session
+        .as_ref()
+        .map(|s| s.settings().clone());
+    if current.as_ref() != Some(&settings) {
+        prepare(state, &settings).await?;
+    }
+    let mut session = state
+        .borrow_mut()
+        .session
+        .take()
+        .ok_or("choose a data file first")?;
+    let result = run_steps(state, &mut session, stored, &slot).await;
+    state.borrow_mut().session = Some(session);
+    result
+}
+
+async fn run_steps(
+    state: &Shared,
+    session: &mut Session,
+    stored: Option<Checkpoint>,
+    slot: &str,
+) -> Result<(), String> {
+    let (scope, control) = {
+        let s = state.borrow();
+        (s.scope.clone(), s.control.clone())
+    };
+    control.set(Control::Run);
+    if let Some(ckpt) = &stored {
+        let s = state.borrow();
+        let weights = &s
+            .emulator
+            .as_ref()
+            .ok_or("load the emulator first")?
+            .weights;
+        session.resume(weights, ckpt).map_err(|e| e.to_string())?;
+    }
+    let before = session.held_out_loss().await.map_err(|e| e.to_string())?;
+    let phase = if stored.is_some() {
+        "at resume"
+    } else {
+        "before"
+    };
+    post(
+        &scope,
+        &FromWorker::Evaluated {
+            phase: phase.into(),
+            loss: before,
+        },
+    );
+    if stored.is_none() {
+        state.borrow_mut().metrics = json!({"held_out_loss_before": before});
+    }
+    let started = now_seconds();
+    let (first_step, tokens_at_start) = (
+        session.trainer.state.step,
+        session.trainer.state.tokens_seen,
+    );
+    // (time, tokens, step) at the end of the first step of this session.
+    let mut steady: Option<(f64, usize, usize)> = None;
+    let mut stopped_early = false;
+    while !session.finished() {
+        match control.get() {
+            Control::Stop => {
+                stopped_early = true;
+                break;
+            }
+            Control::Pause => {
+                save_checkpoint(session, slot, &scope).await?;
+                post(
+                    &scope,
+                    &FromWorker::Paused {
+                        step: session.trainer.state.step,
+                    },
+                );
+                while control.get() == Control::Pause {
+                    gloo_timers::future::TimeoutFuture::new(100).await;
+                }
+                continue;
+            }
+            Control::Run => {}
+        }
+        match session.step().await {
+            Ok(Some(r)) => {
+                let now = now_seconds();
+                // Rate and ETA from the steps after the first, which compiles the GPU kernels.
+                let (t0, tok0, step0) = *steady.get_or_insert((now, r.tokens_seen, r.step));
+                let (secs, done) = if r.step > step0 {
+                    ((now - t0).max(1e-9), (r.step - step0) as f64)
+                } else {
+                    (
+                        (now - started).max(1e-9),
+                        (r.step - first_step).max(1) as f64,
+                    )
+                };
+                let tokens = if r.step > step0 {
+                    r.tokens_seen - tok0
+                } else {
+                    r.tokens_seen - tokens_at_start
+                };
+                post(
+                    &scope,
+                    &FromWorker::Step {
+                        step: r.step,
+                        steps: r.steps,
+                        loss: r.loss,
+                        lr: r.lr,
+                        tokens_per_second: tokens as f64 / secs,
+                        eta_seconds: secs / done * (r.steps - r.step) as f64,
+                        first_step_seconds: (r.step == step0).then_some(now - started),
+                    },
+                );
+                if r.step % CHECKPOINT_EVERY == 0 && !session.finished() {
+                    save_checkpoint(session, slot, &scope).await?;
+                }
+            }
+            Ok(None) => {}
+            Err(Error::Diverged { step, loss }) => {
+                save_checkpoint(session, slot, &scope).await?;
+                return Err(format!(
+                    "training diverged at step {step} (loss {loss}): the adapters were rolled back to the last good step and saved. Lower the learning rate (e.g. by 10x) and train again, or download what was learned so far"
+                ));
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+        // Let the page's messages (pause, stop) in between steps, also on the CPU backend.
+        gloo_timers::future::TimeoutFuture::new(0).await;
+    }
+    save_checkpoint(session, slot, &scope).await?;
+    let after = session.held_out_loss().await.map_err(|e| e.to_string())?;
+    post(
+        &scope,
+        &FromWorker::Evaluated {
+            phase: "after".into(),
+            loss: after,
+        },
+    );
+    let secs = now_seconds() - started;
+    let state_now = &session.trainer.state;
+    let mut s = state.borrow_mut();
+    let backend = s.backend.clone();
+    let m = &mut s.metrics;
+    m["held_out_loss_after"] = json!(after);
+    m["steps_done"] = json!(state_now.step);
+    m["train_losses"] = json!(state_now.losses);
+    m["seconds"] = json!(secs);
+    m["tokens_per_second"] =
+        json!((state_now.tokens_seen - tokens_at_start) as f64 / secs.max(1e-9));
+    m["backend"] = json!(backend);
+    drop(s);
+    post(
+        &scope,
+        &FromWorker::Finished {
+            steps_done: session.trainer.state.step,
+            stopped_early,
+        },
+    );
+    Ok(())
+}
+
+async fn save_checkpoint(
+    session: &Session,
+    slot: &str,
+    scope: &DedicatedWorkerGlobalScope,
+) -> Result<(), String> {
+    let ckpt = session.checkpoint().await.map_err(|e| e.to_string())?;
+    storage::save(slot, &ckpt.bytes).await?;
+    post(
+        scope,
+        &FromWorker::Checkpointed {
+            step: ckpt.state.step,
+        },
+    );
+    Ok(())
+}
+
+async fn download(state: &Shared) -> Result<(), String> {
+    let scope = state.borrow().scope.clone();
+    let session = state.borrow_mut().session.take().ok_or("train first")?;
+    let mut metrics = state.borrow().metrics.clone();
+    metrics["data"] = json!({"format": session.data.format, "train_examples": session.data.train.len(), "held_out_examples": session.data.held_out.len()});
+    let file_name = format!(
+        "adapter-{}.safetensors",
+        &session.manifest.weights_sha256[..8]
+    );
+    let bytes = session.adapter_file(metrics).await;
+    state.borrow_mut().session = Some(session);
+    let bytes = bytes.map_err(|e| e.to_string())?;
+    let msg = to_js(&FromWorker::Adapter {
+        file_name,
+        size: bytes.len(),
+    });
+    let array = Uint8Array::from(bytes.as_slice());
+    attach(&msg, "bytes", &array);
+    scope
+        .post_message_with_transfer(&msg, &Array::of1(&array.buffer()))
+        .map_err(describe)
+}

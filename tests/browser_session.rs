@@ -1,0 +1,130 @@
+//! The browser's training session, run natively on the CPU backend: its losses are the golden
+//! that the WebGPU run in headless Chromium (tests/web_session.rs) must match; checkpoints
+//! continue the run and refuse another; the single-file adapter is what the owner plugs in.
+
+mod common;
+
+use burn::module::Module;
+use burn::tensor::Device;
+use common::session_run::{DATA, golden, max_diff, run, settings, tiny_emulator};
+use common::tiny::{logits, max_abs_diff};
+use futures_lite::future::block_on;
+use scaleot::adapter::Adapter;
+use scaleot::emulator::Emulator;
+use scaleot::session::{Checkpoint, Session, batch_warning, check_fits};
+
+const GOLDEN: &str = "tests/golden/tiny_session.json";
+
+#[test]
+fn session_losses_match_the_golden_and_training_helps() {
+    let device = Device::flex().autodiff();
+    let (_, got) = block_on(run(&device));
+    assert!(
+        got.after < got.before - 0.1,
+        "held-out loss {} → {}",
+        got.before,
+        got.after
+    );
+    assert!(got.losses.last().unwrap() < got.losses.first().unwrap());
+    let path = common::root().join(GOLDEN);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        let v = serde_json::json!({"held_out_before": got.before, "held_out_after": got.after, "losses": got.losses});
+        std::fs::write(&path, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+    }
+    let want = golden(&std::fs::read_to_string(&path).unwrap());
+    let diff = max_diff(&got, &want);
+    assert!(diff < 1e-4, "native run differs from {GOLDEN} by {diff}");
+}
+
+#[test]
+fn checkpoint_continues_the_run_and_refuses_another() {
+    let device = Device::flex().autodiff();
+    let (json, weights) = tiny_emulator();
+    let emu = Emulator::load(&json, &weights, &device).unwrap();
+    let mut first = Session::new(&emu, DATA.as_bytes(), "notes.jsonl", &settings()).unwrap();
+    for _ in 0..3 {
+        block_on(first.step()).unwrap();
+    }
+    let saved = block_on(first.checkpoint()).unwrap();
+    let restored = Checkpoint::from_bytes(saved.bytes.clone()).unwrap();
+    assert_eq!(restored.state.step, 3);
+    assert_eq!(restored.settings, settings());
+
+    let mut second = Session::new(&emu, DATA.as_bytes(), "notes.jsonl", &settings()).unwrap();
+    second.resume(&weights, &restored).unwrap();
+    assert_eq!(second.trainer.state.step, 3);
+    // The adapters came back exactly.
+    let (a, b) = (
+        logits(&first.trainer.model.valid(), &device),
+        logits(&second.trainer.model.valid(), &device),
+    );
+    assert!(max_abs_diff(&a, &b) < 1e-6);
+    while !second.finished() {
+        block_on(second.step()).unwrap();
+    }
+    assert_eq!(second.trainer.state.step, settings().steps);
+
+    // Another data file is another run.
+    let other = DATA.replace("Level 3", "Level 4");
+    let mut third = Session::new(&emu, other.as_bytes(), "notes.jsonl", &settings()).unwrap();
+    let err = third.resume(&weights, &restored).unwrap_err().to_string();
+    assert!(
+        err.contains("belongs to another run") && err.contains("data file"),
+        "{err}"
+    );
+    // A file that is not a checkpoint says so.
+    let err = Checkpoint::from_bytes(weights.clone())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not a training checkpoint"), "{err}");
+}
+
+#[test]
+fn single_file_adapter_plugs_into_the_emulator() {
+    let device = Device::flex().autodiff();
+    let (session, _) = block_on(run(&device));
+    let file = block_on(session.adapter_file(serde_json::json!({"test": true}))).unwrap();
+    let adapter = Adapter::load_single(&file).unwrap();
+    assert_eq!(adapter.manifest.layers, session.adapter_layers());
+    assert!(adapter.manifest.lora.is_some());
+    let (json, weights) = tiny_emulator();
+    let plain = Device::flex();
+    let plugged = Emulator::load_with_adapter(&json, &weights, Some(&adapter), &plain).unwrap();
+    let trained = logits(&session.trainer.model.valid(), &plain);
+    let merged = logits(&plugged.model, &plain);
+    assert!(max_abs_diff(&trained, &merged) < 1e-4);
+    // A corrupted byte in the weights is caught; a plain safetensors file is no adapter.
+    let mut bad = file.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    let err = Adapter::load_single(&bad).err().unwrap().to_string();
+    assert!(err.contains("corrupted"), "{err}");
+    let err = Adapter::load_single(&weights).err().unwrap().to_string();
+    assert!(err.contains("no adapter manifest"), "{err}");
+}
+
+#[test]
+fn settings_and_estimates_are_sane() {
+    let device = Device::flex().autodiff();
+    let (json, weights) = tiny_emulator();
+    let emu = Emulator::load(&json, &weights, &device).unwrap();
+    let s = Session::new(&emu, DATA.as_bytes(), "notes.jsonl", &settings()).unwrap();
+    let e = s.estimate();
+    assert_eq!(e.train_examples + e.held_out_examples, DATA.lines().count());
+    assert!(e.weight_bytes > 0 && e.activation_bytes > 0);
+    // Against a GPU's per-buffer limit: the embedding must fit, the batch's logits should.
+    assert!(check_fits(&s.manifest, 1e9).is_ok());
+    let err = check_fits(&s.manifest, 16.0 * 1024.0)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("too large for this GPU"), "{err}");
+    assert!(batch_warning(&s.manifest, &e, 1e9).is_none());
+    let warn = batch_warning(&s.manifest, &e, 64.0 * 1024.0).unwrap();
+    assert!(warn.contains("lower the batch size"), "{warn}");
+    // Empty data is refused with a clear message.
+    let err = Session::new(&emu, b"", "notes.jsonl", &settings())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("empty"), "{err}");
+}

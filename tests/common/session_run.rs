@@ -1,0 +1,91 @@
+//! One short run of the browser's training session on the tiny emulator: the scenario that
+//! the native test and the WebGPU test (tests/web_session.rs) both run, so that their losses
+//! can be compared against one golden file (tests/golden/tiny_session.json).
+#![allow(dead_code)]
+
+use burn::tensor::Device;
+use scaleot::emulator::Emulator;
+use scaleot::session::{Session, Settings};
+
+use super::tiny::{bundle, tiny_model_bytes};
+
+pub const DATA: &str = include_str!("../fixtures/notes-sample.jsonl");
+
+pub fn settings() -> Settings {
+    Settings {
+        steps: 6,
+        batch_size: 2,
+        lr: 1e-2,
+        warmup: 1,
+        seq_len: 128,
+        held_out: 0.25,
+        lora_rank: 4,
+        seed: 0,
+        truncate: true,
+        eval_examples: 8,
+    }
+}
+
+/// The tiny emulator (adapters 1+1, 2 of 4 middle layers kept) as (manifest JSON, weights).
+pub fn tiny_emulator() -> (String, Vec<u8>) {
+    let (weights, manifest) = bundle(&tiny_model_bytes(), 2);
+    (serde_json::to_string(&manifest).unwrap(), weights)
+}
+
+pub struct Run {
+    pub before: f64,
+    pub after: f64,
+    pub losses: Vec<f32>,
+}
+
+/// Trains the session for its steps on `device` (an autodiff device), reading back
+/// asynchronously as the browser must.
+pub async fn run(device: &Device) -> (Session, Run) {
+    let (json, weights) = tiny_emulator();
+    let emu = Emulator::load(&json, &weights, device).unwrap();
+    let mut session = Session::new(&emu, DATA.as_bytes(), "notes.jsonl", &settings()).unwrap();
+    let before = session.held_out_loss().await.unwrap().unwrap();
+    let mut losses = Vec::new();
+    while !session.finished() {
+        if let Some(r) = session.step().await.unwrap() {
+            losses.push(r.loss);
+        }
+    }
+    let after = session.held_out_loss().await.unwrap().unwrap();
+    (
+        session,
+        Run {
+            before,
+            after,
+            losses,
+        },
+    )
+}
+
+/// The golden run as (before, after, losses).
+pub fn golden(text: &str) -> Run {
+    let v: serde_json::Value = serde_json::from_str(text).unwrap();
+    Run {
+        before: v["held_out_before"].as_f64().unwrap(),
+        after: v["held_out_after"].as_f64().unwrap(),
+        losses: v["losses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect(),
+    }
+}
+
+/// Largest absolute difference between two runs' numbers.
+pub fn max_diff(a: &Run, b: &Run) -> f64 {
+    assert_eq!(a.losses.len(), b.losses.len());
+    a.losses
+        .iter()
+        .zip(&b.losses)
+        .map(|(x, y)| (x - y).abs() as f64)
+        .fold(
+            (a.before - b.before).abs().max((a.after - b.after).abs()),
+            f64::max,
+        )
+}

@@ -1,0 +1,162 @@
+// Page test: a full data-owner session in headless Chromium (Debian's, driven by
+// playwright-core): load the served tiny emulator, choose a private data file, train on WebGPU,
+// pause, lose the worker (as on a lost GPU device) and continue from the checkpoint, download
+// the adapter; reload and find the checkpoint; a file that is not data gets a clear message;
+// without WebGPU the page says so and trains on the CPU; a diverging run is explained. Every request of the session
+// is recorded and the test fails if any leaves the origin, is not a GET, or carries data.
+//
+// usage: node tests/page/page-test.mjs BASE_URL DATA_FILE OUT_DIR
+import { chromium } from '../../tools/web/node_modules/playwright-core/index.mjs';
+import { readFileSync, writeFileSync, mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+
+const [base, dataFile, out] = process.argv.slice(2);
+if (!base || !dataFile || !out) {
+  console.error('usage: node tests/page/page-test.mjs BASE_URL DATA_FILE OUT_DIR');
+  process.exit(2);
+}
+mkdirSync(out, { recursive: true });
+const origin = new URL(base).origin;
+const data = readFileSync(dataFile, 'utf8');
+// Distinctive snippets of the private data: none may appear in any request.
+const secrets = ['blue pillar', 'Earl grey', '4-1-7-9', 'Mill Street'];
+const flags = ['--no-sandbox', '--disable-dev-shm-usage', '--disable-background-networking',
+  '--disable-component-update', '--disable-sync', '--no-first-run'];
+const failures = [];
+const check = (ok, what) => { if (!ok) failures.push(what); console.log(`${ok ? 'ok  ' : 'FAIL'} ${what}`); };
+
+function record(page, log) {
+  page.on('request', (r) => log.push({ url: r.url(), method: r.method(), body: r.postData() ?? '' }));
+  page.on('worker', (w) => log.push({ url: w.url(), method: 'WORKER', body: '' }));
+  page.on('console', (m) => {
+    const t = m.text();
+    if (/Content Security Policy|Refused to/i.test(t)) log.push({ url: 'csp-violation', method: 'BLOCKED', body: t });
+    if (m.type() === 'error') console.log(`  [page error] ${t}`);
+  });
+  page.on('pageerror', (e) => console.log(`  [page exception] ${e.message}`));
+}
+
+async function text(page, sel) { return (await page.textContent(sel)) ?? ''; }
+
+async function waitText(page, sel, re, timeout) {
+  await page.waitForFunction(([s, src]) => new RegExp(src).test(document.querySelector(s)?.textContent ?? ''),
+    [sel, re.source], { timeout });
+}
+
+async function setSettings(page, s) {
+  for (const [id, v] of Object.entries(s)) await page.fill(`#${id}`, String(v));
+}
+
+const log = [];
+const metrics = {};
+const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', headless: true,
+  args: [...flags, '--enable-unsafe-webgpu'] });
+try {
+  const context = await browser.newContext({ acceptDownloads: true, viewport: { width: 1000, height: 1400 } });
+  const page = await context.newPage();
+  record(page, log);
+  const t0 = Date.now();
+  await page.goto(base);
+  await waitText(page, '#emu-info', /Emulator ready/, 120_000);
+  metrics.emulator_ready_seconds = (Date.now() - t0) / 1000;
+  check((await text(page, '#backend')).includes('WebGPU'), 'trains on WebGPU');
+
+  // Not a data file: a clear message, and the page keeps working.
+  await page.setInputFiles('#data-file', { name: 'holiday.txt', mimeType: 'text/plain',
+    buffer: Buffer.from([0xff, 0xfe, 0x00, 0x89, 0x50, 0x4e, 0x47]) });
+  await page.waitForSelector('#message:not([hidden])', { timeout: 60_000 });
+  check(/UTF-8|text/i.test(await text(page, '#message')), `binary data file refused: "${await text(page, '#message')}"`);
+
+  await page.setInputFiles('#data-file', dataFile);
+  await waitText(page, '#data-info', /training examples/, 60_000);
+  await setSettings(page, { steps: 6, batch: 2, lr: 0.01, 'seq-len': 128, 'lora-rank': 4, 'held-out': 0.25 });
+  const tTrain = Date.now();
+  await page.click('#train-btn');
+  await waitText(page, '#train-stats', /step 1\//, 300_000);
+  metrics.first_step_seconds = (Date.now() - tTrain) / 1000;
+  // Pause (saves a checkpoint), then the worker dies as on a lost GPU device; the page offers a
+  // restart, which reloads everything and continues from the checkpoint.
+  await waitText(page, '#train-stats', /step 2\//, 300_000);
+  await page.click('#pause-btn');
+  await waitText(page, '#train-stats', /Paused at step/, 300_000);
+  const pausedAt = Number(/Paused at step (\d+)/.exec(await text(page, '#train-stats'))[1]);
+  const [worker] = page.workers();
+  await worker.evaluate(() => { setTimeout(() => { throw new Error('GPU device lost (simulated by the page test)'); }); });
+  await page.waitForSelector('#restart-btn:not([hidden])', { timeout: 60_000 });
+  check(/restart to continue/.test(await text(page, '#message')), `a dead worker is reported: "${await text(page, '#message')}"`);
+  await page.click('#restart-btn');
+  await waitText(page, '#eval', /at resume/, 300_000);
+  await waitText(page, '#train-stats', /Finished/, 600_000);
+  metrics.train_seconds = (Date.now() - tTrain) / 1000;
+  const stats = await text(page, '#train-stats');
+  metrics.stats = stats;
+  check(/Finished after 6 steps/.test(stats), `resumed from step ${pausedAt} and finished: ${stats}`);
+  const tps = /([\d.]+) tokens\/s/.exec(stats);
+  metrics.tokens_per_second = tps ? Number(tps[1]) : null;
+  await waitText(page, '#eval', /after/, 60_000);
+  metrics.eval = await text(page, '#eval');
+  const losses = [...metrics.eval.matchAll(/loss (?:at resume|after): ([\d.]+)/g)].map((m) => Number(m[1]));
+  check(losses.length === 2 && losses[1] < losses[0], `held-out loss falls: ${metrics.eval}`);
+  await page.screenshot({ path: join(out, 'page-after-training.png'), fullPage: true });
+
+  const [download] = await Promise.all([page.waitForEvent('download', { timeout: 60_000 }), page.click('#download-btn')]);
+  await download.saveAs(join(out, 'adapter.safetensors'));
+  check(/\.safetensors$/.test(download.suggestedFilename()), `adapter downloaded as ${download.suggestedFilename()}`);
+
+  // The checkpoint survives a reload.
+  await page.reload();
+  await waitText(page, '#emu-info', /Emulator ready/, 120_000);
+  await page.setInputFiles('#data-file', dataFile);
+  await page.waitForSelector('#ckpt:not([hidden])', { timeout: 60_000 });
+  check(/step 6\/6/.test(await text(page, '#ckpt-info')), `checkpoint found after reload: ${await text(page, '#ckpt-info')}`);
+  await context.close();
+} finally {
+  await browser.close();
+}
+
+// Without WebGPU: a clear notice, and training still works on the CPU backend in wasm.
+const noGpu = await chromium.launch({ executablePath: '/usr/bin/chromium', headless: true,
+  args: [...flags, '--disable-webgpu'] });
+try {
+  const page = await noGpu.newPage();
+  record(page, log);
+  await page.goto(base);
+  await page.waitForSelector('#notice:not([hidden])', { timeout: 120_000 });
+  check(/no WebGPU|WebGPU/i.test(await text(page, '#notice')), `no-WebGPU notice: "${await text(page, '#notice')}"`);
+  check((await text(page, '#backend')).includes('CPU'), 'falls back to the CPU backend');
+  await waitText(page, '#emu-info', /Emulator ready/, 120_000);
+  await page.setInputFiles('#data-file', dataFile);
+  await waitText(page, '#data-info', /training examples/, 60_000);
+  await setSettings(page, { steps: 2, batch: 2, lr: 0.01, 'seq-len': 128, 'lora-rank': 4 });
+  // A fresh run (the checkpoint of the WebGPU run lives in another browser profile anyway).
+  await page.click('#train-btn');
+  await waitText(page, '#train-stats', /Finished/, 600_000);
+  check(true, 'trained 2 steps on the CPU fallback');
+  // A learning rate that blows up: a clear message, the last good adapters kept.
+  await setSettings(page, { steps: 3, lr: 1e30 });
+  await page.click('#train-btn');
+  await page.waitForSelector('#message:not([hidden])', { timeout: 300_000 });
+  check(/diverged/.test(await text(page, '#message')), `divergence explained: "${await text(page, '#message')}"`);
+} finally {
+  await noGpu.close();
+}
+
+// Privacy: every request went to the page's own origin, read-only, without the data.
+const offOrigin = log.filter((r) => r.method !== 'BLOCKED' && !r.url.startsWith(origin) && !r.url.startsWith('blob:') && !r.url.startsWith('data:'));
+const blocked = log.filter((r) => r.method === 'BLOCKED');
+const writes = log.filter((r) => !['GET', 'WORKER'].includes(r.method) && r.method !== 'BLOCKED');
+const leaks = log.filter((r) => secrets.some((s) => r.url.includes(s) || r.body.includes(s) || r.url.includes(encodeURIComponent(s))));
+check(log.length > 0, `${log.length} requests recorded`);
+check(offOrigin.length === 0, `no request leaves ${origin} ${JSON.stringify(offOrigin)}`);
+check(blocked.length === 0, `no CSP violation ${JSON.stringify(blocked)}`);
+check(writes.length === 0, `only GET requests ${JSON.stringify(writes)}`);
+check(leaks.length === 0, `no request carries the data ${JSON.stringify(leaks)}`);
+check(data.length > 0, 'data file read');
+writeFileSync(join(out, 'requests.json'), JSON.stringify(log, null, 1));
+writeFileSync(join(out, 'page-metrics.json'), JSON.stringify(metrics, null, 1));
+console.log(JSON.stringify(metrics));
+if (failures.length) {
+  console.error(`page test: ${failures.length} check(s) failed`);
+  process.exit(1);
+}
+console.log('page test passed');

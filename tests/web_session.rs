@@ -1,0 +1,35 @@
+//! In headless Chromium on WebGPU (SwiftShader where there is no GPU): the browser's training
+//! session gives the native CPU backend's losses within 1e-3 (tests/golden/tiny_session.json,
+//! checked natively by tests/browser_session.rs), and its steps lower the loss.
+//! Run: `CHROMEDRIVER=/usr/bin/chromedriver cargo test --target wasm32-unknown-unknown --test web_session`.
+#![cfg(target_arch = "wasm32")]
+
+mod common;
+
+use burn::tensor::Device;
+use common::session_run::{golden, max_diff, run};
+use wasm_bindgen_test::*;
+
+wasm_bindgen_test_configure!(run_in_dedicated_worker);
+
+#[wasm_bindgen_test]
+async fn webgpu_session_matches_native_cpu() {
+    let device = Device::wgpu_options()
+        .init_async()
+        .await
+        .expect("WebGPU adapter (Chromium needs --enable-unsafe-webgpu without a GPU)");
+    let (_, got) = run(&device.autodiff()).await;
+    let want = golden(include_str!("golden/tiny_session.json"));
+    let diff = max_diff(&got, &want);
+    assert!(
+        diff < 1e-3,
+        "WebGPU differs from the native CPU run by {diff}"
+    );
+    assert!(
+        got.after < got.before - 0.1,
+        "{} → {}",
+        got.before,
+        got.after
+    );
+    assert!(got.losses.last() < got.losses.first());
+}
