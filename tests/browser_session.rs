@@ -128,3 +128,27 @@ fn settings_and_estimates_are_sane() {
         .to_string();
     assert!(err.contains("empty"), "{err}");
 }
+
+#[test]
+fn a_diverging_run_stops_with_a_clear_error() {
+    let device = Device::flex().autodiff();
+    let (json, weights) = tiny_emulator();
+    let emu = Emulator::load(&json, &weights, &device).unwrap();
+    let blowup = scaleot::session::Settings {
+        lr: 1e30,
+        steps: 3,
+        ..settings()
+    };
+    let mut s = Session::new(&emu, DATA.as_bytes(), "notes.jsonl", &blowup).unwrap();
+    let mut outcome = Ok(None);
+    for _ in 0..3 {
+        outcome = block_on(s.step());
+        if outcome.is_err() {
+            break;
+        }
+    }
+    let err = outcome
+        .expect_err("a 1e30 learning rate must diverge")
+        .to_string();
+    assert!(err.contains("diverged"), "{err}");
+}

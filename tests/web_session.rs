@@ -21,6 +21,12 @@ async fn webgpu_session_matches_native_cpu() {
     let (_, got) = run(&device.autodiff()).await;
     let want = golden(include_str!("golden/tiny_session.json"));
     let diff = max_diff(&got, &want);
+    console_log!(
+        "WebGPU vs native CPU: max |difference| {diff:.2e} over held-out loss {:.4} → {:.4} and {} step losses",
+        got.before,
+        got.after,
+        got.losses.len()
+    );
     assert!(
         diff < 1e-3,
         "WebGPU differs from the native CPU run by {diff}"

@@ -177,19 +177,6 @@ fn settings(doc: &Document) -> Settings {
     }
 }
 
-fn show_settings(doc: &Document, s: &Settings) {
-    for (id, v) in [
-        ("steps", s.steps.to_string()),
-        ("batch", s.batch_size.to_string()),
-        ("lr", s.lr.to_string()),
-        ("seq-len", s.seq_len.to_string()),
-        ("lora-rank", s.lora_rank.to_string()),
-        ("held-out", s.held_out.to_string()),
-    ] {
-        input(doc, id).set_value(&v);
-    }
-}
-
 fn choose_data(page: &Shared, file: File) {
     let doc = page.borrow().doc.clone();
     show(&doc, "message", false);
@@ -551,13 +538,12 @@ fn data_loaded(page: &Shared, info: &DataInfo) {
                 &doc,
                 "ckpt-info",
                 &format!(
-                    "A checkpoint of this emulator and data is stored in this browser (step {step}/{}).",
-                    saved.steps
+                    "A checkpoint of this emulator and data is stored in this browser (step {step}/{}; it continues with its own settings: batch {}, lr {}, sequence length {}, LoRA rank {}).",
+                    saved.steps, saved.batch_size, saved.lr, saved.seq_len, saved.lora_rank
                 ),
             );
             show(&doc, "ckpt", true);
             enable(&doc, &["resume-btn"], true);
-            show_settings(&doc, saved);
         }
         None => show(&doc, "ckpt", false),
     }

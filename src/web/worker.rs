@@ -4,6 +4,7 @@
 //! origin-private storage (checkpoints).
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::rc::Rc;
 
 use burn::tensor::Device;
@@ -46,6 +47,8 @@ struct State {
     data: Option<(String, Vec<u8>)>,
     session: Option<Session>,
     control: Rc<Cell<Control>>,
+    /// Messages waiting for the current task to finish.
+    queue: VecDeque<(ToWorker, JsValue)>,
     busy: bool,
     /// Held-out loss before training and after, and the run's speed: the adapter's metrics.
     metrics: serde_json::Value,
@@ -84,6 +87,7 @@ pub async fn run(scope: DedicatedWorkerGlobalScope) {
         data: None,
         session: None,
         control: Rc::new(Cell::new(Control::Run)),
+        queue: VecDeque::new(),
         busy: false,
         metrics: json!({}),
     }));
@@ -141,21 +145,39 @@ fn on_message(state: &Shared, data: JsValue) {
         ToWorker::Stop => return control.set(Control::Stop),
         _ => {}
     }
+    // Everything else runs in order, one task at a time (a settings change right before
+    // "train" must not be lost or race it).
+    state
+        .borrow_mut()
+        .queue
+        .push_back((msg, field(&data, "files")));
     if state.borrow().busy {
-        return fail(
-            &scope,
-            "busy: wait for the current task, or pause/stop training first",
-        );
+        return;
     }
     state.borrow_mut().busy = true;
     let state = state.clone();
-    let files = field(&data, "files");
     spawn_local(async move {
-        let result = handle(&state, msg, files).await;
-        state.borrow_mut().busy = false;
-        if let Err(message) = result {
-            fail(&scope, message);
+        loop {
+            let next = state.borrow_mut().queue.pop_front();
+            let Some((msg, files)) = next else { break };
+            // A settings change that a later one (or training) supersedes is skipped.
+            let superseded = matches!(msg, ToWorker::Configure { .. })
+                && state.borrow().queue.iter().any(|(m, _)| {
+                    matches!(
+                        m,
+                        ToWorker::Configure { .. }
+                            | ToWorker::Train { .. }
+                            | ToWorker::LoadData { .. }
+                    )
+                });
+            if superseded {
+                continue;
+            }
+            if let Err(message) = handle(&state, msg, files).await {
+                fail(&scope, message);
+            }
         }
+        state.borrow_mut().busy = false;
     });
 }
 
