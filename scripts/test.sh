@@ -11,6 +11,8 @@ bash scripts/fetch-assets.sh
 
 echo "==> cargo fmt --check"; cargo fmt --all -- --check
 echo "==> clippy"; cargo clippy --release --workspace --all-targets -- -D warnings
+echo "==> clippy (wasm32: the browser app)"
+cargo clippy --target wasm32-unknown-unknown -p scaleot --lib --test web_session -- -D warnings
 echo "==> native tests"; cargo test --release --workspace
 echo "==> CLI smoke: generate, perplexity, every task's data loader"
 cargo build --release -p scaleot-owner
