@@ -108,16 +108,28 @@ fn mib(bytes: f64) -> f64 {
     bytes / 1048576.0
 }
 
-/// Refuses an emulator whose largest tensor (the embedding) cannot sit in one GPU buffer of
-/// `max_buffer` bytes (WebGPU's `maxStorageBufferBindingSize`/`maxBufferSize`).
-pub fn check_fits(manifest: &EmulatorManifest, max_buffer: f64) -> Result<()> {
+/// What a browser tab can hold: wasm32 addresses 4 GiB, and the page needs room besides the model.
+pub const BROWSER_MEMORY_BYTES: f64 = 3.0 * 1024.0 * 1024.0 * 1024.0;
+
+/// Refuses an emulator a browser cannot train: its file plus f32 weights over
+/// [`BROWSER_MEMORY_BYTES`], or (on a GPU, `max_buffer` = WebGPU's
+/// `maxStorageBufferBindingSize`/`maxBufferSize`) an embedding larger than one buffer.
+pub fn check_fits(manifest: &EmulatorManifest, max_buffer: Option<f64>) -> Result<()> {
+    let memory = manifest.weights_bytes as f64 + manifest.emulator_params as f64 * 4.0;
+    if memory > BROWSER_MEMORY_BYTES {
+        return Err(Error::Invalid(format!(
+            "this emulator is too large for a browser tab: it needs about {:.1} GiB of memory, and a page can hold about {:.0} GiB. Ask the model owner for a smaller emulator (fewer kept layers, stronger rank compression, f16 frozen weights)",
+            memory / 1073741824.0,
+            BROWSER_MEMORY_BYTES / 1073741824.0
+        )));
+    }
     let c = &manifest.config;
     let embedding = (c.vocab_size * c.hidden_size * 4) as f64;
-    if embedding > max_buffer {
+    if let Some(limit) = max_buffer.filter(|&l| embedding > l) {
         return Err(Error::Invalid(format!(
             "this emulator is too large for this GPU: its embedding needs {:.0} MiB in one buffer, and this GPU allows {:.0} MiB. Ask the model owner for a smaller emulator (a smaller model or vocabulary) or use a device with a larger GPU",
             mib(embedding),
-            mib(max_buffer)
+            mib(limit)
         )));
     }
     Ok(())

@@ -113,11 +113,18 @@ fn settings_and_estimates_are_sane() {
     assert_eq!(e.train_examples + e.held_out_examples, DATA.lines().count());
     assert!(e.weight_bytes > 0 && e.activation_bytes > 0);
     // Against a GPU's per-buffer limit: the embedding must fit, the batch's logits should.
-    assert!(check_fits(&s.manifest, 1e9).is_ok());
-    let err = check_fits(&s.manifest, 16.0 * 1024.0)
+    assert!(check_fits(&s.manifest, Some(1e9)).is_ok());
+    assert!(check_fits(&s.manifest, None).is_ok());
+    let err = check_fits(&s.manifest, Some(16.0 * 1024.0))
         .unwrap_err()
         .to_string();
     assert!(err.contains("too large for this GPU"), "{err}");
+    // A 7B-sized emulator does not fit a browser tab at all.
+    let mut huge = s.manifest.clone();
+    huge.emulator_params = 3_500_000_000;
+    huge.weights_bytes = 7_000_000_000;
+    let err = check_fits(&huge, None).unwrap_err().to_string();
+    assert!(err.contains("too large for a browser tab"), "{err}");
     assert!(batch_warning(&s.manifest, &e, 1e9).is_none());
     let warn = batch_warning(&s.manifest, &e, 64.0 * 1024.0).unwrap();
     assert!(warn.contains("lower the batch size"), "{warn}");

@@ -304,10 +304,7 @@ async fn load_served_emulator(state: &Shared) -> Result<(), String> {
 }
 
 fn check_fits(state: &Shared, m: &crate::emulator::EmulatorManifest) -> Result<(), String> {
-    match state.borrow().max_buffer {
-        Some(limit) => crate::session::check_fits(m, limit).map_err(|e| e.to_string()),
-        None => Ok(()),
-    }
+    crate::session::check_fits(m, state.borrow().max_buffer).map_err(|e| e.to_string())
 }
 
 fn install_emulator(state: &Shared, json: &str, weights: Vec<u8>) -> Result<(), String> {
