@@ -3,7 +3,9 @@
 # corpus, build the owner binary, then run the offsite-tuning protocol on SmolLM2-135M:
 #   ScaleOT importance (harmonizers + RL scores) → emulators (uniform LayerDrop, ScaleOT) →
 #   for each task: Full ZS, Full FT, Emulator ZS, Emulator FT (adapters tuned on the emulator),
-#   Plug-in (those adapters in the full model) → OUT/report/report.md, report.json, SVG plot.
+#   Plug-in (those adapters in the full model) → OUT/report/report.md, report.json, SVG plot;
+#   then builds the data owner's page (dist/) and, with SERVE=1, serves it with the ScaleOT
+#   emulator on http://127.0.0.1:8080/ (`scaleot serve`).
 # Every stage is resumable: run it again after an interruption and finished work is kept.
 # Settings via environment: TASKS (arc_easy), METHODS (uniform-drop,scaleot), STEPS (150),
 # LR (5e-4), LORA_RANK (8; 0 tunes whole adapter layers), IMPORTANCE_STEPS (100), OUT (target/run).
@@ -13,6 +15,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 TASKS=${TASKS:-arc_easy} METHODS=${METHODS:-uniform-drop,scaleot} STEPS=${STEPS:-150}
 LR=${LR:-5e-4} LORA_RANK=${LORA_RANK:-8} IMPORTANCE_STEPS=${IMPORTANCE_STEPS:-100} OUT=${OUT:-target/run}
 bash scripts/setup.sh
+bash scripts/setup-web.sh
 bash scripts/fetch-assets.sh
 cargo build --release -p scaleot-owner
 bin=target/release/scaleot
@@ -26,3 +29,11 @@ fi
 "$bin" report --tasks "$TASKS" --methods "$METHODS" --importance "$OUT/importance.json" \
   --steps "$STEPS" --lr "$LR" --lora-rank "$LORA_RANK" --out "$OUT/report"
 cat "$OUT/report/report.md"
+echo "==> the data owner's page (dist/)"
+PATH="$PWD/tools/web/node_modules/.bin:$PATH" trunk build --release --offline
+emu=$(ls "$OUT"/report/emulators/scaleot-b1.json 2>/dev/null || ls "$OUT"/report/emulators/*.json | grep -v full | head -1)
+if [ "${SERVE:-0}" = 1 ]; then
+  "$bin" serve --emulator "$emu"
+else
+  echo "hand it out: $bin serve --emulator $emu   (or SERVE=1 bash scripts/run.sh)"
+fi
