@@ -53,6 +53,21 @@ echo "==> ScaleOT smoke: importance (checkpoint + resume), scaleot emulator with
 "$bin" importance --steps 3 --batch 2 --val-batch 2 --candidates 2 --resume "$ot/imp.ckpt" \
   --out "$ot/imp.json" 2>&1 | tee "$ot/imp.log"
 grep -q "resumed at step 2" "$ot/imp.log"
+# Refusals: another run's importance checkpoint, scores made for another adapter split, and
+# corrupted harmonizer weights each stop with a message naming what to do.
+refused() { # refused LOG PATTERN CMD...: CMD must fail and say PATTERN
+  local log=$1 pattern=$2; shift 2
+  if "$@" 2> "$log"; then echo "expected a refusal: $*" >&2; exit 1; fi
+  grep -q "$pattern" "$log" || { cat "$log" >&2; exit 1; }
+}
+refused "$ot/r1.log" "belongs to another run" "$bin" importance --steps 3 --batch 2 --val-batch 2 \
+  --candidates 2 --lr 1e-2 --resume "$ot/imp.ckpt" --out "$ot/imp-other.json"
+refused "$ot/r2.log" "same split" "$bin" emulator --method scaleot --importance "$ot/imp.json" \
+  --adapters 3+3 --alpha 0.5 --out "$ot/x.json"
+cp "$ot/imp.json" "$ot/bad-imp.json"; cp "$ot/imp.safetensors" "$ot/bad-imp.safetensors"
+printf 'x' | dd of="$ot/bad-imp.safetensors" bs=1 seek=200 conv=notrunc status=none
+refused "$ot/r3.log" "corrupted" "$bin" emulator --method scaleot --importance "$ot/bad-imp.json" \
+  --alpha 0.5 --out "$ot/x.json"
 "$bin" report --tasks arc_easy --methods uniform-drop,scaleot --importance "$ot/imp.json" \
   --betas 1,0.5 --steps 1 --batch-size 2 --limit 4 --skip-full-ft --out "$ot/report"
 grep -q "scaleot b=0.5: Plug-in" "$ot/report/report.md"

@@ -93,6 +93,9 @@ pub struct Estimate {
     /// Activations kept for the backward pass of one micro-batch, and the logits.
     pub activation_bytes: u64,
     pub tokens_per_step: usize,
+    /// Arithmetic of the whole run: forward + backward ≈ 6 × parameters × tokens per step
+    /// (the gradient flows back through every layer above the first adapter).
+    pub total_flops: f64,
     pub train_examples: usize,
     pub train_target_tokens: usize,
     pub held_out_examples: usize,
@@ -101,6 +104,11 @@ pub struct Estimate {
 impl Estimate {
     pub fn total_bytes(&self) -> u64 {
         self.weight_bytes + self.activation_bytes
+    }
+
+    /// Seconds the run takes at `flops_per_second` of sustained GPU throughput.
+    pub fn seconds_at(&self, flops_per_second: f64) -> f64 {
+        self.total_flops / flops_per_second
     }
 }
 
@@ -263,6 +271,10 @@ impl Session {
             weight_bytes: self.manifest.emulator_params * 4,
             activation_bytes: tokens as u64 * (layers * per_token_layer + logits),
             tokens_per_step: tokens,
+            total_flops: 6.0
+                * self.manifest.emulator_params as f64
+                * tokens as f64
+                * self.trainer.cfg.steps as f64,
             train_examples: self.data.train.len(),
             train_target_tokens: self.data.train_tokens(),
             held_out_examples: self.data.held_out.len(),

@@ -111,7 +111,7 @@ fn settings_and_estimates_are_sane() {
     let s = Session::new(&emu, DATA.as_bytes(), "notes.jsonl", &settings()).unwrap();
     let e = s.estimate();
     assert_eq!(e.train_examples + e.held_out_examples, DATA.lines().count());
-    assert!(e.weight_bytes > 0 && e.activation_bytes > 0);
+    assert!(e.weight_bytes > 0 && e.activation_bytes > 0 && e.total_flops > 0.0);
     // Against a GPU's per-buffer limit: the embedding must fit, the batch's logits should.
     assert!(check_fits(&s.manifest, Some(1e9)).is_ok());
     assert!(check_fits(&s.manifest, None).is_ok());
