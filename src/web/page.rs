@@ -317,7 +317,6 @@ fn wire_controls(page: &Shared, doc: &Document) {
         Box::new(|p| {
             let doc = p.borrow().doc.clone();
             send(p, &ToWorker::Stop, None);
-            send(p, &ToWorker::Resume, None);
             enable(&doc, &["pause-btn", "continue-btn", "stop-btn"], false);
         }),
     );

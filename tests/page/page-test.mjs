@@ -79,6 +79,12 @@ try {
   await waitText(page, '#train-stats', /step 2\//, 300_000);
   await page.click('#pause-btn');
   await waitText(page, '#train-stats', /Paused at step/, 300_000);
+  const firstPause = Number(/Paused at step (\d+)/.exec(await text(page, '#train-stats'))[1]);
+  await page.click('#continue-btn');
+  await waitText(page, '#train-stats', new RegExp(`step ${firstPause + 1}/`), 300_000);
+  check(true, `paused at step ${firstPause} and continued`);
+  await page.click('#pause-btn');
+  await waitText(page, '#train-stats', /Paused at step/, 300_000);
   const pausedAt = Number(/Paused at step (\d+)/.exec(await text(page, '#train-stats'))[1]);
   const [worker] = page.workers();
   await worker.evaluate(() => { setTimeout(() => { throw new Error('GPU device lost (simulated by the page test)'); }); });
@@ -132,6 +138,13 @@ try {
   await page.click('#train-btn');
   await waitText(page, '#train-stats', /Finished/, 600_000);
   check(true, 'trained 2 steps on the CPU fallback');
+  // Stop ends a run early and keeps what was learned.
+  await setSettings(page, { steps: 50 });
+  await page.click('#train-btn');
+  await waitText(page, '#train-stats', /step 1\//, 300_000);
+  await page.click('#stop-btn');
+  await waitText(page, '#train-stats', /Stopped after \d+ steps/, 300_000);
+  check(await page.isEnabled('#download-btn'), `stopped early, adapter ready: ${await text(page, '#train-stats')}`);
   // A learning rate that blows up: a clear message, the last good adapters kept.
   await setSettings(page, { steps: 3, lr: 1e30 });
   await page.click('#train-btn');
