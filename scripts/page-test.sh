@@ -21,18 +21,24 @@ echo "==> tiny emulator, served"
 bin=target/release/scaleot
 cargo run --release --quiet --example tiny_model -- "$out/tiny-model"
 "$bin" emulator --model "$out/tiny-model" --adapters 1+1 --keep 2 --out "$out/emu.json"
-"$bin" serve --emulator "$out/emu.json" --port 0 > "$out/serve.out" 2> "$out/serve.log" &
-server=$!
-trap 'kill $server 2>/dev/null || true' EXIT
-for _ in $(seq 50); do grep -q "^serving" "$out/serve.out" 2>/dev/null && break; sleep 0.2; done
-url=$(sed -n 's/^serving //p' "$out/serve.out")
-[[ -n "$url" ]] || { cat "$out/serve.log"; echo "scaleot serve did not start" >&2; exit 1; }
+servers=()
+trap 'kill "${servers[@]}" 2>/dev/null || true' EXIT
+serve() { # serve NAME [ARGS...]: `scaleot serve` on a free port; its URL in $served
+  local name=$1; shift
+  "$bin" serve "$@" --port 0 > "$out/$name.out" 2> "$out/$name.log" &
+  servers+=($!)
+  for _ in $(seq 50); do grep -q "^serving" "$out/$name.out" 2>/dev/null && break; sleep 0.2; done
+  served=$(sed -n 's/^serving //p' "$out/$name.out")
+  [[ -n "$served" ]] || { cat "$out/$name.log"; echo "scaleot serve did not start" >&2; exit 1; }
+}
+serve serve --emulator "$out/emu.json"; url=$served
+serve serve-page; page_only=$served
 
-echo "==> page test at $url"
-node tests/page/page-test.mjs "$url" tests/fixtures/notes-sample.jsonl "$out"
-# The server saw only reads of its own files.
-if grep -v -E '^(GET|HEAD) ' "$out/serve.log" | grep -E '^[A-Z]+ /' ; then
-  echo "the server received a non-GET request" >&2; exit 1
+echo "==> page test at $url (and $page_only without an emulator)"
+node tests/page/page-test.mjs "$url" tests/fixtures/notes-sample.jsonl "$out" "$page_only" "$out/emu.json"
+# The servers saw only reads of their own files.
+if cat "$out"/serve*.log | grep -v -E '^(GET|HEAD) ' | grep -E '^[A-Z]+ /'; then
+  echo "a server received a non-GET request" >&2; exit 1
 fi
 
 echo "==> the owner plugs in the adapter the page downloaded"

@@ -1,6 +1,6 @@
 //! `scaleot serve`: the model owner's way to hand out the page and an emulator on localhost (or
 //! a LAN). Static files only: the page's build (`dist/`), `emulator.json` and
-//! `emulator.safetensors`. Every response carries the page's Content-Security-Policy, which
+//! `emulator.safetensors` (without `--emulator`, the page alone: users pick emulator files). Every response carries the page's Content-Security-Policy, which
 //! also governs the worker (a worker takes its policy from its own response, not the page's
 //! meta tag). Nothing here accepts uploads: anything but GET/HEAD is refused and logged.
 
@@ -17,9 +17,10 @@ pub const CSP: &str = "default-src 'self'; script-src 'self' 'wasm-unsafe-eval';
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
-    /// The emulator manifest to hand out (its .safetensors beside it).
+    /// The emulator manifest to hand out (its .safetensors beside it). Without it the page asks
+    /// its users for the emulator files.
     #[arg(long)]
-    emulator: PathBuf,
+    emulator: Option<PathBuf>,
     /// The built page (`trunk build --release` writes it to dist/).
     #[arg(long, default_value = "dist")]
     dist: PathBuf,
@@ -38,30 +39,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
             a.dist.display()
         );
     }
-    let manifest = a.emulator.clone();
-    let weights = weights_beside(&manifest);
-    for (p, what) in [
-        (&manifest, "emulator manifest"),
-        (&weights, "emulator weights"),
-    ] {
-        if !p.is_file() {
-            bail!(
-                "the {what} {} does not exist: pass the .json that `scaleot emulator` wrote",
-                p.display()
-            );
-        }
-    }
-    // Refuse to hand out a broken bundle: the page would only fail later.
-    let json = std::fs::read_to_string(&manifest).context("reading the emulator manifest")?;
-    let m = scaleot::emulator::Emulator::read_manifest(&json)?;
-    let size = std::fs::metadata(&weights)?.len();
-    if size != m.weights_bytes {
-        bail!(
-            "{} has {size} bytes but its manifest says {}: rebuild the emulator",
-            weights.display(),
-            m.weights_bytes
-        );
-    }
+    let emulator = a.emulator.as_deref().map(checked_emulator).transpose()?;
     let server = Server::http((a.host.as_str(), a.port))
         .map_err(|e| anyhow::anyhow!("cannot listen on {}:{}: {e}", a.host, a.port))?;
     let addr = server
@@ -70,17 +48,20 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         .context("no IP address to listen on")?;
     // The first stdout line is machine-readable (tests read the port from it).
     println!("serving http://{addr}/");
-    eprintln!(
-        "page from {}, emulator {} ({:.1} MiB, {}); Ctrl-C stops",
-        a.dist.display(),
-        manifest.display(),
-        size as f64 / 1048576.0,
-        m.method
-    );
+    match &emulator {
+        Some((manifest, _, what)) => eprintln!(
+            "page from {}, emulator {} ({what}); Ctrl-C stops",
+            a.dist.display(),
+            manifest.display()
+        ),
+        None => eprintln!(
+            "page from {}, no emulator (users choose the files); Ctrl-C stops",
+            a.dist.display()
+        ),
+    }
     let routes = Routes {
         dist: a.dist,
-        manifest,
-        weights,
+        emulator: emulator.map(|(m, w, _)| (m, w)),
     };
     let routes = std::sync::Arc::new(routes);
     for request in server.incoming_requests() {
@@ -91,10 +72,39 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     Ok(())
 }
 
+/// The manifest, its weights and a summary, after checking that they belong together.
+fn checked_emulator(manifest: &Path) -> Result<(PathBuf, PathBuf, String)> {
+    let weights = weights_beside(manifest);
+    for (p, what) in [
+        (manifest, "emulator manifest"),
+        (weights.as_path(), "emulator weights"),
+    ] {
+        if !p.is_file() {
+            bail!(
+                "the {what} {} does not exist: pass the .json that `scaleot emulator` wrote",
+                p.display()
+            );
+        }
+    }
+    // Refuse to hand out a broken bundle: the page would only fail later.
+    let json = std::fs::read_to_string(manifest).context("reading the emulator manifest")?;
+    let m = scaleot::emulator::Emulator::read_manifest(&json)?;
+    let size = std::fs::metadata(&weights)?.len();
+    if size != m.weights_bytes {
+        bail!(
+            "{} has {size} bytes but its manifest says {}: rebuild the emulator",
+            weights.display(),
+            m.weights_bytes
+        );
+    }
+    let what = format!("{:.1} MiB, {}", size as f64 / 1048576.0, m.method);
+    Ok((manifest.to_path_buf(), weights, what))
+}
+
 struct Routes {
     dist: PathBuf,
-    manifest: PathBuf,
-    weights: PathBuf,
+    /// (manifest, weights) served as /emulator.json and /emulator.safetensors.
+    emulator: Option<(PathBuf, PathBuf)>,
 }
 
 impl Routes {
@@ -140,10 +150,10 @@ impl Routes {
 
     /// The file for a URL path; None for anything outside the served set.
     fn resolve(&self, path: &str) -> Option<PathBuf> {
-        match path {
-            "/" | "/index.html" => return Some(self.dist.join("index.html")),
-            "/emulator.json" => return Some(self.manifest.clone()),
-            "/emulator.safetensors" => return Some(self.weights.clone()),
+        match (path, &self.emulator) {
+            ("/" | "/index.html", _) => return Some(self.dist.join("index.html")),
+            ("/emulator.json", e) => return e.as_ref().map(|(m, _)| m.clone()),
+            ("/emulator.safetensors", e) => return e.as_ref().map(|(_, w)| w.clone()),
             _ => {}
         }
         let rel = Path::new(path.trim_start_matches('/'));

@@ -5,12 +5,14 @@
 // without WebGPU the page says so and trains on the CPU; a diverging run is explained. Every request of the session
 // is recorded and the test fails if any leaves the origin, is not a GET, or carries data.
 //
-// usage: node tests/page/page-test.mjs BASE_URL DATA_FILE OUT_DIR
+// With PAGE_ONLY_URL (a server without an emulator) and EMU_JSON, it also loads the emulator from
+// local files.
+// usage: node tests/page/page-test.mjs BASE_URL DATA_FILE OUT_DIR [PAGE_ONLY_URL EMU_JSON]
 import { chromium } from '../../tools/web/node_modules/playwright-core/index.mjs';
 import { readFileSync, writeFileSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 
-const [base, dataFile, out] = process.argv.slice(2);
+const [base, dataFile, out, pageOnly, emuJson] = process.argv.slice(2);
 if (!base || !dataFile || !out) {
   console.error('usage: node tests/page/page-test.mjs BASE_URL DATA_FILE OUT_DIR');
   process.exit(2);
@@ -25,9 +27,10 @@ const flags = ['--no-sandbox', '--disable-dev-shm-usage', '--disable-background-
 const failures = [];
 const check = (ok, what) => { if (!ok) failures.push(what); console.log(`${ok ? 'ok  ' : 'FAIL'} ${what}`); };
 
-function record(page, log) {
-  page.on('request', (r) => log.push({ url: r.url(), method: r.method(), body: r.postData() ?? '' }));
-  page.on('worker', (w) => log.push({ url: w.url(), method: 'WORKER', body: '' }));
+function record(page, log, site = base) {
+  const own = new URL(site).origin;
+  page.on('request', (r) => log.push({ own, url: r.url(), method: r.method(), body: r.postData() ?? '' }));
+  page.on('worker', (w) => log.push({ own, url: w.url(), method: 'WORKER', body: '' }));
   page.on('console', (m) => {
     const t = m.text();
     if (/Content Security Policy|Refused to/i.test(t)) log.push({ url: 'csp-violation', method: 'BLOCKED', body: t });
@@ -154,13 +157,29 @@ try {
   await noGpu.close();
 }
 
+// A site without an emulator: the page asks for the files, and loads them from disk.
+if (pageOnly) {
+  const local = await chromium.launch({ executablePath: '/usr/bin/chromium', headless: true, args: [...flags, '--enable-unsafe-webgpu'] });
+  try {
+    const page = await local.newPage();
+    record(page, log, pageOnly);
+    await page.goto(pageOnly);
+    await page.waitForSelector('#emu-local:not([hidden])', { timeout: 120_000 });
+    await page.setInputFiles('#emu-files', [emuJson, emuJson.replace(/\.json$/, '.safetensors')]);
+    await waitText(page, '#emu-info', /Emulator ready/, 120_000);
+    check(true, 'emulator loaded from local files');
+  } finally {
+    await local.close();
+  }
+}
+
 // Privacy: every request went to the page's own origin, read-only, without the data.
-const offOrigin = log.filter((r) => r.method !== 'BLOCKED' && !r.url.startsWith(origin) && !r.url.startsWith('blob:') && !r.url.startsWith('data:'));
+const offOrigin = log.filter((r) => r.method !== 'BLOCKED' && !r.url.startsWith(r.own ?? origin) && !r.url.startsWith('blob:') && !r.url.startsWith('data:'));
 const blocked = log.filter((r) => r.method === 'BLOCKED');
 const writes = log.filter((r) => !['GET', 'WORKER'].includes(r.method) && r.method !== 'BLOCKED');
 const leaks = log.filter((r) => secrets.some((s) => r.url.includes(s) || r.body.includes(s) || r.url.includes(encodeURIComponent(s))));
 check(log.length > 0, `${log.length} requests recorded`);
-check(offOrigin.length === 0, `no request leaves ${origin} ${JSON.stringify(offOrigin)}`);
+check(offOrigin.length === 0, `no request leaves its page's origin ${JSON.stringify(offOrigin)}`);
 check(blocked.length === 0, `no CSP violation ${JSON.stringify(blocked)}`);
 check(writes.length === 0, `only GET requests ${JSON.stringify(writes)}`);
 check(leaks.length === 0, `no request carries the data ${JSON.stringify(leaks)}`);
