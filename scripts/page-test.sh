@@ -19,7 +19,9 @@ echo "wasm: $(stat -c %s "$wasm") bytes, $(gzip -9c "$wasm" | wc -c) gzipped" | 
 
 echo "==> tiny emulator, served"
 bin=target/release/scaleot
-cargo run --release --quiet --example tiny_model -- "$out/tiny-model"
+# The example is already built by `cargo test --release --workspace` (same features: no rebuild).
+cargo build --release --workspace --examples --quiet
+target/release/examples/tiny_model "$out/tiny-model"
 "$bin" emulator --model "$out/tiny-model" --adapters 1+1 --keep 2 --out "$out/emu.json"
 servers=()
 trap 'kill "${servers[@]}" 2>/dev/null || true' EXIT
