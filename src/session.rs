@@ -313,22 +313,8 @@ impl Session {
         self.trainer.finished()
     }
 
-    async fn adapter_host_tensors(&self) -> Result<Vec<(String, HostTensor)>> {
-        let mut out = Vec::new();
-        for (name, shape, t) in adapter::adapter_tensors(&self.trainer.model, &self.manifest.plan) {
-            out.push((
-                name,
-                HostTensor {
-                    shape,
-                    data: read_vec(t).await?,
-                },
-            ));
-        }
-        Ok(out)
-    }
-
     pub async fn checkpoint(&self) -> Result<Checkpoint> {
-        let tensors = self.adapter_host_tensors().await?;
+        let tensors = read_adapters(&self.trainer.model, &self.manifest.plan).await?;
         let json = |v: serde_json::Result<String>| {
             v.map_err(|source| Error::Json {
                 what: "checkpoint".into(),
@@ -376,7 +362,7 @@ impl Session {
     /// The adapter file to hand back: one safetensors file with its manifest in the header,
     /// which `scaleot plugin --adapter FILE` accepts.
     pub async fn adapter_file(&self, metrics: serde_json::Value) -> Result<Vec<u8>> {
-        let tensors = self.adapter_host_tensors().await?;
+        let tensors = read_adapters(&self.trainer.model, &self.manifest.plan).await?;
         let train = serde_json::to_value(&self.trainer.cfg).map_err(|source| Error::Json {
             what: "training settings".into(),
             source,
@@ -392,6 +378,22 @@ impl Session {
             .filter(|&i| self.manifest.plan[i] == LayerKind::Adapter)
             .collect()
     }
+}
+
+/// The adapter tensors of `model` read back to the host under their HF names (whole layers, or
+/// only the LoRA factors): what checkpoints and adapter files hold.
+pub async fn read_adapters(model: &Llama, plan: &[LayerKind]) -> Result<Vec<(String, HostTensor)>> {
+    let mut out = Vec::new();
+    for (name, shape, t) in adapter::adapter_tensors(model, plan) {
+        out.push((
+            name,
+            HostTensor {
+                shape,
+                data: read_vec(t).await?,
+            },
+        ));
+    }
+    Ok(out)
 }
 
 /// Mean loss per target token over `examples`, in batches (no gradients kept).

@@ -13,6 +13,12 @@ use scaleot::adapter::Adapter;
 use scaleot::emulator::Emulator;
 use scaleot::session::{Checkpoint, Session, batch_warning, check_fits};
 
+/// The tiny emulator loaded on `device`, with its weights (resume needs them).
+fn loaded_tiny_emulator(device: &Device) -> (Emulator, Vec<u8>) {
+    let (json, weights) = tiny_emulator();
+    (Emulator::load(&json, &weights, device).unwrap(), weights)
+}
+
 const GOLDEN: &str = "tests/golden/tiny_session.json";
 
 #[test]
@@ -39,8 +45,7 @@ fn session_losses_match_the_golden_and_training_helps() {
 #[test]
 fn checkpoint_continues_the_run_and_refuses_another() {
     let device = Device::flex().autodiff();
-    let (json, weights) = tiny_emulator();
-    let emu = Emulator::load(&json, &weights, &device).unwrap();
+    let (emu, weights) = loaded_tiny_emulator(&device);
     let mut first = Session::new(&emu, DATA.as_bytes(), "notes.jsonl", &settings()).unwrap();
     for _ in 0..3 {
         block_on(first.step()).unwrap();
@@ -106,8 +111,7 @@ fn single_file_adapter_plugs_into_the_emulator() {
 #[test]
 fn settings_and_estimates_are_sane() {
     let device = Device::flex().autodiff();
-    let (json, weights) = tiny_emulator();
-    let emu = Emulator::load(&json, &weights, &device).unwrap();
+    let (emu, _) = loaded_tiny_emulator(&device);
     let s = Session::new(&emu, DATA.as_bytes(), "notes.jsonl", &settings()).unwrap();
     let e = s.estimate();
     assert_eq!(e.train_examples + e.held_out_examples, DATA.lines().count());
@@ -139,8 +143,7 @@ fn settings_and_estimates_are_sane() {
 #[test]
 fn a_diverging_run_stops_with_a_clear_error() {
     let device = Device::flex().autodiff();
-    let (json, weights) = tiny_emulator();
-    let emu = Emulator::load(&json, &weights, &device).unwrap();
+    let (emu, _) = loaded_tiny_emulator(&device);
     let blowup = scaleot::session::Settings {
         lr: 1e30,
         steps: 3,

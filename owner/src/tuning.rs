@@ -84,19 +84,11 @@ fn checkpoint_dir(out: &Path) -> PathBuf {
 }
 
 /// Reads back the adapter layers of a model as HF-named host tensors.
+/// Reads back the adapter layers of a model as HF-named host tensors (the session's, blocking).
 fn read_adapters(model: &Llama, plan: &[LayerKind]) -> Result<Vec<(String, HostTensor)>> {
-    adapter::adapter_tensors(model, plan)
-        .into_iter()
-        .map(|(name, shape, t)| {
-            Ok((
-                name,
-                HostTensor {
-                    shape,
-                    data: crate::read_vec(t)?,
-                },
-            ))
-        })
-        .collect()
+    Ok(futures_lite::future::block_on(
+        scaleot::session::read_adapters(model, plan),
+    )?)
 }
 
 pub fn finetune(a: FinetuneArgs) -> Result<()> {
