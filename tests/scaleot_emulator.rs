@@ -72,6 +72,7 @@ fn replace_config(steps: usize) -> scaleot::emulator::replace::ReplaceConfig {
         group: 2,
         candidates: 4,
         steps,
+        rl_every: 1,
         eta: 2.0,
         reward: scaleot::emulator::replace::Reward::Relative,
         lr: 3e-3,
@@ -123,6 +124,52 @@ fn layer_replace_scores_the_layer_that_matters_highest() {
     assert!(!least.contains(&2), "{least:?}");
     // Same seed, same run.
     assert_eq!(run_replace(&base, 12).0, scores);
+}
+
+#[test]
+fn shared_candidate_passes_equal_separate_forward_passes() {
+    use scaleot::emulator::replace::LayerReplace;
+    let device = Device::flex().autodiff();
+    let base = tiny_model_bytes();
+    let opened = base.open().unwrap();
+    let model = Llama::load(&opened.config, opened.source.as_ref(), &device).unwrap();
+    // 16 draws over 4 possible masks (two groups of two, one kept in each): repeats and
+    // shared prefixes are certain.
+    let cfg = scaleot::emulator::replace::ReplaceConfig {
+        candidates: 16,
+        rl_every: 2,
+        ..replace_config(4)
+    };
+    let mut r = LayerReplace::new(model, cfg, None).unwrap();
+    let rows = replace_rows();
+    for batch in rows.chunks(2).take(4) {
+        let due = r.rl_due();
+        let lm: f32 = r
+            .harmonizer_step(batch)
+            .unwrap()
+            .into_data()
+            .try_into_vec::<f32>()
+            .unwrap()[0];
+        let (masks, losses) = r.candidate_losses(&rows[6..]).unwrap();
+        let distinct: std::collections::BTreeSet<_> = masks.iter().collect();
+        assert!(distinct.len() < masks.len(), "{masks:?}");
+        for (mask, loss) in masks.iter().zip(&losses) {
+            let alone = r.mask_loss(&rows[6..], mask).unwrap();
+            assert!((alone - loss).abs() < 1e-6, "{mask:?}: {alone} vs {loss}");
+        }
+        let before = r.state.scores.clone();
+        let val = if due {
+            r.rl_step(&rows[6..]).unwrap()
+        } else {
+            0.0
+        };
+        assert_eq!(
+            due,
+            before != r.state.scores,
+            "scores move on RL steps only"
+        );
+        r.complete_step(lm, val).unwrap();
+    }
 }
 
 #[test]

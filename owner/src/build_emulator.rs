@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use burn::tensor::Device;
 use clap::ValueEnum;
 use nalgebra::DMatrix;
 use scaleot::data::{self, DataOptions};
@@ -23,6 +22,7 @@ use scaleot::tokenizer::Tokenizer;
 use scaleot::weights::{HostTensor, HostTensors, Overlay, WeightSource, lowrank_names};
 use serde_json::json;
 
+use crate::device::DeviceArgs;
 use crate::importance::ImportanceFile;
 use crate::model_files::{assets_dir, default_model, mib, read, read_model, write_file};
 use crate::progress;
@@ -94,6 +94,9 @@ struct DistillArgs {
     /// Distill the kept middle layers towards the full model's middle block.
     #[arg(long)]
     distill: bool,
+    /// Where the distillation computes.
+    #[command(flatten)]
+    device: DeviceArgs,
     /// Public text files (.txt) to distill on; default: the fetched WordNet glosses.
     #[arg(long, num_args = 1..)]
     corpus: Vec<PathBuf>,
@@ -362,7 +365,7 @@ fn distill(
     split: AdapterSplit,
     a: &DistillArgs,
 ) -> Result<(HashMap<String, HostTensor>, serde_json::Value)> {
-    let device = Device::flex().autodiff();
+    let device = a.device.open_autodiff()?;
     let (rows, corpus) = corpus_rows(&a.corpus, &opened.tokenizer, a.distill_seq_len, a.seed)?;
     if rows.len() < a.distill_batch {
         bail!(

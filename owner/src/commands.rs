@@ -14,28 +14,10 @@ use scaleot::tokenizer::Tokenizer;
 use serde_json::json;
 
 use crate::model_files::{self, assets_dir, default_model, load_model};
-use crate::{DeviceChoice, ModelArgs, progress};
-
-fn device(choice: DeviceChoice) -> Result<Device> {
-    match choice {
-        DeviceChoice::Cpu => Ok(Device::flex()),
-        #[cfg(feature = "wgpu")]
-        DeviceChoice::Gpu => Ok(Device::wgpu(burn::tensor::DeviceKind::DiscreteGpu)),
-        #[cfg(not(feature = "wgpu"))]
-        DeviceChoice::Gpu => {
-            bail!("this binary was built without GPU support: rebuild with `--features wgpu`")
-        }
-        #[cfg(feature = "ndarray")]
-        DeviceChoice::Ndarray => Ok(Device::ndarray()),
-        #[cfg(not(feature = "ndarray"))]
-        DeviceChoice::Ndarray => bail!(
-            "this binary was built without the ndarray backend: rebuild with `--features ndarray`"
-        ),
-    }
-}
+use crate::{ModelArgs, progress};
 
 fn open(args: &ModelArgs) -> Result<(LoadedModel, Device)> {
-    let dev = device(args.device)?;
+    let dev = args.device.open()?;
     let path = args.model.clone().unwrap_or_else(default_model);
     Ok((load_model(&path, &dev)?, dev))
 }
@@ -270,7 +252,7 @@ pub struct EvalArgs {
 fn eval_model(a: &EvalArgs) -> Result<(scaleot::model::Llama, Tokenizer, usize)> {
     use scaleot::emulator::Emulator;
     use scaleot::model::Llama;
-    let dev = device(a.model.device)?;
+    let dev = a.model.device.open()?;
     let adapter_files = a
         .adapter
         .as_ref()
@@ -403,11 +385,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     println!(
         "{}",
         json!({
-            "impl": format!("scaleot (burn {}, f32)", match a.model.device {
-                DeviceChoice::Cpu => "flex",
-                DeviceChoice::Gpu => "wgpu",
-                DeviceChoice::Ndarray => "ndarray",
-            }),
+            "impl": format!("scaleot (burn {}, f32)", a.model.device.backend()),
             "batch": a.batch, "len": a.len, "iters": a.iters,
             "seconds_per_forward": secs,
             "tokens_per_second": tokens / secs,

@@ -16,6 +16,7 @@ use scaleot::weights::{HostTensor, SafetensorsSource, WeightSource};
 use serde::{Deserialize, Serialize};
 
 use crate::build_emulator::corpus_rows;
+use crate::device::DeviceArgs;
 use crate::model_files::{default_model, read, read_model, read_pair, weights_beside, write_file};
 use crate::progress;
 
@@ -32,6 +33,8 @@ pub struct ImportanceArgs {
     /// Base model (.gguf or HF folder); default: the fetched SmolLM2-135M.
     #[arg(long)]
     model: Option<PathBuf>,
+    #[command(flatten)]
+    device: DeviceArgs,
     /// Public text files (.txt); default: the fetched WordNet glosses.
     #[arg(long, num_args = 1..)]
     corpus: Vec<PathBuf>,
@@ -46,9 +49,12 @@ pub struct ImportanceArgs {
     /// Candidate masks per RL step (N_c).
     #[arg(long, default_value_t = 4)]
     candidates: usize,
-    /// Iterations (one harmonizer step + one RL step each).
+    /// Iterations (one harmonizer step each; an RL step after every --rl-every-th).
     #[arg(long, default_value_t = 100)]
     steps: usize,
+    /// RL step (scoring --candidates masks) after every N-th harmonizer step.
+    #[arg(long, default_value_t = 1)]
+    rl_every: usize,
     /// Score learning rate.
     #[arg(long, default_value_t = 1.0)]
     eta: f64,
@@ -199,6 +205,7 @@ pub fn importance(a: ImportanceArgs) -> Result<()> {
         group: a.group,
         candidates: a.candidates,
         steps: a.steps,
+        rl_every: a.rl_every,
         eta: a.eta,
         reward: match a.reward {
             RewardArg::Relative => Reward::Relative,
@@ -218,7 +225,7 @@ pub fn importance(a: ImportanceArgs) -> Result<()> {
         );
     }
     let val = rows.split_off(rows.len() - a.val_batch);
-    let device = Device::flex().autodiff();
+    let device = a.device.open_autodiff()?;
     let model = Llama::load(&opened.config, opened.source.as_ref(), &device)?;
     let middle = cfg.adapters.middle(opened.config.num_hidden_layers)?;
     let ckpt = a.out.with_extension("ckpt");
@@ -273,10 +280,15 @@ pub fn importance(a: ImportanceArgs) -> Result<()> {
     pb.set_position(run.state.step as u64);
     let start = Instant::now();
     let batches: Vec<&[Vec<u32>]> = rows.chunks_exact(a.batch).collect();
+    // The latest RL step's mean candidate loss (iterations without one repeat it).
+    let mut val_loss = run.state.history.last().map_or(f64::NAN, |h| h.1);
     while !run.finished() {
         let batch = batches[run.state.step % batches.len()];
+        let rl_due = run.rl_due();
         let lm = crate::read_scalar(run.harmonizer_step(batch)?)?;
-        let val_loss = run.rl_step(&val)?;
+        if rl_due {
+            val_loss = run.rl_step(&val)?;
+        }
         run.complete_step(lm, val_loss)?;
         let step = run.state.step;
         pb.set_position(step as u64);

@@ -3,6 +3,7 @@
 mod build_emulator;
 mod commands;
 mod datasets;
+mod device;
 mod importance;
 mod model_files;
 mod progress;
@@ -13,7 +14,8 @@ mod tuning;
 use std::path::PathBuf;
 
 use anyhow::Result;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
+use device::DeviceArgs;
 
 #[derive(Parser)]
 #[command(
@@ -26,17 +28,6 @@ struct Cli {
     command: Command,
 }
 
-/// Where tensors are computed.
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum DeviceChoice {
-    /// Pure-Rust CPU backend (burn flex: gemm + rayon).
-    Cpu,
-    /// GPU through wgpu (build with `--features wgpu`).
-    Gpu,
-    /// burn's ndarray CPU backend (build with `--features ndarray`), for comparison.
-    Ndarray,
-}
-
 /// Options every model-using command shares.
 #[derive(clap::Args, Clone)]
 pub struct ModelArgs {
@@ -44,8 +35,8 @@ pub struct ModelArgs {
     /// Default: the SmolLM2-135M-Instruct GGUF fetched by scripts/fetch-assets.sh.
     #[arg(long)]
     pub model: Option<PathBuf>,
-    #[arg(long, value_enum, default_value = "cpu")]
-    pub device: DeviceChoice,
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
 #[derive(Subcommand)]

@@ -13,6 +13,7 @@ use clap::Parser;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::device::DeviceArgs;
 use crate::model_files::write_file;
 
 #[derive(clap::Args)]
@@ -53,6 +54,9 @@ pub struct ReportArgs {
     /// Only the first N evaluation documents per task (for quick runs).
     #[arg(long)]
     limit: Option<usize>,
+    /// Where every fine-tuning, evaluation and distillation computes.
+    #[command(flatten)]
+    device: DeviceArgs,
     #[arg(long, default_value = "report")]
     out: PathBuf,
 }
@@ -111,6 +115,7 @@ struct Runner {
     out: PathBuf,
     results: Results,
     limit: Option<usize>,
+    device: DeviceArgs,
 }
 
 impl Runner {
@@ -148,6 +153,7 @@ impl Runner {
         if let Some(n) = self.limit {
             args.extend(["--limit".to_string(), n.to_string()]);
         }
+        args.extend(self.device.cli_args());
         commands.push(format!("scaleot eval {}", args.join(" ")));
         let r = crate::commands::evaluate(&parse(&args)?)?;
         let r = r.first().context("the evaluation returned nothing")?;
@@ -194,6 +200,7 @@ fn finetune(emulator: &str, data: &str, adapter: &str, a: &ReportArgs) -> Result
     if a.lora_rank > 0 {
         args.extend(["--lora-rank".to_string(), a.lora_rank.to_string()]);
     }
+    args.extend(a.device.cli_args());
     let line = format!("scaleot finetune {}", args.join(" "));
     if !Path::new(adapter).exists() {
         crate::tuning::finetune(parse(&args)?)?;
@@ -238,6 +245,7 @@ pub fn report(a: ReportArgs) -> Result<()> {
         out: a.out.clone(),
         results,
         limit: a.limit,
+        device: a.device,
     };
     scaleot::emulator::AdapterSplit::parse(&a.adapters)?;
     let data: BTreeMap<&str, String> = tasks
@@ -270,16 +278,20 @@ pub fn report(a: ReportArgs) -> Result<()> {
             let imp = a.importance.as_ref().map(|p| p.display().to_string());
             let alpha = a.alpha.to_string();
             let steps_s = a.distill_steps.to_string();
+            let device = a.device.cli_args();
             let mut extra: Vec<&str> = vec!["--alpha", &alpha];
             match m.as_str() {
                 "uniform-drop" => extra.extend(["--method", "uniform-drop"]),
-                "uniform-drop-distill" => extra.extend([
-                    "--method",
-                    "uniform-drop",
-                    "--distill",
-                    "--distill-steps",
-                    &steps_s,
-                ]),
+                "uniform-drop-distill" => {
+                    extra.extend([
+                        "--method",
+                        "uniform-drop",
+                        "--distill",
+                        "--distill-steps",
+                        &steps_s,
+                    ]);
+                    extra.extend(device.iter().map(String::as_str));
+                }
                 other => {
                     extra.extend(["--method", other]);
                     if let Some(p) = &imp {

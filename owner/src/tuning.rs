@@ -5,7 +5,6 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
-use burn::tensor::Device;
 use scaleot::adapter;
 use scaleot::data::{self, DataOptions, Dataset};
 use scaleot::emulator::{Emulator, LayerKind};
@@ -14,6 +13,7 @@ use scaleot::train::{RunIdentity, TrainConfig, TrainState, Trainer};
 use scaleot::weights::HostTensor;
 use serde_json::json;
 
+use crate::device::DeviceArgs;
 use crate::model_files::{
     default_model, mib, read, read_model, read_pair, weights_beside, write_file,
 };
@@ -24,6 +24,8 @@ pub struct FinetuneArgs {
     /// The emulator manifest (its .safetensors beside it).
     #[arg(long)]
     emulator: PathBuf,
+    #[command(flatten)]
+    device: DeviceArgs,
     /// Private data: .txt, or .jsonl with text / prompt+completion / messages / multiple-choice.
     #[arg(long)]
     data: PathBuf,
@@ -83,7 +85,6 @@ fn checkpoint_dir(out: &Path) -> PathBuf {
     out.with_extension("ckpt")
 }
 
-/// Reads back the adapter layers of a model as HF-named host tensors.
 /// Reads back the adapter layers of a model as HF-named host tensors (the session's, blocking).
 fn read_adapters(model: &Llama, plan: &[LayerKind]) -> Result<Vec<(String, HostTensor)>> {
     Ok(futures_lite::future::block_on(
@@ -93,7 +94,7 @@ fn read_adapters(model: &Llama, plan: &[LayerKind]) -> Result<Vec<(String, HostT
 
 pub fn finetune(a: FinetuneArgs) -> Result<()> {
     let (manifest_json, weights) = read_pair(&a.emulator, "emulator")?;
-    let device = Device::flex().autodiff();
+    let device = a.device.open_autodiff()?;
     let emu = Emulator::load(&manifest_json, &weights, &device)?;
     let data_bytes = read(&a.data, "data file", "pass your training data with --data")?;
     let name = a
@@ -346,6 +347,8 @@ pub struct BenchTrainArgs {
     /// The emulator manifest.
     #[arg(long)]
     emulator: PathBuf,
+    #[command(flatten)]
+    device: DeviceArgs,
     #[arg(long, default_value_t = 8)]
     batch: usize,
     #[arg(long, default_value_t = 128)]
@@ -359,7 +362,7 @@ pub struct BenchTrainArgs {
 /// batch x length, loss on every token; `tools/bench/train_step.sh` runs PyTorch beside it.
 pub fn bench_train(a: BenchTrainArgs) -> Result<()> {
     let (json, weights) = read_pair(&a.emulator, "emulator")?;
-    let device = Device::flex().autodiff();
+    let device = a.device.open_autodiff()?;
     let emu = Emulator::load(&json, &weights, &device)?;
     let vocab = emu.model.vocab_size() as u32;
     let examples: Vec<data::Example> = (0..a.batch)
@@ -397,7 +400,7 @@ pub fn bench_train(a: BenchTrainArgs) -> Result<()> {
     println!(
         "{}",
         json!({
-            "impl": "scaleot (burn flex autodiff, f32)", "batch": a.batch, "len": a.len, "iters": a.iters,
+            "impl": format!("scaleot (burn {} autodiff, f32)", a.device.backend()), "batch": a.batch, "len": a.len, "iters": a.iters,
             "seconds_per_step": secs, "tokens_per_second": (a.batch * a.len) as f64 / secs,
             "peak_rss_mib": crate::commands::peak_rss_mib(),
             "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),

@@ -47,8 +47,12 @@ pub struct ReplaceConfig {
     pub group: usize,
     /// Candidate masks per RL step `N_c`.
     pub candidates: usize,
-    /// Iterations; each is one harmonizer step and one RL step.
+    /// Iterations; each is one harmonizer step, every `rl_every`-th also one RL step.
     pub steps: usize,
+    /// An RL step after every `rl_every`-th harmonizer step (1: after each, as the paper's
+    /// description reads; larger values trade score updates for owner-side time).
+    #[serde(default = "one")]
+    pub rl_every: usize,
     /// Score learning rate `eta`.
     pub eta: f64,
     pub reward: Reward,
@@ -59,9 +63,14 @@ pub struct ReplaceConfig {
 
 impl ReplaceConfig {
     pub fn validate(&self) -> Result<()> {
-        if self.rank == 0 || self.group < 2 || self.candidates < 2 || self.steps == 0 {
+        if self.rank == 0
+            || self.group < 2
+            || self.candidates < 2
+            || self.steps == 0
+            || self.rl_every == 0
+        {
             return Err(Error::Invalid(
-                "harmonizer rank and steps must be at least 1, groups and candidates at least 2"
+                "harmonizer rank, steps and rl-every must be at least 1, groups and candidates at least 2"
                     .into(),
             ));
         }
@@ -95,6 +104,10 @@ pub struct LayerReplace {
     optim: ModuleOptimizer,
     /// Original indices of the middle layers.
     middle: std::ops::Range<usize>,
+}
+
+fn one() -> usize {
+    1
 }
 
 fn sigmoid(x: f64) -> f64 {
@@ -178,23 +191,26 @@ impl LayerReplace {
         keep
     }
 
-    /// Mean next-token loss of the mixed network on `tokens` (`[batch, len]`).
-    fn mixed_loss(
+    /// Layer `i` of the mixed network: the raw layer, or its harmonizer where `keep` says so.
+    fn mixed_layer(
+        &self,
         model: &Llama,
         harmonizers: &Harmonizers,
-        middle: &std::ops::Range<usize>,
         keep: &[bool],
-        tokens: Tensor<2, Int>,
-    ) -> Tensor<1> {
-        let [b, t] = tokens.dims();
-        let rope = Rope::new(model.rope_theta, model.head_dim, 0, t, &tokens.device());
-        let mut x = model.embed(tokens.clone());
-        for (i, layer) in model.layers.iter().enumerate() {
-            x = match middle.contains(&i) && !keep[i - middle.start] {
-                true => harmonizers.list[i - middle.start].forward(x),
-                false => layer.forward(x, &rope, None),
-            };
+        i: usize,
+        x: Tensor<3>,
+        rope: &Rope,
+    ) -> Tensor<3> {
+        let middle = &self.middle;
+        match middle.contains(&i) && !keep[i - middle.start] {
+            true => harmonizers.list[i - middle.start].forward(x),
+            false => model.layers[i].forward(x, rope, None),
         }
+    }
+
+    /// Mean next-token loss of `tokens` (`[batch, len]`) given the last layer's output `x`.
+    fn lm_loss(model: &Llama, x: Tensor<3>, tokens: Tensor<2, Int>) -> Tensor<1> {
+        let [b, t] = tokens.dims();
         let logits = model.head(model.norm.forward(x.slice([0..b, 0..t - 1])));
         let vocab = logits.dims()[2];
         let logp = burn::tensor::activation::log_softmax(logits.reshape([b * (t - 1), vocab]), 1);
@@ -202,43 +218,42 @@ impl LayerReplace {
         logp.gather(1, targets).mean().neg()
     }
 
+    fn rope(model: &Llama, tokens: &Tensor<2, Int>) -> Rope {
+        Rope::new(
+            model.rope_theta,
+            model.head_dim,
+            0,
+            tokens.dims()[1],
+            &tokens.device(),
+        )
+    }
+
     /// One harmonizer step on `rows` (equal lengths); returns the LM loss on the device.
     pub fn harmonizer_step(&mut self, rows: &[Vec<u32>]) -> Result<Tensor<1>> {
         check_rows(rows)?;
         let keep = self.sample_mask(0);
         let tokens = token_tensor(rows, &self.model.device());
-        let loss = Self::mixed_loss(&self.model, &self.harmonizers, &self.middle, &keep, tokens);
+        let rope = Self::rope(&self.model, &tokens);
+        let mut x = self.model.embed(tokens.clone());
+        for i in 0..self.model.layers.len() {
+            x = self.mixed_layer(&self.model, &self.harmonizers, &keep, i, x, &rope);
+        }
+        let loss = Self::lm_loss(&self.model, x, tokens);
         let grads = GradientsParams::from_grads(loss.backward(), &self.harmonizers);
         let lr = self.lr();
         self.harmonizers = self.optim.step(lr, self.harmonizers.clone(), grads);
         Ok(loss.detach())
     }
 
+    /// Whether this iteration ends with an RL step (every `rl_every`-th one does).
+    pub fn rl_due(&self) -> bool {
+        self.state.step.is_multiple_of(self.cfg.rl_every.max(1))
+    }
+
     /// One RL step on validation `rows`: scores `candidates` masks and updates the scores.
     /// Readback is synchronous (the owner's native binary). Returns the mean candidate loss.
     pub fn rl_step(&mut self, rows: &[Vec<u32>]) -> Result<f64> {
-        check_rows(rows)?;
-        let model = self.model.valid();
-        let harmonizers = self.harmonizers.valid();
-        let tokens = token_tensor(rows, &model.device());
-        let mut masks = Vec::with_capacity(self.cfg.candidates);
-        let mut losses = Vec::with_capacity(self.cfg.candidates);
-        for j in 0..self.cfg.candidates {
-            let keep = self.sample_mask(1 + j as u64);
-            let loss = Self::mixed_loss(&model, &harmonizers, &self.middle, &keep, tokens.clone());
-            let value: Vec<f32> = loss
-                .into_data()
-                .try_into_vec()
-                .map_err(|e| Error::Invalid(format!("reading a loss back: {e:?}")))?;
-            if !value[0].is_finite() {
-                return Err(Error::Diverged {
-                    step: self.state.step,
-                    loss: value[0],
-                });
-            }
-            masks.push(keep);
-            losses.push(value[0] as f64);
-        }
+        let (masks, losses) = self.candidate_losses(rows)?;
         let utility: Vec<f64> = losses.iter().map(|l| (-l).exp()).collect();
         let mean = utility.iter().sum::<f64>() / utility.len() as f64;
         let p = self.keep_probabilities();
@@ -254,6 +269,96 @@ impl LayerReplace {
             }
         }
         Ok(losses.iter().sum::<f64>() / losses.len() as f64)
+    }
+
+    /// This step's candidate masks and their validation losses on `rows`.
+    ///
+    /// Candidates share work exactly: the bottom adapters run once, candidates are visited in
+    /// mask order so each continues from the hidden state where it parts from the previous one,
+    /// and a mask drawn twice is scored once. The losses are the ones separate forward passes
+    /// would give.
+    pub fn candidate_losses(&self, rows: &[Vec<u32>]) -> Result<(Vec<Vec<bool>>, Vec<f64>)> {
+        check_rows(rows)?;
+        let model = self.model.valid();
+        let harmonizers = self.harmonizers.valid();
+        let tokens = token_tensor(rows, &model.device());
+        let rope = Self::rope(&model, &tokens);
+        let masks: Vec<Vec<bool>> = (0..self.cfg.candidates)
+            .map(|j| self.sample_mask(1 + j as u64))
+            .collect();
+        let mut order: Vec<usize> = (0..masks.len()).collect();
+        order.sort_by(|&a, &b| masks[a].cmp(&masks[b]).then(a.cmp(&b)));
+        let mut bottom = model.embed(tokens.clone());
+        for i in 0..self.middle.start {
+            bottom = self.mixed_layer(&model, &harmonizers, &[], i, bottom, &rope);
+        }
+        // `path[d]`: the previous candidate's hidden state after middle layer `d`.
+        let mut path: Vec<Tensor<3>> = Vec::with_capacity(self.middle.len());
+        let mut previous: Option<(usize, f64)> = None;
+        let mut losses = vec![0.0f64; masks.len()];
+        for &j in &order {
+            let shared = match previous {
+                Some((k, _)) => masks[j]
+                    .iter()
+                    .zip(&masks[k])
+                    .take_while(|(a, b)| a == b)
+                    .count(),
+                None => 0,
+            };
+            if let Some((_, loss)) = previous.filter(|_| shared == self.middle.len()) {
+                losses[j] = loss;
+                continue;
+            }
+            path.truncate(shared);
+            let mut x = path.last().cloned().unwrap_or_else(|| bottom.clone());
+            for d in shared..self.middle.len() {
+                x = self.mixed_layer(
+                    &model,
+                    &harmonizers,
+                    &masks[j],
+                    self.middle.start + d,
+                    x,
+                    &rope,
+                );
+                path.push(x.clone());
+            }
+            for i in self.middle.end..model.layers.len() {
+                x = self.mixed_layer(&model, &harmonizers, &masks[j], i, x, &rope);
+            }
+            losses[j] = self.read_loss(Self::lm_loss(&model, x, tokens.clone()))?;
+            previous = Some((j, losses[j]));
+        }
+        Ok((masks, losses))
+    }
+
+    /// The validation loss of one mask by a plain forward pass of the whole mixed network
+    /// (the reference that [`LayerReplace::candidate_losses`] must equal).
+    pub fn mask_loss(&self, rows: &[Vec<u32>], keep: &[bool]) -> Result<f64> {
+        check_rows(rows)?;
+        let model = self.model.valid();
+        let harmonizers = self.harmonizers.valid();
+        let tokens = token_tensor(rows, &model.device());
+        let rope = Self::rope(&model, &tokens);
+        let mut x = model.embed(tokens.clone());
+        for i in 0..model.layers.len() {
+            x = self.mixed_layer(&model, &harmonizers, keep, i, x, &rope);
+        }
+        self.read_loss(Self::lm_loss(&model, x, tokens))
+    }
+
+    /// A loss read back to the host (synchronously); a non-finite one is divergence.
+    fn read_loss(&self, loss: Tensor<1>) -> Result<f64> {
+        let value: Vec<f32> = loss
+            .into_data()
+            .try_into_vec()
+            .map_err(|e| Error::Invalid(format!("reading a loss back: {e:?}")))?;
+        match value.first() {
+            Some(v) if v.is_finite() => Ok(*v as f64),
+            _ => Err(Error::Diverged {
+                step: self.state.step,
+                loss: value.first().copied().unwrap_or(f32::NAN),
+            }),
+        }
     }
 
     /// Records a finished iteration.
