@@ -49,9 +49,9 @@ grep -q "LoRA r=4" "$ot/plugin-lora.log"
 "$bin" emulator --adapters 2+2 --keep 13 --distill --distill-steps 2 --distill-batch 2 \
   --out "$ot/emu-distilled.json"
 echo "==> ScaleOT smoke: importance (checkpoint + resume), scaleot emulator with SRC, report"
-"$bin" importance --steps 3 --batch 2 --val-batch 2 --candidates 2 --checkpoint-every 2 --out "$ot/imp.json"
-"$bin" importance --steps 3 --batch 2 --val-batch 2 --candidates 2 --resume "$ot/imp.ckpt" \
-  --out "$ot/imp.json" 2>&1 | tee "$ot/imp.log"
+imp_opts=(--steps 3 --batch 2 --val-batch 2 --candidates 3 --rl-every 2 --loss-stride 2)
+"$bin" importance "${imp_opts[@]}" --checkpoint-every 2 --out "$ot/imp.json"
+"$bin" importance "${imp_opts[@]}" --resume "$ot/imp.ckpt" --out "$ot/imp.json" 2>&1 | tee "$ot/imp.log"
 grep -q "resumed at step 2" "$ot/imp.log"
 # Refusals: another run's importance checkpoint, scores made for another adapter split, and
 # corrupted harmonizer weights each stop with a message naming what to do.
@@ -60,17 +60,22 @@ refused() { # refused LOG PATTERN CMD...: CMD must fail and say PATTERN
   if "$@" 2> "$log"; then echo "expected a refusal: $*" >&2; exit 1; fi
   grep -q "$pattern" "$log" || { cat "$log" >&2; exit 1; }
 }
-refused "$ot/r1.log" "belongs to another run" "$bin" importance --steps 3 --batch 2 --val-batch 2 \
-  --candidates 2 --lr 1e-2 --resume "$ot/imp.ckpt" --out "$ot/imp-other.json"
+refused "$ot/r1.log" "belongs to another run" "$bin" importance "${imp_opts[@]}" --lr 1e-2 \
+  --resume "$ot/imp.ckpt" --out "$ot/imp-other.json"
 refused "$ot/r2.log" "same split" "$bin" emulator --method scaleot --importance "$ot/imp.json" \
   --adapters 3+3 --alpha 0.5 --out "$ot/x.json"
 cp "$ot/imp.json" "$ot/bad-imp.json"; cp "$ot/imp.safetensors" "$ot/bad-imp.safetensors"
 printf 'x' | dd of="$ot/bad-imp.safetensors" bs=1 seek=200 conv=notrunc status=none
 refused "$ot/r3.log" "corrupted" "$bin" emulator --method scaleot --importance "$ot/bad-imp.json" \
   --alpha 0.5 --out "$ot/x.json"
-"$bin" report --tasks arc_easy --methods uniform-drop,scaleot --importance "$ot/imp.json" \
-  --betas 1,0.5 --steps 1 --batch-size 2 --limit 4 --skip-full-ft --out "$ot/report"
+"$bin" report --tasks arc_easy --methods uniform-drop,uniform-drop-distill,scaleot \
+  --importance "$ot/imp.json" --betas 1,0.5 --distill-steps 1 --steps 1 --batch-size 2 --limit 4 \
+  --skip-full-ft --out "$ot/report"
 grep -q "scaleot b=0.5: Plug-in" "$ot/report/report.md"
+# SRC runs for ScaleOT only (--src-methods); both owner-side runs are in the cost table.
+if grep -q "uniform-drop b=0.5" "$ot/report/report.md"; then exit 1; fi
+grep -q "| ScaleOT importance.*| 3 | 2 x 128 (+2 scored) |" "$ot/report/report.md"
+grep -q "| Offsite-Tuning distillation (uniform-drop-distill b=1) | 1 |" "$ot/report/report.md"
 test -s "$ot/report/privacy-utility.svg"
 rm -rf "$ot"
 echo "==> lm-evaluation-harness parity: full ARC-Easy and PIQA (about 7 minutes)"

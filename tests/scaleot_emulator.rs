@@ -73,6 +73,7 @@ fn replace_config(steps: usize) -> scaleot::emulator::replace::ReplaceConfig {
         candidates: 4,
         steps,
         rl_every: 1,
+        loss_stride: 1,
         eta: 2.0,
         reward: scaleot::emulator::replace::Reward::Relative,
         lr: 3e-3,
@@ -138,6 +139,7 @@ fn shared_candidate_passes_equal_separate_forward_passes() {
     let cfg = scaleot::emulator::replace::ReplaceConfig {
         candidates: 16,
         rl_every: 2,
+        loss_stride: 3,
         ..replace_config(4)
     };
     let mut r = LayerReplace::new(model, cfg, None).unwrap();

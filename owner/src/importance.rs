@@ -55,6 +55,10 @@ pub struct ImportanceArgs {
     /// RL step (scoring --candidates masks) after every N-th harmonizer step.
     #[arg(long, default_value_t = 1)]
     rl_every: usize,
+    /// Language-model losses (harmonizer training and candidate scores) at every N-th
+    /// position only: less vocabulary-head work, the same expected loss.
+    #[arg(long, default_value_t = 1)]
+    loss_stride: usize,
     /// Score learning rate.
     #[arg(long, default_value_t = 1.0)]
     eta: f64,
@@ -99,6 +103,13 @@ pub struct ImportanceManifest {
     pub corpus: serde_json::Value,
     pub seconds: f64,
     pub peak_rss_mib: Option<f64>,
+    /// Sequences per harmonizer step, per RL scoring, and their length (for cost comparisons).
+    #[serde(default)]
+    pub batch: Option<usize>,
+    #[serde(default)]
+    pub val_batch: Option<usize>,
+    #[serde(default)]
+    pub seq_len: Option<usize>,
     pub weights_sha256: String,
 }
 
@@ -206,6 +217,7 @@ pub fn importance(a: ImportanceArgs) -> Result<()> {
         candidates: a.candidates,
         steps: a.steps,
         rl_every: a.rl_every,
+        loss_stride: a.loss_stride,
         eta: a.eta,
         reward: match a.reward {
             RewardArg::Relative => Reward::Relative,
@@ -320,6 +332,9 @@ pub fn importance(a: ImportanceArgs) -> Result<()> {
         corpus,
         seconds: secs,
         peak_rss_mib: crate::commands::peak_rss_mib(),
+        batch: Some(a.batch),
+        val_batch: Some(a.val_batch),
+        seq_len: Some(a.seq_len),
         weights_sha256: scaleot::sha256_hex(&[&weights]),
     };
     write_file(&weights_beside(&a.out), &weights)?;

@@ -35,6 +35,9 @@ pub struct ReportArgs {
     /// SRC settings, comma-separated (1 = no rank compression).
     #[arg(long, default_value = "1")]
     betas: String,
+    /// The methods that also get the betas below 1 (the others run at beta 1 only).
+    #[arg(long, default_value = "scaleot")]
+    src_methods: String,
     /// Fine-tuning steps for every FT cell.
     #[arg(long, default_value_t = 150)]
     steps: usize,
@@ -54,6 +57,10 @@ pub struct ReportArgs {
     /// Only the first N evaluation documents per task (for quick runs).
     #[arg(long)]
     limit: Option<usize>,
+    /// Base model (.gguf or HF folder) for every emulator and evaluation; default: the
+    /// fetched SmolLM2-135M.
+    #[arg(long)]
+    model: Option<PathBuf>,
     /// Where every fine-tuning, evaluation and distillation computes.
     #[command(flatten)]
     device: DeviceArgs,
@@ -116,6 +123,8 @@ struct Runner {
     results: Results,
     limit: Option<usize>,
     device: DeviceArgs,
+    /// `--model M` for the sub-commands that read the base model (none for the default).
+    model: Vec<String>,
 }
 
 impl Runner {
@@ -154,6 +163,7 @@ impl Runner {
             args.extend(["--limit".to_string(), n.to_string()]);
         }
         args.extend(self.device.cli_args());
+        args.extend(self.model.iter().cloned());
         commands.push(format!("scaleot eval {}", args.join(" ")));
         let r = crate::commands::evaluate(&parse(&args)?)?;
         let r = r.first().context("the evaluation returned nothing")?;
@@ -171,6 +181,13 @@ impl Runner {
         );
         self.save()
     }
+}
+
+fn model_args(a: &ReportArgs) -> Vec<String> {
+    a.model
+        .iter()
+        .flat_map(|m| ["--model".to_string(), m.display().to_string()])
+        .collect()
 }
 
 /// Fine-tunes adapters on an emulator unless the adapter file exists; returns the command.
@@ -246,6 +263,7 @@ pub fn report(a: ReportArgs) -> Result<()> {
         results,
         limit: a.limit,
         device: a.device,
+        model: model_args(&a),
     };
     scaleot::emulator::AdapterSplit::parse(&a.adapters)?;
     let data: BTreeMap<&str, String> = tasks
@@ -271,8 +289,10 @@ pub fn report(a: ReportArgs) -> Result<()> {
             run.cell("full-ft", t, &["--adapter", &adapter], Some(&prep))?;
         }
     }
+    let src_methods: Vec<&str> = a.src_methods.split(',').map(str::trim).collect();
     for m in &methods {
-        for &beta in &betas {
+        let with_src = src_methods.contains(&m.as_str());
+        for &beta in betas.iter().filter(|&&b| b >= 1.0 || with_src) {
             let label = format!("{m} b={beta}");
             let path = run.path(&format!("emulators/{m}-b{beta}.json"));
             let imp = a.importance.as_ref().map(|p| p.display().to_string());
@@ -321,7 +341,20 @@ pub fn report(a: ReportArgs) -> Result<()> {
         }
     }
     let labels: Vec<String> = emulators.iter().map(|(l, _)| l.clone()).collect();
-    write_outputs(&a.out, &run.results, &tasks, &labels, !a.skip_full_ft)?;
+    let costs = owner_costs(a.importance.as_deref(), &emulators)?;
+    let model = a
+        .model
+        .clone()
+        .unwrap_or_else(crate::model_files::default_model);
+    write_outputs(
+        &a.out,
+        &run.results,
+        &tasks,
+        &labels,
+        !a.skip_full_ft,
+        &costs,
+        &model.display().to_string(),
+    )?;
     println!("report written to {}", a.out.join("report.md").display());
     Ok(())
 }
@@ -337,6 +370,7 @@ fn build_emulator(
 ) -> Result<()> {
     let mut args = argv(&["--adapters", &a.adapters, "--out", path]);
     args.extend(method_args.iter().map(|s| s.to_string()));
+    args.extend(model_args(a));
     if beta < 1.0 {
         args.extend(["--beta".to_string(), beta.to_string()]);
     }
@@ -380,17 +414,78 @@ fn average(r: &Results, setting: &str, tasks: &[String]) -> Option<f64> {
     (v.len() == tasks.len()).then(|| mean(&v)).flatten()
 }
 
+/// What making an emulator cost the owner: one row per training run behind the report.
+#[derive(Debug, Serialize)]
+struct OwnerCost {
+    run: String,
+    steps: u64,
+    /// Sequences x length per step (the RL's scoring batch comes on top for ScaleOT).
+    batch: String,
+    seconds: f64,
+    peak_rss_mib: Option<f64>,
+}
+
+/// The importance run and any distillation among the emulators, from their own records.
+fn owner_costs(
+    importance: Option<&Path>,
+    emulators: &[(String, String)],
+) -> Result<Vec<OwnerCost>> {
+    let mut costs = Vec::new();
+    if let Some(path) = importance {
+        let m: crate::importance::ImportanceManifest =
+            serde_json::from_slice(&std::fs::read(path)?)
+                .with_context(|| format!("{} is not an importance file", path.display()))?;
+        let c = &m.config;
+        let opt = |x: Option<usize>| x.map_or("?".to_string(), |v| v.to_string());
+        costs.push(OwnerCost {
+            run: format!(
+                "ScaleOT importance: harmonizers + RL (N_c={}, RL every {}, loss every {} positions)",
+                c.candidates, c.rl_every, c.loss_stride
+            ),
+            steps: c.steps as u64,
+            batch: format!("{} x {} (+{} scored)", opt(m.batch), opt(m.seq_len), opt(m.val_batch)),
+            seconds: m.seconds,
+            peak_rss_mib: m.peak_rss_mib,
+        });
+    }
+    for (label, path) in emulators {
+        let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(path)?)?;
+        let d = &manifest["params"]["distill"];
+        if let Some(seconds) = d["seconds"].as_f64() {
+            costs.push(OwnerCost {
+                run: format!("Offsite-Tuning distillation ({label})"),
+                steps: d["steps"].as_u64().unwrap_or(0),
+                batch: format!("{} x {}", d["batch"], d["seq_len"]),
+                seconds,
+                peak_rss_mib: d["peak_rss_mib"].as_f64(),
+            });
+        }
+    }
+    Ok(costs)
+}
+
 fn write_outputs(
     out: &Path,
     r: &Results,
     tasks: &[String],
     labels: &[String],
     full_ft: bool,
+    costs: &[OwnerCost],
+    model: &str,
 ) -> Result<()> {
     let pct = |x: Option<f64>| x.map_or("–".to_string(), |v| format!("{:.1}", 100.0 * v));
     let cell = |key: &str, t: &str| r.cells.get(&format!("{key}/{t}")).map(|c| c.acc);
-    let mut md = String::from(
-        "# ScaleOT report (SmolLM2-135M)\n\nAccuracy (acc, %) on each task's validation split; `avg` over the tasks.\n\n",
+    let docs: Vec<String> = tasks
+        .iter()
+        .map(|t| {
+            let n = r.cells.get(&format!("full-zs/{t}")).map_or(0, |c| c.docs);
+            format!("{t} {n}")
+        })
+        .collect();
+    let mut md = format!(
+        "# ScaleOT report\n\nBase model: {model}. Accuracy (acc, %) on each task's validation split \
+         (documents: {}); `avg` over the tasks.\n\n",
+        docs.join(", ")
     );
     md += &format!(
         "| setting | emulator size | {} | avg |\n|---|---|",
@@ -492,6 +587,21 @@ fn write_outputs(
             if *met { "met" } else { "missed" }
         );
     }
+    if !costs.is_empty() {
+        md += "\n## Owner-side cost (from the runs' own records)\n\n";
+        md += "| run | steps | batch | wall time | s/step | peak RSS |\n|---|---:|---|---:|---:|---:|\n";
+        for c in costs {
+            md += &format!(
+                "| {} | {} | {} | {:.0} s | {:.2} | {} |\n",
+                c.run,
+                c.steps,
+                c.batch,
+                c.seconds,
+                c.seconds / c.steps.max(1) as f64,
+                c.peak_rss_mib.map_or("?".into(), |m| format!("{m:.0} MiB"))
+            );
+        }
+    }
     md += "\n## Commands\n\nEvery cell's commands are in `report.json`; emulators:\n\n";
     for (l, e) in &r.emulators {
         md += &format!("- {l}: `{}`\n", e.command);
@@ -499,8 +609,10 @@ fn write_outputs(
     write_file(&out.join("report.md"), md.as_bytes())?;
     write_file(
         &out.join("report.json"),
-        serde_json::to_string_pretty(&json!({"tasks": tasks, "settings": labels, "results": r}))?
-            .as_bytes(),
+        serde_json::to_string_pretty(
+            &json!({"tasks": tasks, "settings": labels, "results": r, "owner_costs": costs}),
+        )?
+        .as_bytes(),
     )?;
     plot(&out.join("privacy-utility.svg"), r, tasks, labels)
 }

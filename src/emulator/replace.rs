@@ -53,6 +53,9 @@ pub struct ReplaceConfig {
     /// description reads; larger values trade score updates for owner-side time).
     #[serde(default = "one")]
     pub rl_every: usize,
+    /// LM losses at every `loss_stride`-th position only (1: all positions).
+    #[serde(default = "one")]
+    pub loss_stride: usize,
     /// Score learning rate `eta`.
     pub eta: f64,
     pub reward: Reward,
@@ -68,9 +71,10 @@ impl ReplaceConfig {
             || self.candidates < 2
             || self.steps == 0
             || self.rl_every == 0
+            || self.loss_stride == 0
         {
             return Err(Error::Invalid(
-                "harmonizer rank, steps and rl-every must be at least 1, groups and candidates at least 2"
+                "harmonizer rank, steps, rl-every and loss-stride must be at least 1, groups and candidates at least 2"
                     .into(),
             ));
         }
@@ -208,14 +212,26 @@ impl LayerReplace {
         }
     }
 
-    /// Mean next-token loss of `tokens` (`[batch, len]`) given the last layer's output `x`.
-    fn lm_loss(model: &Llama, x: Tensor<3>, tokens: Tensor<2, Int>) -> Tensor<1> {
+    /// Mean next-token loss of `tokens` (`[batch, len]`) given the last layer's output `x`,
+    /// at every `loss_stride`-th position (the vocabulary head is a third of a mixed
+    /// network's work; a strided subset, shifted each iteration, estimates the same mean).
+    fn lm_loss(&self, model: &Llama, x: Tensor<3>, tokens: Tensor<2, Int>) -> Tensor<1> {
         let [b, t] = tokens.dims();
-        let logits = model.head(model.norm.forward(x.slice([0..b, 0..t - 1])));
+        let stride = self.cfg.loss_stride.max(1);
+        let (x, targets) = if stride == 1 {
+            (x.slice([0..b, 0..t - 1]), tokens.slice([0..b, 1..t]))
+        } else {
+            let offset = self.state.step % stride.min(t - 1);
+            let at: Vec<u32> = (offset..t - 1).step_by(stride).map(|p| p as u32).collect();
+            let n = at.len();
+            let at = token_tensor(&[at], &tokens.device()).reshape([n]);
+            (x.select(1, at.clone()), tokens.select(1, at.add_scalar(1)))
+        };
+        let n = targets.dims()[1];
+        let logits = model.head(model.norm.forward(x));
         let vocab = logits.dims()[2];
-        let logp = burn::tensor::activation::log_softmax(logits.reshape([b * (t - 1), vocab]), 1);
-        let targets = tokens.slice([0..b, 1..t]).reshape([b * (t - 1), 1]);
-        logp.gather(1, targets).mean().neg()
+        let logp = burn::tensor::activation::log_softmax(logits.reshape([b * n, vocab]), 1);
+        logp.gather(1, targets.reshape([b * n, 1])).mean().neg()
     }
 
     fn rope(model: &Llama, tokens: &Tensor<2, Int>) -> Rope {
@@ -238,7 +254,7 @@ impl LayerReplace {
         for i in 0..self.model.layers.len() {
             x = self.mixed_layer(&self.model, &self.harmonizers, &keep, i, x, &rope);
         }
-        let loss = Self::lm_loss(&self.model, x, tokens);
+        let loss = self.lm_loss(&self.model, x, tokens);
         let grads = GradientsParams::from_grads(loss.backward(), &self.harmonizers);
         let lr = self.lr();
         self.harmonizers = self.optim.step(lr, self.harmonizers.clone(), grads);
@@ -325,7 +341,7 @@ impl LayerReplace {
             for i in self.middle.end..model.layers.len() {
                 x = self.mixed_layer(&model, &harmonizers, &masks[j], i, x, &rope);
             }
-            losses[j] = self.read_loss(Self::lm_loss(&model, x, tokens.clone()))?;
+            losses[j] = self.read_loss(self.lm_loss(&model, x, tokens.clone()))?;
             previous = Some((j, losses[j]));
         }
         Ok((masks, losses))
@@ -343,7 +359,7 @@ impl LayerReplace {
         for i in 0..model.layers.len() {
             x = self.mixed_layer(&model, &harmonizers, keep, i, x, &rope);
         }
-        self.read_loss(Self::lm_loss(&model, x, tokens))
+        self.read_loss(self.lm_loss(&model, x, tokens))
     }
 
     /// A loss read back to the host (synchronously); a non-finite one is divergence.
