@@ -234,6 +234,22 @@ impl LayerReplace {
         logp.gather(1, targets.reshape([b * n, 1])).mean().neg()
     }
 
+    /// The mixed network's loss on `tokens`: one plain forward pass through every layer.
+    fn mixed_loss(
+        &self,
+        model: &Llama,
+        harmonizers: &Harmonizers,
+        keep: &[bool],
+        tokens: Tensor<2, Int>,
+    ) -> Tensor<1> {
+        let rope = Self::rope(model, &tokens);
+        let mut x = model.embed(tokens.clone());
+        for i in 0..model.layers.len() {
+            x = self.mixed_layer(model, harmonizers, keep, i, x, &rope);
+        }
+        self.lm_loss(model, x, tokens)
+    }
+
     fn rope(model: &Llama, tokens: &Tensor<2, Int>) -> Rope {
         Rope::new(
             model.rope_theta,
@@ -249,12 +265,7 @@ impl LayerReplace {
         check_rows(rows)?;
         let keep = self.sample_mask(0);
         let tokens = token_tensor(rows, &self.model.device());
-        let rope = Self::rope(&self.model, &tokens);
-        let mut x = self.model.embed(tokens.clone());
-        for i in 0..self.model.layers.len() {
-            x = self.mixed_layer(&self.model, &self.harmonizers, &keep, i, x, &rope);
-        }
-        let loss = self.lm_loss(&self.model, x, tokens);
+        let loss = self.mixed_loss(&self.model, &self.harmonizers, &keep, tokens);
         let grads = GradientsParams::from_grads(loss.backward(), &self.harmonizers);
         let lr = self.lr();
         self.harmonizers = self.optim.step(lr, self.harmonizers.clone(), grads);
@@ -354,12 +365,7 @@ impl LayerReplace {
         let model = self.model.valid();
         let harmonizers = self.harmonizers.valid();
         let tokens = token_tensor(rows, &model.device());
-        let rope = Self::rope(&model, &tokens);
-        let mut x = model.embed(tokens.clone());
-        for i in 0..model.layers.len() {
-            x = self.mixed_layer(&model, &harmonizers, keep, i, x, &rope);
-        }
-        self.read_loss(self.lm_loss(&model, x, tokens))
+        self.read_loss(self.mixed_loss(&model, &harmonizers, keep, tokens))
     }
 
     /// A loss read back to the host (synchronously); a non-finite one is divergence.
