@@ -439,11 +439,16 @@ fn owner_costs(
         let opt = |x: Option<usize>| x.map_or("?".to_string(), |v| v.to_string());
         costs.push(OwnerCost {
             run: format!(
-                "ScaleOT importance: harmonizers + RL (N_c={}, RL every {}, loss every {} positions)",
+                "ScaleOT importance: harmonizers + RL (N_c={}, RL every {} steps, loss stride {})",
                 c.candidates, c.rl_every, c.loss_stride
             ),
             steps: c.steps as u64,
-            batch: format!("{} x {} (+{} scored)", opt(m.batch), opt(m.seq_len), opt(m.val_batch)),
+            batch: format!(
+                "{} x {} (+{} scored)",
+                opt(m.batch),
+                opt(m.seq_len),
+                opt(m.val_batch)
+            ),
             seconds: m.seconds,
             peak_rss_mib: m.peak_rss_mib,
         });
