@@ -7,13 +7,17 @@
 #   then builds the data owner's page (dist/) and, with SERVE=1, serves it with the ScaleOT
 #   emulator on http://127.0.0.1:8080/ (`scaleot serve`).
 # Every stage is resumable: run it again after an interruption and finished work is kept.
-# Settings via environment: TASKS (arc_easy), METHODS (uniform-drop,scaleot), STEPS (150),
-# LR (5e-4), LORA_RANK (8; 0 tunes whole adapter layers), IMPORTANCE_STEPS (100), OUT (target/run).
+# Settings via environment: TASKS (arc_easy), METHODS (uniform-drop,scaleot), BETAS (1; SRC
+# strengths for ScaleOT), LIMIT (all; evaluation documents per task), STEPS (150), LR (5e-4),
+# LORA_RANK (8; 0 tunes whole adapter layers), IMPORTANCE_STEPS (100), OUT (target/run).
+# The committed results/smollm2-135m report:
+#   TASKS=arc_easy,piqa,openbookqa BETAS=1,0.5 LIMIT=500 bash scripts/run.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 TASKS=${TASKS:-arc_easy} METHODS=${METHODS:-uniform-drop,scaleot} STEPS=${STEPS:-150}
 LR=${LR:-5e-4} LORA_RANK=${LORA_RANK:-8} IMPORTANCE_STEPS=${IMPORTANCE_STEPS:-100} OUT=${OUT:-target/run}
+BETAS=${BETAS:-1} limit=(); [ -n "${LIMIT:-}" ] && limit=(--limit "$LIMIT")
 bash scripts/setup.sh
 bash scripts/setup-web.sh
 bash scripts/fetch-assets.sh
@@ -27,7 +31,7 @@ if [ ! -f "$OUT/importance.json" ]; then
   "$bin" importance --steps "$IMPORTANCE_STEPS" "${resume[@]}" --out "$OUT/importance.json"
 fi
 "$bin" report --tasks "$TASKS" --methods "$METHODS" --importance "$OUT/importance.json" \
-  --steps "$STEPS" --lr "$LR" --lora-rank "$LORA_RANK" --out "$OUT/report"
+  --betas "$BETAS" "${limit[@]}" --steps "$STEPS" --lr "$LR" --lora-rank "$LORA_RANK" --out "$OUT/report"
 cat "$OUT/report/report.md"
 echo "==> the data owner's page (dist/)"
 PATH="$PWD/tools/web/node_modules/.bin:$PATH" trunk build --release --offline
