@@ -24,12 +24,12 @@ out, steps, extra = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 d = json.load(open(f"{out}/distilled.json"))["params"]["distill"]
 i = json.load(open(f"{out}/importance.json"))
 c = i["config"]
-print(f"owner-side cost, {steps} steps of 4 x 128 tokens, {out}")
+print(f"owner-side cost, {steps} steps of 4 x 128 tokens, {out}; importance options: {extra or '(defaults)'}")
 print(f"{'run':64} {'s/step':>8} {'total s':>8} {'peak RSS MiB':>13}")
 rows = [
     ("Offsite-Tuning distillation (13 kept middle layers trained)", d["seconds"], d["peak_rss_mib"]),
     (f"ScaleOT importance (N_c={c['candidates']}, rl-every {c.get('rl_every', 1)}, "
-     f"loss-stride {c.get('loss_stride', 1)}) {extra}".strip()[:64], i["seconds"], i["peak_rss_mib"]),
+     f"loss-stride {c.get('loss_stride', 1)}, {i.get('val_batch')} scored)", i["seconds"], i["peak_rss_mib"]),
 ]
 for name, secs, rss in rows:
     print(f"{name:64} {secs / steps:8.2f} {secs:8.1f} {rss:13.0f}")
