@@ -40,12 +40,7 @@ fn distillation_brings_the_emulator_middle_closer_and_touches_nothing_else() {
         .collect();
     let mut losses = Vec::new();
     for batch in rows.chunks(2).cycle().take(30) {
-        let l: f32 = d
-            .step(batch)
-            .unwrap()
-            .into_data()
-            .try_into_vec::<f32>()
-            .unwrap()[0];
+        let l = first_f32(d.step(batch).unwrap());
         losses.push(l);
     }
     assert!(d.finished());
@@ -87,22 +82,29 @@ fn replace_rows() -> Vec<Vec<u32>> {
         .collect()
 }
 
-/// Runs Dynamic LayerReplace on the tiny model; returns (scores, LM losses).
-fn run_replace(base: &ModelBytes, steps: usize) -> (Vec<f64>, Vec<f32>) {
-    use scaleot::emulator::replace::LayerReplace;
+/// The first value of a tensor read back from the device.
+fn first_f32(t: burn::tensor::Tensor<1>) -> f32 {
+    t.into_data().try_into_vec::<f32>().unwrap()[0]
+}
+
+/// Dynamic LayerReplace on `base` (a full model) with `cfg`, on the CPU with autodiff.
+fn layer_replace(
+    base: &ModelBytes,
+    cfg: scaleot::emulator::replace::ReplaceConfig,
+) -> scaleot::emulator::replace::LayerReplace {
     let device = Device::flex().autodiff();
     let opened = base.open().unwrap();
     let model = Llama::load(&opened.config, opened.source.as_ref(), &device).unwrap();
-    let mut r = LayerReplace::new(model, replace_config(steps), None).unwrap();
+    scaleot::emulator::replace::LayerReplace::new(model, cfg, None).unwrap()
+}
+
+/// Runs Dynamic LayerReplace on the tiny model; returns (scores, LM losses).
+fn run_replace(base: &ModelBytes, steps: usize) -> (Vec<f64>, Vec<f32>) {
+    let mut r = layer_replace(base, replace_config(steps));
     let rows = replace_rows();
     let mut losses = Vec::new();
     for batch in rows.chunks(2).cycle().take(steps) {
-        let lm: f32 = r
-            .harmonizer_step(batch)
-            .unwrap()
-            .into_data()
-            .try_into_vec::<f32>()
-            .unwrap()[0];
+        let lm = first_f32(r.harmonizer_step(batch).unwrap());
         let val = r.rl_step(&rows[6..]).unwrap();
         r.complete_step(lm, val).unwrap();
         losses.push(lm);
@@ -129,11 +131,6 @@ fn layer_replace_scores_the_layer_that_matters_highest() {
 
 #[test]
 fn shared_candidate_passes_equal_separate_forward_passes() {
-    use scaleot::emulator::replace::LayerReplace;
-    let device = Device::flex().autodiff();
-    let base = tiny_model_bytes();
-    let opened = base.open().unwrap();
-    let model = Llama::load(&opened.config, opened.source.as_ref(), &device).unwrap();
     // 16 draws over 4 possible masks (two groups of two, one kept in each): repeats and
     // shared prefixes are certain.
     let cfg = scaleot::emulator::replace::ReplaceConfig {
@@ -142,16 +139,11 @@ fn shared_candidate_passes_equal_separate_forward_passes() {
         loss_stride: 3,
         ..replace_config(4)
     };
-    let mut r = LayerReplace::new(model, cfg, None).unwrap();
+    let mut r = layer_replace(&tiny_model_bytes(), cfg);
     let rows = replace_rows();
     for batch in rows.chunks(2).take(4) {
         let due = r.rl_due();
-        let lm: f32 = r
-            .harmonizer_step(batch)
-            .unwrap()
-            .into_data()
-            .try_into_vec::<f32>()
-            .unwrap()[0];
+        let lm = first_f32(r.harmonizer_step(batch).unwrap());
         let (masks, losses) = r.candidate_losses(&rows[6..]).unwrap();
         let distinct: std::collections::BTreeSet<_> = masks.iter().collect();
         assert!(distinct.len() < masks.len(), "{masks:?}");

@@ -315,10 +315,7 @@ impl LayerReplace {
             .collect();
         let mut order: Vec<usize> = (0..masks.len()).collect();
         order.sort_by(|&a, &b| masks[a].cmp(&masks[b]).then(a.cmp(&b)));
-        let mut bottom = model.embed(tokens.clone());
-        for i in 0..self.middle.start {
-            bottom = self.mixed_layer(&model, &harmonizers, &[], i, bottom, &rope);
-        }
+        let bottom = model.run_layers(model.embed(tokens.clone()), 0..self.middle.start);
         // `path[d]`: the previous candidate's hidden state after middle layer `d`.
         let mut path: Vec<Tensor<3>> = Vec::with_capacity(self.middle.len());
         let mut previous: Option<(usize, f64)> = None;
@@ -349,9 +346,7 @@ impl LayerReplace {
                 );
                 path.push(x.clone());
             }
-            for i in self.middle.end..model.layers.len() {
-                x = self.mixed_layer(&model, &harmonizers, &masks[j], i, x, &rope);
-            }
+            let x = model.run_layers(x, self.middle.end..model.layers.len());
             losses[j] = self.read_loss(self.lm_loss(&model, x, tokens.clone()))?;
             previous = Some((j, losses[j]));
         }
