@@ -33,19 +33,38 @@ fn distillation_brings_the_emulator_middle_closer_and_touches_nothing_else() {
         batch_size: 2,
         lr: 3e-3,
         warmup_steps: 2,
+        lm_weight: 1.0,
+        kd_weight: 30.0,
     };
+    for (lm_weight, kd_weight) in [(-1.0, 30.0), (0.0, 0.0), (f64::NAN, 1.0)] {
+        let bad = DistillConfig {
+            lm_weight,
+            kd_weight,
+            ..cfg.clone()
+        };
+        let t = Llama::load(&opened.config, opened.source.as_ref(), &device).unwrap();
+        let s = Llama::load_plan(&opened.config, opened.source.as_ref(), &plan, &device).unwrap();
+        assert!(Distiller::new(t, s, &plan, split, bad).is_err());
+    }
     let mut d = Distiller::new(teacher, student, &plan, split, cfg).unwrap();
     let rows: Vec<Vec<u32>> = (0..8u32)
         .map(|r| (0..16).map(|i| (r * 31 + i * 7) % 250 + 3).collect())
         .collect();
     let mut losses = Vec::new();
     for batch in rows.chunks(2).cycle().take(30) {
-        let l = first_f32(d.step(batch).unwrap());
-        losses.push(l);
+        let step = d.step(batch).unwrap();
+        let lm = first_f32(step.lm.expect("lm_weight 1 computes the LM loss"));
+        losses.push((first_f32(step.kd), lm));
     }
     assert!(d.finished());
     let (first, last) = (losses[0], losses[29]);
-    assert!(last < first * 0.7, "relative loss {first} → {last}");
+    assert!(last.0 < first.0 * 0.7, "relative loss {first:?} → {last:?}");
+    // Steps 0 and 24 see the same batch: the emulator's LM loss on it went down too.
+    assert!(
+        losses[24].1 < first.1,
+        "LM loss {first:?} → {:?}",
+        losses[24]
+    );
     // Only the kept middle layers (original 2 and 3 → here 1..3 in the stack) learned.
     for ((name, x), (_, y)) in before.iter().zip(&all_weights(&d.student)) {
         let middle = plan
@@ -69,6 +88,8 @@ fn replace_config(steps: usize) -> scaleot::emulator::replace::ReplaceConfig {
         steps,
         rl_every: 1,
         loss_stride: 1,
+        score_on: scaleot::emulator::replace::ScoreOn::Validation,
+        antithetic: false,
         eta: 2.0,
         reward: scaleot::emulator::replace::Reward::Relative,
         lr: 3e-3,
@@ -99,13 +120,26 @@ fn layer_replace(
 }
 
 /// Runs Dynamic LayerReplace on the tiny model; returns (scores, LM losses).
-fn run_replace(base: &ModelBytes, steps: usize) -> (Vec<f64>, Vec<f32>) {
-    let mut r = layer_replace(base, replace_config(steps));
+fn run_replace(
+    base: &ModelBytes,
+    cfg: scaleot::emulator::replace::ReplaceConfig,
+) -> (Vec<f64>, Vec<f32>) {
+    use scaleot::emulator::replace::ScoreOn;
+    let steps = cfg.steps;
+    let mut r = layer_replace(base, cfg);
     let rows = replace_rows();
     let mut losses = Vec::new();
     for batch in rows.chunks(2).cycle().take(steps) {
-        let lm = first_f32(r.harmonizer_step(batch).unwrap());
-        let val = r.rl_step(&rows[6..]).unwrap();
+        let (lm, val) = match r.cfg.score_on {
+            ScoreOn::Validation => {
+                let lm = first_f32(r.harmonizer_step(batch).unwrap());
+                (lm, r.rl_step(&rows[6..]).unwrap())
+            }
+            ScoreOn::Training => {
+                let scored = r.harmonizer_and_rl_step(batch).unwrap();
+                (scored.lm, scored.mean)
+            }
+        };
         r.complete_step(lm, val).unwrap();
         losses.push(lm);
     }
@@ -117,16 +151,68 @@ fn run_replace(base: &ModelBytes, steps: usize) -> (Vec<f64>, Vec<f32>) {
 fn layer_replace_scores_the_layer_that_matters_highest() {
     // Middle layers 1..=4; only layer 2 does anything, the others are identities that a
     // fresh harmonizer (also an identity) replaces for free.
+    use scaleot::emulator::replace::ScoreOn;
     let base = tiny_model_bytes_with(|i| i != 2);
-    let (scores, _) = run_replace(&base, 12);
-    let best = (0..scores.len())
-        .max_by(|&a, &b| scores[a].total_cmp(&scores[b]))
-        .unwrap();
-    assert_eq!(best + 1, 2, "layer 2 must score highest: {scores:?}");
-    let least = scaleot::emulator::replace::least_important(&scores, 1, 0.5, None).unwrap();
-    assert!(!least.contains(&2), "{least:?}");
-    // Same seed, same run.
-    assert_eq!(run_replace(&base, 12).0, scores);
+    for (score_on, antithetic) in [
+        (ScoreOn::Validation, false),
+        (ScoreOn::Training, false),
+        (ScoreOn::Training, true),
+    ] {
+        let cfg = scaleot::emulator::replace::ReplaceConfig {
+            score_on,
+            antithetic,
+            ..replace_config(12)
+        };
+        let (scores, _) = run_replace(&base, cfg.clone());
+        let best = (0..scores.len())
+            .max_by(|&a, &b| scores[a].total_cmp(&scores[b]))
+            .unwrap();
+        assert_eq!(
+            best + 1,
+            2,
+            "{score_on:?}: layer 2 must score highest: {scores:?}"
+        );
+        let least = scaleot::emulator::replace::least_important(&scores, 1, 0.5, None).unwrap();
+        assert!(!least.contains(&2), "{score_on:?}: {least:?}");
+        // Same seed, same run.
+        assert_eq!(run_replace(&base, cfg).0, scores);
+    }
+}
+
+#[test]
+fn training_scored_candidates_equal_separate_passes_before_the_update() {
+    // Two runs in the same state: one takes the combined step, the other first scores the
+    // step's masks by plain forward passes with the harmonizers not yet updated.
+    let cfg = scaleot::emulator::replace::ReplaceConfig {
+        candidates: 16,
+        loss_stride: 3,
+        score_on: scaleot::emulator::replace::ScoreOn::Training,
+        antithetic: true,
+        ..replace_config(4)
+    };
+    let base = tiny_model_bytes();
+    let (mut a, mut b) = (layer_replace(&base, cfg.clone()), layer_replace(&base, cfg));
+    for batch in replace_rows().chunks(2).take(4) {
+        let scored = a.harmonizer_and_rl_step(batch).unwrap();
+        let distinct: std::collections::BTreeSet<_> = scored.masks.iter().collect();
+        assert!(distinct.len() < scored.masks.len(), "{:?}", scored.masks);
+        assert_eq!(scored.lm as f64, scored.losses[0]);
+        // Antithetic pairs (groups of two): the twin keeps exactly what its draw replaces.
+        for pair in scored.masks.chunks(2) {
+            let flipped: Vec<bool> = pair[0].iter().map(|k| !k).collect();
+            assert_eq!(pair[1], flipped);
+        }
+        for (mask, loss) in scored.masks.iter().zip(&scored.losses) {
+            let alone = b.mask_loss(batch, mask).unwrap();
+            assert!((alone - loss).abs() < 1e-5, "{mask:?}: {alone} vs {loss}");
+        }
+        let again = b.harmonizer_and_rl_step(batch).unwrap();
+        assert_eq!(again.losses, scored.losses);
+        assert_eq!(a.state.scores, b.state.scores);
+        a.complete_step(scored.lm, scored.mean).unwrap();
+        b.complete_step(again.lm, again.mean).unwrap();
+    }
+    assert_ne!(a.state.scores, vec![0.0; a.state.scores.len()]);
 }
 
 #[test]
@@ -168,7 +254,7 @@ fn shared_candidate_passes_equal_separate_forward_passes() {
 
 #[test]
 fn harmonizers_learn_to_stand_in_for_their_layers() {
-    let (_, losses) = run_replace(&tiny_model_bytes(), 30);
+    let (_, losses) = run_replace(&tiny_model_bytes(), replace_config(30));
     let first = losses[..5].iter().sum::<f32>() / 5.0;
     let last = losses[25..].iter().sum::<f32>() / 5.0;
     assert!(last < first - 0.05, "mixed-network loss {first} → {last}");

@@ -108,6 +108,12 @@ struct DistillArgs {
     distill_seq_len: usize,
     #[arg(long, default_value_t = 1e-4)]
     distill_lr: f64,
+    /// Weight of the emulator's next-token loss (Offsite-Tuning's recipe: 1; 0 skips it).
+    #[arg(long, default_value_t = 1.0)]
+    distill_lm_weight: f64,
+    /// Weight of the middle block's hidden-state loss (Offsite-Tuning's recipe: 30).
+    #[arg(long, default_value_t = 30.0)]
+    distill_kd_weight: f64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
 }
@@ -382,6 +388,8 @@ fn distill(
         batch_size: a.distill_batch,
         lr: a.distill_lr,
         warmup_steps: (a.distill_steps / 10).max(1),
+        lm_weight: a.distill_lm_weight,
+        kd_weight: a.distill_kd_weight,
     };
     let mut distiller = Distiller::new(teacher, student, plan, split, cfg)?;
     eprintln!(
@@ -393,35 +401,43 @@ fn distill(
     );
     let pb = progress::bar(a.distill_steps as u64, "distill", "steps");
     let start = Instant::now();
-    let mut losses = Vec::with_capacity(a.distill_steps);
+    // Per step: (relative hidden-state loss, next-token loss or NaN when not computed).
+    let mut losses: Vec<(f32, f32)> = Vec::with_capacity(a.distill_steps);
     for (step, batch) in rows.chunks_exact(a.distill_batch).cycle().enumerate() {
         if distiller.finished() {
             break;
         }
-        let loss = crate::read_scalar(distiller.step(batch)?)?;
-        if !loss.is_finite() {
-            bail!("distillation diverged at step {step} (loss {loss}): lower --distill-lr");
-        }
-        losses.push(loss);
-        pb.inc(1);
-        pb.set_message(format!("relative loss {loss:.4}"));
-        if pb.is_hidden() && (step + 1) % 20 == 0 {
-            eprintln!(
-                "distill step {}/{} relative loss {loss:.4}",
-                step + 1,
-                a.distill_steps
+        let step_losses = distiller.step(batch)?;
+        let kd = crate::read_scalar(step_losses.kd)?;
+        let lm = match step_losses.lm {
+            Some(lm) => crate::read_scalar(lm)?,
+            None => f32::NAN,
+        };
+        if !kd.is_finite() || lm.is_infinite() {
+            bail!(
+                "distillation diverged at step {step} (relative loss {kd}, LM loss {lm}): lower --distill-lr"
             );
         }
+        losses.push((kd, lm));
+        pb.inc(1);
+        let line = format!("relative loss {kd:.4} LM loss {lm:.3}");
+        if pb.is_hidden() && (step + 1) % 20 == 0 {
+            eprintln!("distill step {}/{} {line}", step + 1, a.distill_steps);
+        }
+        pb.set_message(line);
     }
     pb.finish_and_clear();
     let secs = start.elapsed().as_secs_f64();
-    let mean = |s: &[f32]| s.iter().sum::<f32>() / s.len().max(1) as f32;
     let window = (losses.len() / 10).max(1);
-    let (first, last) = (
-        mean(&losses[..window]),
-        mean(&losses[losses.len() - window..]),
+    let mean = |s: &[(f32, f32)], pick: fn(&(f32, f32)) -> f32| {
+        s.iter().map(pick).sum::<f32>() / s.len().max(1) as f32
+    };
+    let (head, tail) = (&losses[..window], &losses[losses.len() - window..]);
+    let (first, last) = (mean(head, |l| l.0), mean(tail, |l| l.0));
+    let (lm_first, lm_last) = (mean(head, |l| l.1), mean(tail, |l| l.1));
+    eprintln!(
+        "distilled in {secs:.0}s: relative loss {first:.4} → {last:.4}, LM loss {lm_first:.3} → {lm_last:.3}"
     );
-    eprintln!("distilled in {secs:.0}s: relative loss {first:.4} → {last:.4}");
     let student = distiller.student;
     let mut tensors = HashMap::new();
     for (slot, &orig) in student.layers.iter().zip(&student.layer_index) {
@@ -443,10 +459,21 @@ fn distill(
     }
     let report = json!({
         "steps": a.distill_steps, "batch": a.distill_batch, "seq_len": a.distill_seq_len,
-        "lr": a.distill_lr, "seed": a.seed, "corpus": corpus, "relative_loss_first": first,
-        "relative_loss_last": last, "seconds": secs, "peak_rss_mib": crate::commands::peak_rss_mib(),
+        "lr": a.distill_lr, "lm_weight": a.distill_lm_weight, "kd_weight": a.distill_kd_weight,
+        "seed": a.seed, "corpus": corpus, "relative_loss_first": first, "relative_loss_last": last,
+        "lm_loss_first": finite_or_null(lm_first), "lm_loss_last": finite_or_null(lm_last),
+        "seconds": secs, "peak_rss_mib": crate::commands::peak_rss_mib(),
     });
     Ok((tensors, report))
+}
+
+/// JSON has no NaN: a loss that was not computed is `null`.
+fn finite_or_null(x: f32) -> serde_json::Value {
+    if x.is_finite() {
+        json!(x)
+    } else {
+        serde_json::Value::Null
+    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,9 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use burn::tensor::Device;
 use scaleot::emulator::AdapterSplit;
-use scaleot::emulator::replace::{Harmonizers, LayerReplace, ReplaceConfig, ReplaceState, Reward};
+use scaleot::emulator::replace::{
+    Harmonizers, LayerReplace, ReplaceConfig, ReplaceState, Reward, ScoreOn,
+};
 use scaleot::model::{Harmonizer, Llama};
 use scaleot::weights::safetensors::write_tensors;
 use scaleot::weights::{HostTensor, SafetensorsSource, WeightSource};
@@ -21,6 +23,12 @@ use crate::model_files::{default_model, read, read_model, read_pair, weights_bes
 use crate::progress;
 
 pub const FORMAT: &str = "scaleot-importance/1";
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum ScoreOnArg {
+    Validation,
+    Training,
+}
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 enum RewardArg {
@@ -71,7 +79,16 @@ pub struct ImportanceArgs {
     /// Sequences per harmonizer step.
     #[arg(long, default_value_t = 4)]
     batch: usize,
-    /// Held-out sequences that score the RL candidates.
+    /// Where RL candidates are scored: `validation` (--val-batch held-out sequences, N_c
+    /// passes) or `training` (each step's batch before the harmonizers learn from it; the
+    /// harmonizer step's pass is candidate 0, so N_c - 1 extra passes).
+    #[arg(long, value_enum, default_value = "validation")]
+    score_on: ScoreOnArg,
+    /// Candidates in antithetic pairs: each mask followed by the one that keeps the layers it
+    /// replaces (within each group), a paired comparison on the same text.
+    #[arg(long)]
+    antithetic: bool,
+    /// Held-out sequences that score the RL candidates (with --score-on validation).
     #[arg(long, default_value_t = 4)]
     val_batch: usize,
     #[arg(long, default_value_t = 128)]
@@ -218,6 +235,11 @@ pub fn importance(a: ImportanceArgs) -> Result<()> {
         steps: a.steps,
         rl_every: a.rl_every,
         loss_stride: a.loss_stride,
+        score_on: match a.score_on {
+            ScoreOnArg::Validation => ScoreOn::Validation,
+            ScoreOnArg::Training => ScoreOn::Training,
+        },
+        antithetic: a.antithetic,
         eta: a.eta,
         reward: match a.reward {
             RewardArg::Relative => Reward::Relative,
@@ -228,15 +250,19 @@ pub fn importance(a: ImportanceArgs) -> Result<()> {
     };
     cfg.validate()?;
     let (mut rows, corpus) = corpus_rows(&a.corpus, &opened.tokenizer, a.seq_len, a.seed)?;
-    if rows.len() < a.batch + a.val_batch {
+    let val_batch = match cfg.score_on {
+        ScoreOn::Validation => a.val_batch,
+        ScoreOn::Training => 0,
+    };
+    if rows.len() < a.batch + val_batch {
         bail!(
             "the corpus gives {} sequences of {} tokens; need at least {} (--batch + --val-batch)",
             rows.len(),
             a.seq_len,
-            a.batch + a.val_batch
+            a.batch + val_batch
         );
     }
-    let val = rows.split_off(rows.len() - a.val_batch);
+    let val = rows.split_off(rows.len() - val_batch);
     let device = a.device.open_autodiff()?;
     let model = Llama::load(&opened.config, opened.source.as_ref(), &device)?;
     let middle = cfg.adapters.middle(opened.config.num_hidden_layers)?;
@@ -296,11 +322,20 @@ pub fn importance(a: ImportanceArgs) -> Result<()> {
     let mut val_loss = run.state.history.last().map_or(f64::NAN, |h| h.1);
     while !run.finished() {
         let batch = batches[run.state.step % batches.len()];
-        let rl_due = run.rl_due();
-        let lm = crate::read_scalar(run.harmonizer_step(batch)?)?;
-        if rl_due {
-            val_loss = run.rl_step(&val)?;
-        }
+        let lm = match (run.rl_due(), cfg.score_on) {
+            (true, ScoreOn::Training) => {
+                let scored = run.harmonizer_and_rl_step(batch)?;
+                val_loss = scored.mean;
+                scored.lm
+            }
+            (rl_due, _) => {
+                let lm = crate::read_scalar(run.harmonizer_step(batch)?)?;
+                if rl_due {
+                    val_loss = run.rl_step(&val)?;
+                }
+                lm
+            }
+        };
         run.complete_step(lm, val_loss)?;
         let step = run.state.step;
         pb.set_position(step as u64);
@@ -333,7 +368,7 @@ pub fn importance(a: ImportanceArgs) -> Result<()> {
         seconds: secs,
         peak_rss_mib: crate::commands::peak_rss_mib(),
         batch: Some(a.batch),
-        val_batch: Some(a.val_batch),
+        val_batch: (val_batch > 0).then_some(val_batch),
         seq_len: Some(a.seq_len),
         weights_sha256: scaleot::sha256_hex(&[&weights]),
     };

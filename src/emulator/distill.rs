@@ -1,8 +1,12 @@
 //! Offsite-Tuning's emulator distillation (`--method uniform-drop --distill`): the emulator's
 //! kept middle layers learn to do what the full model's whole middle block does — map the
-//! bottom adapters' output to the top adapters' input — on the owner's public corpus. Loss:
-//! mean squared error of the middle block's output hidden states, relative to the teacher's
-//! mean square so that it reads as a fraction (0 = identical, 1 = as far as predicting zeros).
+//! bottom adapters' output to the top adapters' input — on the owner's public corpus.
+//!
+//! Loss, as Offsite-Tuning's published recipe (`run_clm.py --lm_weight 1 --kd_weight 30`):
+//! `lm_weight · LM + kd_weight · KD`. KD: squared error of the middle block's output hidden
+//! states relative to the teacher's (0 = identical, 1 = as far as predicting zeros). LM: the
+//! emulator's own next-token loss through the (frozen) top adapters and head, which is what
+//! makes a distillation step cost more than the middle block alone.
 
 use burn::module::Module;
 use burn::optim::{GradientsParams, ModuleOptimizer};
@@ -20,6 +24,18 @@ pub struct DistillConfig {
     pub batch_size: usize,
     pub lr: f64,
     pub warmup_steps: usize,
+    /// Weight of the emulator's next-token loss (Offsite-Tuning: 1).
+    pub lm_weight: f64,
+    /// Weight of the hidden-state loss (Offsite-Tuning: 30).
+    pub kd_weight: f64,
+}
+
+/// One step's losses, on the device.
+pub struct DistillLosses {
+    /// Relative squared error of the middle block's output.
+    pub kd: Tensor<1>,
+    /// The emulator's next-token loss (`None` when its weight is 0: not computed).
+    pub lm: Option<Tensor<1>>,
 }
 
 /// Teacher (full model, frozen) and student (emulator, middle layers learning) side by side.
@@ -44,6 +60,14 @@ impl Distiller {
         if cfg.steps == 0 || cfg.batch_size == 0 || !(cfg.lr > 0.0 && cfg.lr.is_finite()) {
             return Err(Error::Invalid(
                 "distillation needs at least one step, one sequence per batch and a positive learning rate".into(),
+            ));
+        }
+        let weight_ok = |w: f64| w.is_finite() && w >= 0.0;
+        if !(weight_ok(cfg.lm_weight) && weight_ok(cfg.kd_weight))
+            || cfg.lm_weight + cfg.kd_weight == 0.0
+        {
+            return Err(Error::Invalid(
+                "distillation loss weights must be finite, not negative, and not both 0".into(),
             ));
         }
         let n = teacher.layers.len();
@@ -73,15 +97,11 @@ impl Distiller {
         crate::optim::warmup_cosine(self.cfg.lr, warm, self.cfg.steps, 0.0, self.step)
     }
 
-    /// One optimizer step on equal-length token rows; returns the relative loss, on device.
-    pub fn step(&mut self, rows: &[Vec<u32>]) -> Result<Tensor<1>> {
-        if rows.is_empty()
-            || rows
-                .iter()
-                .any(|r| r.len() != rows[0].len() || r.is_empty())
-        {
+    /// One optimizer step on equal-length token rows; returns its losses, on device.
+    pub fn step(&mut self, rows: &[Vec<u32>]) -> Result<DistillLosses> {
+        if rows.is_empty() || rows.iter().any(|r| r.len() != rows[0].len() || r.len() < 2) {
             return Err(Error::Invalid(
-                "a distillation batch needs non-empty rows of equal length".into(),
+                "a distillation batch needs rows of equal length, at least 2 tokens".into(),
             ));
         }
         let device = self.student.device();
@@ -92,7 +112,7 @@ impl Distiller {
         // The bottom adapters are identical in both: their output is the shared input.
         let x = self
             .teacher
-            .run_layers(self.teacher.embed(tokens), 0..b)
+            .run_layers(self.teacher.embed(tokens.clone()), 0..b)
             .detach();
         let target = self
             .teacher
@@ -100,12 +120,23 @@ impl Distiller {
             .detach();
         let out = self.student.run_layers(x, b..n_student - t);
         let norm = target.clone().powi_scalar(2).sum_dim(2);
-        let err = (out - target).powi_scalar(2).sum_dim(2);
-        let loss = err.div(norm.add_scalar(1e-6)).mean();
+        let err = (out.clone() - target).powi_scalar(2).sum_dim(2);
+        let kd = err.div(norm.add_scalar(1e-6)).mean();
+        let lm = (self.cfg.lm_weight > 0.0).then(|| {
+            let top = self.student.run_layers(out, n_student - t..n_student);
+            self.student.next_token_loss(top, tokens, 1, 0)
+        });
+        let mut loss = kd.clone().mul_scalar(self.cfg.kd_weight);
+        if let Some(lm) = &lm {
+            loss = loss + lm.clone().mul_scalar(self.cfg.lm_weight);
+        }
         let grads = GradientsParams::from_grads(loss.backward(), &self.student);
         let lr = self.lr();
         self.student = self.optim.step(lr, self.student.clone(), grads);
         self.step += 1;
-        Ok(loss.detach())
+        Ok(DistillLosses {
+            kd: kd.detach(),
+            lm: lm.map(|l| l.detach()),
+        })
     }
 }

@@ -38,6 +38,19 @@ pub enum Reward {
     Relative,
 }
 
+/// Which text the RL step scores its candidate masks on.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ScoreOn {
+    /// A held-out validation batch, fixed for the run: `N_c` fresh masks, `N_c` forward passes.
+    #[default]
+    Validation,
+    /// This iteration's training batch, before the harmonizers learn from it (so still unseen
+    /// text, a fresh sample each step): the harmonizer step's own mask is candidate 0 and its
+    /// forward pass is reused, so an RL step costs `N_c - 1` passes instead of `N_c`.
+    Training,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ReplaceConfig {
     pub adapters: AdapterSplit,
@@ -56,6 +69,13 @@ pub struct ReplaceConfig {
     /// LM losses at every `loss_stride`-th position only (1: all positions).
     #[serde(default = "one")]
     pub loss_stride: usize,
+    /// Where candidate masks are scored.
+    #[serde(default)]
+    pub score_on: ScoreOn,
+    /// Candidates in antithetic pairs: a mask, then the one keeping what it replaces, so each
+    /// pair compares every layer kept against replaced on the same text (variance reduction).
+    #[serde(default)]
+    pub antithetic: bool,
     /// Score learning rate `eta`.
     pub eta: f64,
     pub reward: Reward,
@@ -83,6 +103,17 @@ impl ReplaceConfig {
         }
         Ok(())
     }
+}
+
+/// What an iteration with [`ScoreOn::Training`] did.
+#[derive(Debug, Clone)]
+pub struct TrainingScored {
+    /// The harmonizer step's LM loss (= `losses[0]`).
+    pub lm: f32,
+    /// Mean candidate loss.
+    pub mean: f64,
+    pub masks: Vec<Vec<bool>>,
+    pub losses: Vec<f64>,
 }
 
 /// All middle layers' harmonizers, as one module for the optimizer.
@@ -176,7 +207,9 @@ impl LayerReplace {
 
     /// A mask over the middle layers (`true` = raw layer kept), drawn from an RNG that
     /// depends only on the seed, the step and the draw: the same run gives the same masks.
-    fn sample_mask(&self, draw: u64) -> Vec<bool> {
+    /// `antithetic` keeps, in each group, the layers with the lowest draws instead of the
+    /// highest: with even groups, exactly the layers the plain draw replaces.
+    fn sample_mask(&self, draw: u64, antithetic: bool) -> Vec<bool> {
         let mut rng = StdRng::seed_from_u64(
             self.cfg.seed ^ (self.state.step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ draw,
         );
@@ -188,11 +221,25 @@ impl LayerReplace {
                 .map(|i| (rng.random::<f64>() * p[i], i))
                 .collect();
             u.sort_by(|a, b| b.0.total_cmp(&a.0));
+            if antithetic {
+                u.reverse();
+            }
             for &(_, i) in u.iter().take((end - start).div_ceil(2)) {
                 keep[i] = true;
             }
         }
         keep
+    }
+
+    /// The `candidates` masks of an RL step, draws `first..`: independent, or with
+    /// [`ReplaceConfig::antithetic`] in pairs (a draw, then its antithetic twin).
+    fn candidate_masks(&self, first: u64) -> Vec<Vec<bool>> {
+        (0..self.cfg.candidates as u64)
+            .map(|j| match self.cfg.antithetic {
+                false => self.sample_mask(first + j, false),
+                true => self.sample_mask(first + j / 2, j % 2 == 1),
+            })
+            .collect()
     }
 
     /// Layer `i` of the mixed network: the raw layer, or its harmonizer where `keep` says so.
@@ -212,26 +259,11 @@ impl LayerReplace {
         }
     }
 
-    /// Mean next-token loss of `tokens` (`[batch, len]`) given the last layer's output `x`,
-    /// at every `loss_stride`-th position (the vocabulary head is a third of a mixed
-    /// network's work; a strided subset, shifted each iteration, estimates the same mean).
+    /// Mean next-token loss at every `loss_stride`-th position (the vocabulary head is a
+    /// third of a mixed network's work; a strided subset, shifted each iteration, estimates
+    /// the same mean).
     fn lm_loss(&self, model: &Llama, x: Tensor<3>, tokens: Tensor<2, Int>) -> Tensor<1> {
-        let [b, t] = tokens.dims();
-        let stride = self.cfg.loss_stride.max(1);
-        let (x, targets) = if stride == 1 {
-            (x.slice([0..b, 0..t - 1]), tokens.slice([0..b, 1..t]))
-        } else {
-            let offset = self.state.step % stride.min(t - 1);
-            let at: Vec<u32> = (offset..t - 1).step_by(stride).map(|p| p as u32).collect();
-            let n = at.len();
-            let at = token_tensor(&[at], &tokens.device()).reshape([n]);
-            (x.select(1, at.clone()), tokens.select(1, at.add_scalar(1)))
-        };
-        let n = targets.dims()[1];
-        let logits = model.head(model.norm.forward(x));
-        let vocab = logits.dims()[2];
-        let logp = burn::tensor::activation::log_softmax(logits.reshape([b * n, vocab]), 1);
-        logp.gather(1, targets.reshape([b * n, 1])).mean().neg()
+        model.next_token_loss(x, tokens, self.cfg.loss_stride, self.state.step)
     }
 
     /// The mixed network's loss on `tokens`: one plain forward pass through every layer.
@@ -263,13 +295,61 @@ impl LayerReplace {
     /// One harmonizer step on `rows` (equal lengths); returns the LM loss on the device.
     pub fn harmonizer_step(&mut self, rows: &[Vec<u32>]) -> Result<Tensor<1>> {
         check_rows(rows)?;
-        let keep = self.sample_mask(0);
+        let keep = self.sample_mask(0, false);
         let tokens = token_tensor(rows, &self.model.device());
         let loss = self.mixed_loss(&self.model, &self.harmonizers, &keep, tokens);
         let grads = GradientsParams::from_grads(loss.backward(), &self.harmonizers);
         let lr = self.lr();
         self.harmonizers = self.optim.step(lr, self.harmonizers.clone(), grads);
         Ok(loss.detach())
+    }
+
+    /// One iteration with [`ScoreOn::Training`]: candidate masks scored on `rows` with the
+    /// harmonizers as they are, then the harmonizer step on the same `rows`, whose mask and
+    /// forward pass are candidate 0's.
+    pub fn harmonizer_and_rl_step(&mut self, rows: &[Vec<u32>]) -> Result<TrainingScored> {
+        check_rows(rows)?;
+        let masks = self.candidate_masks(0);
+        let model = self.model.valid();
+        let harmonizers = self.harmonizers.valid();
+        let tokens = token_tensor(rows, &model.device());
+        let rope = Self::rope(&model, &tokens);
+        // The bottom adapters learn nothing here: computed once, without autodiff.
+        let bottom = model.run_layers(model.embed(tokens.clone()), 0..self.middle.start);
+
+        let train_tokens = token_tensor(rows, &self.model.device());
+        let train_rope = Self::rope(&self.model, &train_tokens);
+        let mut x = bottom.clone().autodiff();
+        let mut path = Vec::with_capacity(self.middle.len());
+        for i in self.middle.clone() {
+            x = self.mixed_layer(&self.model, &self.harmonizers, &masks[0], i, x, &train_rope);
+            path.push(x.clone().inner());
+        }
+        let x = self
+            .model
+            .run_layers(x, self.middle.end..self.model.layers.len());
+        let loss = self.lm_loss(&self.model, x, train_tokens);
+        let lm = self.read_loss(loss.clone())?;
+
+        let losses = self.score_masks(
+            &model,
+            &harmonizers,
+            &masks,
+            bottom,
+            tokens,
+            &rope,
+            Some((path, lm)),
+        )?;
+        let grads = GradientsParams::from_grads(loss.backward(), &self.harmonizers);
+        let lr = self.lr();
+        self.harmonizers = self.optim.step(lr, self.harmonizers.clone(), grads);
+        let mean = self.update_scores(&masks, &losses);
+        Ok(TrainingScored {
+            lm: lm as f32,
+            mean,
+            masks,
+            losses,
+        })
     }
 
     /// Whether this iteration ends with an RL step (every `rl_every`-th one does).
@@ -281,6 +361,11 @@ impl LayerReplace {
     /// Readback is synchronous (the owner's native binary). Returns the mean candidate loss.
     pub fn rl_step(&mut self, rows: &[Vec<u32>]) -> Result<f64> {
         let (masks, losses) = self.candidate_losses(rows)?;
+        Ok(self.update_scores(&masks, &losses))
+    }
+
+    /// The score update from candidates' losses; returns their mean loss.
+    fn update_scores(&mut self, masks: &[Vec<bool>], losses: &[f64]) -> f64 {
         let utility: Vec<f64> = losses.iter().map(|l| (-l).exp()).collect();
         let mean = utility.iter().sum::<f64>() / utility.len() as f64;
         let p = self.keep_probabilities();
@@ -295,32 +380,54 @@ impl LayerReplace {
                 }
             }
         }
-        Ok(losses.iter().sum::<f64>() / losses.len() as f64)
+        losses.iter().sum::<f64>() / losses.len() as f64
     }
 
     /// This step's candidate masks and their validation losses on `rows`.
-    ///
-    /// Candidates share work exactly: the bottom adapters run once, candidates are visited in
-    /// mask order so each continues from the hidden state where it parts from the previous one,
-    /// and a mask drawn twice is scored once. The losses are the ones separate forward passes
-    /// would give.
     pub fn candidate_losses(&self, rows: &[Vec<u32>]) -> Result<(Vec<Vec<bool>>, Vec<f64>)> {
         check_rows(rows)?;
         let model = self.model.valid();
         let harmonizers = self.harmonizers.valid();
         let tokens = token_tensor(rows, &model.device());
         let rope = Self::rope(&model, &tokens);
-        let masks: Vec<Vec<bool>> = (0..self.cfg.candidates)
-            .map(|j| self.sample_mask(1 + j as u64))
-            .collect();
+        let masks = self.candidate_masks(1);
+        let bottom = model.run_layers(model.embed(tokens.clone()), 0..self.middle.start);
+        let losses = self.score_masks(&model, &harmonizers, &masks, bottom, tokens, &rope, None)?;
+        Ok((masks, losses))
+    }
+
+    /// The losses of `masks` on `tokens`, from the bottom adapters' output `bottom`.
+    ///
+    /// Candidates share work exactly: masks are visited in order so each continues from the
+    /// hidden state where it parts from the previous one, a mask drawn twice is scored once,
+    /// and `known` — mask 0's hidden states after each middle layer and its loss, from a pass
+    /// already made — costs nothing. The losses are the ones separate forward passes give.
+    #[allow(clippy::too_many_arguments)]
+    fn score_masks(
+        &self,
+        model: &Llama,
+        harmonizers: &Harmonizers,
+        masks: &[Vec<bool>],
+        bottom: Tensor<3>,
+        tokens: Tensor<2, Int>,
+        rope: &Rope,
+        mut known: Option<(Vec<Tensor<3>>, f64)>,
+    ) -> Result<Vec<f64>> {
         let mut order: Vec<usize> = (0..masks.len()).collect();
         order.sort_by(|&a, &b| masks[a].cmp(&masks[b]).then(a.cmp(&b)));
-        let bottom = model.run_layers(model.embed(tokens.clone()), 0..self.middle.start);
         // `path[d]`: the previous candidate's hidden state after middle layer `d`.
         let mut path: Vec<Tensor<3>> = Vec::with_capacity(self.middle.len());
         let mut previous: Option<(usize, f64)> = None;
         let mut losses = vec![0.0f64; masks.len()];
         for &j in &order {
+            if j == 0
+                && let Some((known_path, loss)) = known.take()
+            {
+                path = known_path;
+                losses[0] = loss;
+                previous = Some((0, loss));
+                continue;
+            }
             let shared = match previous {
                 Some((k, _)) => masks[j]
                     .iter()
@@ -337,20 +444,20 @@ impl LayerReplace {
             let mut x = path.last().cloned().unwrap_or_else(|| bottom.clone());
             for d in shared..self.middle.len() {
                 x = self.mixed_layer(
-                    &model,
-                    &harmonizers,
+                    model,
+                    harmonizers,
                     &masks[j],
                     self.middle.start + d,
                     x,
-                    &rope,
+                    rope,
                 );
                 path.push(x.clone());
             }
             let x = model.run_layers(x, self.middle.end..model.layers.len());
-            losses[j] = self.read_loss(self.lm_loss(&model, x, tokens.clone()))?;
+            losses[j] = self.read_loss(self.lm_loss(model, x, tokens.clone()))?;
             previous = Some((j, losses[j]));
         }
-        Ok((masks, losses))
+        Ok(losses)
     }
 
     /// The validation loss of one mask by a plain forward pass of the whole mixed network

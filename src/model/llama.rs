@@ -439,6 +439,34 @@ impl Llama {
         }
     }
 
+    /// Mean next-token cross-entropy of `tokens` (`[batch, len]`) given the last layer's
+    /// output `x` (before the final norm), at positions `offset, offset + stride, ...` only
+    /// (`stride` 1: every position). Positions that predict nothing (the last) are skipped.
+    pub fn next_token_loss(
+        &self,
+        x: Tensor<3>,
+        tokens: Tensor<2, Int>,
+        stride: usize,
+        offset: usize,
+    ) -> Tensor<1> {
+        let [b, t] = tokens.dims();
+        let stride = stride.max(1);
+        let (x, targets) = if stride == 1 {
+            (x.slice([0..b, 0..t - 1]), tokens.slice([0..b, 1..t]))
+        } else {
+            let offset = offset % stride.min(t - 1);
+            let at: Vec<u32> = (offset..t - 1).step_by(stride).map(|p| p as u32).collect();
+            let n = at.len();
+            let at = token_tensor(&[at], &tokens.device()).reshape([n]);
+            (x.select(1, at.clone()), tokens.select(1, at.add_scalar(1)))
+        };
+        let n = targets.dims()[1];
+        let logits = self.head(self.norm.forward(x));
+        let vocab = logits.dims()[2];
+        let logp = burn::tensor::activation::log_softmax(logits.reshape([b * n, vocab]), 1);
+        logp.gather(1, targets.reshape([b * n, 1])).mean().neg()
+    }
+
     /// Logits `[batch, len, vocab]` for token ids `[batch, len]`.
     pub fn forward(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
         self.head(self.hidden(tokens, None))
