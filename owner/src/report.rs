@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
+use scaleot::emulator::replace::ScoreOn;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -437,18 +438,20 @@ fn owner_costs(
                 .with_context(|| format!("{} is not an importance file", path.display()))?;
         let c = &m.config;
         let opt = |x: Option<usize>| x.map_or("?".to_string(), |v| v.to_string());
+        let (scored_on, scored) = match c.score_on {
+            ScoreOn::Validation => ("validation", format!("+{} scored", opt(m.val_batch))),
+            ScoreOn::Training => ("training batches", "candidates scored on it".to_string()),
+        };
         costs.push(OwnerCost {
             run: format!(
-                "ScaleOT importance: harmonizers + RL (N_c={}, RL every {} steps, loss stride {})",
-                c.candidates, c.rl_every, c.loss_stride
+                "ScaleOT importance: harmonizers + RL (N_c={}{}, scored on {scored_on}, RL every {} steps, loss stride {})",
+                c.candidates,
+                if c.antithetic { " antithetic" } else { "" },
+                c.rl_every,
+                c.loss_stride
             ),
             steps: c.steps as u64,
-            batch: format!(
-                "{} x {} (+{} scored)",
-                opt(m.batch),
-                opt(m.seq_len),
-                opt(m.val_batch)
-            ),
+            batch: format!("{} x {} ({scored})", opt(m.batch), opt(m.seq_len)),
             seconds: m.seconds,
             peak_rss_mib: m.peak_rss_mib,
         });

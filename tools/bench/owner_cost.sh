@@ -4,7 +4,7 @@
 # Offsite-Tuning's distillation (`scaleot emulator --method uniform-drop --distill`).
 # Wall time of the steps and peak memory of each process, side by side, with the ratios.
 # Usage: tools/bench/owner_cost.sh [STEPS] [extra `scaleot importance` arguments...]
-#   e.g. tools/bench/owner_cost.sh 40 --rl-every 4 --loss-stride 4 --val-batch 2
+#   e.g. tools/bench/owner_cost.sh 40 --score-on training --candidates 2 --antithetic
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 STEPS=${1:-40}
@@ -25,14 +25,16 @@ d = json.load(open(f"{out}/distilled.json"))["params"]["distill"]
 i = json.load(open(f"{out}/importance.json"))
 c = i["config"]
 print(f"owner-side cost, {steps} steps of 4 x 128 tokens, {out}; importance options: {extra or '(defaults)'}")
-print(f"{'run':64} {'s/step':>8} {'total s':>8} {'peak RSS MiB':>13}")
+print(f"{'run':72} {'s/step':>8} {'total s':>8} {'peak RSS MiB':>13}")
 rows = [
-    ("Offsite-Tuning distillation (13 kept middle layers trained)", d["seconds"], d["peak_rss_mib"]),
-    (f"ScaleOT importance (N_c={c['candidates']}, rl-every {c.get('rl_every', 1)}, "
-     f"loss-stride {c.get('loss_stride', 1)}, {i.get('val_batch')} scored)", i["seconds"], i["peak_rss_mib"]),
+    (f"Offsite-Tuning distillation (13 layers; {d.get('lm_weight', 0)} x LM + {d.get('kd_weight', 1)} x KD)",
+     d["seconds"], d["peak_rss_mib"]),
+    (f"ScaleOT importance (N_c={c['candidates']}{' antithetic' if c.get('antithetic') else ''}, "
+     f"on {c.get('score_on', 'validation')}, rl-every {c.get('rl_every', 1)}, "
+     f"loss-stride {c.get('loss_stride', 1)})", i["seconds"], i["peak_rss_mib"]),
 ]
 for name, secs, rss in rows:
-    print(f"{name:64} {secs / steps:8.2f} {secs:8.1f} {rss:13.0f}")
+    print(f"{name:72} {secs / steps:8.2f} {secs:8.1f} {rss:13.0f}")
 print(f"ratio ScaleOT/distillation: wall time {i['seconds'] / d['seconds']:.2f}x, "
       f"peak memory {i['peak_rss_mib'] / d['peak_rss_mib']:.2f}x")
 PY
