@@ -72,6 +72,8 @@ refused "$ot/r2.log" "same split" "$bin" emulator --method scaleot --importance 
 refused "$ot/r4.log" "rl-every and loss-stride must be at least 1" "$bin" importance --rl-every 0 \
   --out "$ot/imp-other.json"
 refused "$ot/r5.log" "built without CUDA" "$bin" importance --device cuda --out "$ot/imp-other.json"
+refused "$ot/r6.log" "loss weights must be finite, not negative" "$bin" emulator --adapters 2+2 \
+  --keep 13 --distill --distill-steps 1 --distill-lm-weight -1 --out "$ot/emu-bad.json"
 cp "$ot/imp.json" "$ot/bad-imp.json"; cp "$ot/imp.safetensors" "$ot/bad-imp.safetensors"
 printf 'x' | dd of="$ot/bad-imp.safetensors" bs=1 seek=200 conv=notrunc status=none
 refused "$ot/r3.log" "corrupted" "$bin" emulator --method scaleot --importance "$ot/bad-imp.json" \

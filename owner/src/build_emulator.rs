@@ -109,10 +109,10 @@ struct DistillArgs {
     #[arg(long, default_value_t = 1e-4)]
     distill_lr: f64,
     /// Weight of the emulator's next-token loss (Offsite-Tuning's recipe: 1; 0 skips it).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     distill_lm_weight: f64,
     /// Weight of the middle block's hidden-state loss (Offsite-Tuning's recipe: 30).
-    #[arg(long, default_value_t = 30.0)]
+    #[arg(long, default_value_t = 30.0, allow_negative_numbers = true)]
     distill_kd_weight: f64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -409,18 +409,24 @@ fn distill(
         }
         let step_losses = distiller.step(batch)?;
         let kd = crate::read_scalar(step_losses.kd)?;
-        let lm = match step_losses.lm {
-            Some(lm) => crate::read_scalar(lm)?,
-            None => f32::NAN,
+        let (lm, lm_ok) = match step_losses.lm {
+            Some(lm) => {
+                let lm = crate::read_scalar(lm)?;
+                (lm, lm.is_finite())
+            }
+            None => (f32::NAN, true),
         };
-        if !kd.is_finite() || lm.is_infinite() {
+        if !kd.is_finite() || !lm_ok {
             bail!(
                 "distillation diverged at step {step} (relative loss {kd}, LM loss {lm}): lower --distill-lr"
             );
         }
         losses.push((kd, lm));
         pb.inc(1);
-        let line = format!("relative loss {kd:.4} LM loss {lm:.3}");
+        let line = match lm.is_finite() {
+            true => format!("relative loss {kd:.4} LM loss {lm:.3}"),
+            false => format!("relative loss {kd:.4}"),
+        };
         if pb.is_hidden() && (step + 1) % 20 == 0 {
             eprintln!("distill step {}/{} {line}", step + 1, a.distill_steps);
         }
@@ -435,9 +441,11 @@ fn distill(
     let (head, tail) = (&losses[..window], &losses[losses.len() - window..]);
     let (first, last) = (mean(head, |l| l.0), mean(tail, |l| l.0));
     let (lm_first, lm_last) = (mean(head, |l| l.1), mean(tail, |l| l.1));
-    eprintln!(
-        "distilled in {secs:.0}s: relative loss {first:.4} → {last:.4}, LM loss {lm_first:.3} → {lm_last:.3}"
-    );
+    let lm_part = match lm_first.is_finite() {
+        true => format!(", LM loss {lm_first:.3} → {lm_last:.3}"),
+        false => String::new(),
+    };
+    eprintln!("distilled in {secs:.0}s: relative loss {first:.4} → {last:.4}{lm_part}");
     let student = distiller.student;
     let mut tensors = HashMap::new();
     for (slot, &orig) in student.layers.iter().zip(&student.layer_index) {

@@ -441,7 +441,8 @@ impl Llama {
 
     /// Mean next-token cross-entropy of `tokens` (`[batch, len]`) given the last layer's
     /// output `x` (before the final norm), at positions `offset, offset + stride, ...` only
-    /// (`stride` 1: every position). Positions that predict nothing (the last) are skipped.
+    /// (`stride` 1: every position; `offset` is taken modulo the stride, so a step counter
+    /// rotates through all positions). The last position predicts nothing and is skipped.
     pub fn next_token_loss(
         &self,
         x: Tensor<3>,
