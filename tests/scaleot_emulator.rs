@@ -392,7 +392,7 @@ fn low_rank_layers_are_stored_as_factors_and_load_as_their_product() {
         plan([Dropped, Raw, Dropped, Raw]),
         HashMap::new(),
     ));
-    let low = bundle_with(&base, plan([Dropped, LowRank, Dropped, Raw]), extra);
+    let low = bundle_with(&base, plan([Dropped, LowRank, Dropped, Raw]), extra.clone());
     assert!(max_abs_diff(&raw, &emulator_logits(&low)) < 1e-5);
     let stored = SafetensorsSource::new(&[&low.0]).unwrap();
     assert!(
@@ -413,4 +413,17 @@ fn low_rank_layers_are_stored_as_factors_and_load_as_their_product() {
             .unwrap()
             .is_some()
     );
+    // SRC on some projections only (--src-projections q,k): v and o stay dense.
+    extra.retain(|name, _| name.contains(".q_proj.") || name.contains(".k_proj."));
+    let some = bundle_with(&base, plan([Dropped, LowRank, Dropped, Raw]), extra);
+    assert!(max_abs_diff(&raw, &emulator_logits(&some)) < 1e-5);
+    let stored = SafetensorsSource::new(&[&some.0]).unwrap();
+    for (name, present) in [
+        ("model.layers.2.self_attn.k_proj.lowrank_v.weight", true),
+        ("model.layers.2.self_attn.k_proj.weight", false),
+        ("model.layers.2.self_attn.v_proj.weight", true),
+        ("model.layers.2.self_attn.v_proj.lowrank_u.weight", false),
+    ] {
+        assert_eq!(stored.tensor(name).unwrap().is_some(), present, "{name}");
+    }
 }

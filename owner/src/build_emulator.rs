@@ -72,6 +72,9 @@ pub struct EmulatorArgs {
     /// q/k/v/o projections (1 = no compression).
     #[arg(long, default_value_t = 1.0)]
     beta: f64,
+    /// The attention projections SRC compresses (comma-separated from q,k,v,o).
+    #[arg(long, default_value = "q,k,v,o")]
+    src_projections: String,
     /// The output of `scaleot importance` (scores + harmonizers).
     #[arg(long)]
     importance: Option<PathBuf>,
@@ -182,7 +185,14 @@ pub fn emulator(a: EmulatorArgs) -> Result<()> {
         extra.extend(tensors);
     }
     if a.beta < 1.0 {
-        let ranks = compress_attention(&mut plan, &mut extra, opened.source.as_ref(), a.beta)?;
+        let projections = src_projections(&a.src_projections)?;
+        let ranks = compress_attention(
+            &mut plan,
+            &mut extra,
+            opened.source.as_ref(),
+            a.beta,
+            &projections,
+        )?;
         params["src_ranks"] = json!(ranks);
     }
     let extra = HostTensors(extra);
@@ -233,23 +243,46 @@ pub fn emulator(a: EmulatorArgs) -> Result<()> {
     Ok(())
 }
 
-/// Selective Rank Compression: every kept raw middle layer becomes low-rank; its q/k/v/o
-/// `W [out, in]` is stored as `U_r·Σ_r` `[out, r]` and `V_rᵀ` `[r, in]` with
-/// `r = ceil(beta · min(out, in))` (truncated SVD, nalgebra). The MLP stays untouched.
-/// Returns the ranks used per projection.
+/// `--src-projections`: a comma-separated subset of q,k,v,o → `["q_proj", ...]`.
+fn src_projections(list: &str) -> Result<Vec<&'static str>> {
+    let mut out = Vec::new();
+    for p in list.split(',').map(str::trim) {
+        let proj = match p {
+            "q" => "q_proj",
+            "k" => "k_proj",
+            "v" => "v_proj",
+            "o" => "o_proj",
+            other => bail!("--src-projections: unknown projection `{other}`; use q, k, v, o"),
+        };
+        if !out.contains(&proj) {
+            out.push(proj);
+        }
+    }
+    Ok(out)
+}
+
+/// Selective Rank Compression: every kept raw middle layer becomes low-rank; its chosen
+/// attention projections `W [out, in]` are stored as `U_r·Σ_r` `[out, r]` and `V_rᵀ` `[r, in]`
+/// with `r = ceil(beta · min(out, in))` (truncated SVD, nalgebra); the other projections and
+/// the MLP stay untouched. Returns the ranks used per projection.
 fn compress_attention(
     plan: &mut [LayerKind],
     extra: &mut HashMap<String, HostTensor>,
     base: &dyn WeightSource,
     beta: f64,
+    projections: &[&str],
 ) -> Result<HashMap<String, usize>> {
     let mut ranks = HashMap::new();
     let targets: Vec<usize> = (0..plan.len())
         .filter(|&i| plan[i] == LayerKind::Raw)
         .collect();
-    let pb = progress::bar((targets.len() * 4) as u64, "SVD", "matrices");
+    let pb = progress::bar(
+        (targets.len() * projections.len()) as u64,
+        "SVD",
+        "matrices",
+    );
     for i in targets {
-        for proj in ["q_proj", "k_proj", "v_proj", "o_proj"] {
+        for &proj in projections {
             let module = format!("model.layers.{i}.self_attn.{proj}");
             let name = format!("{module}.weight");
             let w = match extra.get(&name) {

@@ -39,6 +39,9 @@ pub struct ReportArgs {
     /// The methods that also get the betas below 1 (the others run at beta 1 only).
     #[arg(long, default_value = "scaleot")]
     src_methods: String,
+    /// The attention projections SRC compresses (comma-separated from q,k,v,o).
+    #[arg(long, default_value = "q,k,v,o")]
+    src_projections: String,
     /// Fine-tuning steps for every FT cell.
     #[arg(long, default_value_t = 150)]
     steps: usize,
@@ -374,6 +377,7 @@ fn build_emulator(
     args.extend(model_args(a));
     if beta < 1.0 {
         args.extend(["--beta".to_string(), beta.to_string()]);
+        args.extend(["--src-projections".to_string(), a.src_projections.clone()]);
     }
     let start = Instant::now();
     if !Path::new(path).exists() {

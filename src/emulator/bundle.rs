@@ -115,12 +115,18 @@ pub fn write_bundle(
                 }
             }
             LayerKind::LowRank => {
-                // Attention as SVD factors (the builder's source provides them), the rest raw.
+                // Attention projections as SVD factors where the builder's source provides
+                // them (SRC may compress only some of q/k/v/o), everything else raw.
                 for name in layer_tensor_names(i) {
                     match name.strip_suffix(".weight") {
                         Some(m) if m.contains(".self_attn.") => {
-                            for factor in lowrank_names(m) {
-                                take(factor, false, true)?;
+                            let factors = lowrank_names(m);
+                            if base.tensor(&factors[0])?.is_some() {
+                                for factor in factors {
+                                    take(factor, false, true)?;
+                                }
+                            } else {
+                                take(name, false, true)?;
                             }
                         }
                         _ => take(name, false, true)?,
