@@ -131,6 +131,7 @@ pub fn emulator(a: EmulatorArgs) -> Result<()> {
     if !(a.beta > 0.0 && a.beta <= 1.0) {
         bail!("--beta {} must be in (0, 1]", a.beta);
     }
+    let projections = src_projections(&a.src_projections)?;
     let mut extra: HashMap<String, HostTensor> = HashMap::new();
     let mut params = json!({"adapters": split.to_string(), "beta": a.beta});
     let mut plan = match a.method {
@@ -185,7 +186,6 @@ pub fn emulator(a: EmulatorArgs) -> Result<()> {
         extra.extend(tensors);
     }
     if a.beta < 1.0 {
-        let projections = src_projections(&a.src_projections)?;
         let ranks = compress_attention(
             &mut plan,
             &mut extra,
