@@ -75,8 +75,7 @@ try {
   await setSettings(page, { steps: 6, batch: 2, lr: 0.01, 'seq-len': 128, 'lora-rank': 4, 'held-out': 0.25 });
   const tTrain = Date.now();
   await page.click('#train-btn');
-  // Any step shown (a fast step 1 can be gone before the next poll).
-  await waitText(page, '#train-stats', /step \d+\/50/, 300_000);
+  await waitText(page, '#train-stats', /step 1\//, 300_000);
   metrics.first_step_seconds = (Date.now() - tTrain) / 1000;
   // Pause (saves a checkpoint), then the worker dies as on a lost GPU device; the page offers a
   // restart, which reloads everything and continues from the checkpoint.
