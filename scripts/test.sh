@@ -53,11 +53,14 @@ imp_opts=(--steps 3 --batch 2 --val-batch 2 --candidates 3 --rl-every 2 --loss-s
 "$bin" importance "${imp_opts[@]}" --checkpoint-every 2 --out "$ot/imp.json"
 "$bin" importance "${imp_opts[@]}" --resume "$ot/imp.ckpt" --out "$ot/imp.json" 2>&1 | tee "$ot/imp.log"
 grep -q "resumed at step 2" "$ot/imp.log"
-# Candidates scored on the training batches (the harmonizer pass reused), in antithetic pairs.
-"$bin" importance --steps 2 --batch 2 --candidates 2 --score-on training --antithetic \
+# Candidates scored on the training batches (the harmonizer pass reused), in antithetic pairs;
+# scoring stops once the ranking settles.
+"$bin" importance --steps 2 --batch 2 --candidates 2 --score-on training --antithetic --settle 1 \
   --checkpoint-every 0 --out "$ot/imp-train.json"
 grep -q '"score_on": "training"' "$ot/imp-train.json"
 grep -q '"antithetic": true' "$ot/imp-train.json"
+grep -q '"settle": 1' "$ot/imp-train.json"
+grep -q '"settled_at": ' "$ot/imp-train.json"
 # Refusals: another run's importance checkpoint, scores made for another adapter split, and
 # corrupted harmonizer weights each stop with a message naming what to do.
 refused() { # refused LOG PATTERN CMD...: CMD must fail and say PATTERN

@@ -90,6 +90,8 @@ fn replace_config(steps: usize) -> scaleot::emulator::replace::ReplaceConfig {
         loss_stride: 1,
         score_on: scaleot::emulator::replace::ScoreOn::Validation,
         antithetic: false,
+        settle: 0,
+        rl_steps: None,
         eta: 2.0,
         reward: scaleot::emulator::replace::Reward::Relative,
         lr: 3e-3,
@@ -124,25 +126,15 @@ fn run_replace(
     base: &ModelBytes,
     cfg: scaleot::emulator::replace::ReplaceConfig,
 ) -> (Vec<f64>, Vec<f32>) {
-    use scaleot::emulator::replace::ScoreOn;
     let steps = cfg.steps;
     let mut r = layer_replace(base, cfg);
     let rows = replace_rows();
-    let mut losses = Vec::new();
-    for batch in rows.chunks(2).cycle().take(steps) {
-        let (lm, val) = match r.cfg.score_on {
-            ScoreOn::Validation => {
-                let lm = first_f32(r.harmonizer_step(batch).unwrap());
-                (lm, r.rl_step(&rows[6..]).unwrap())
-            }
-            ScoreOn::Training => {
-                let scored = r.harmonizer_and_rl_step(batch).unwrap();
-                (scored.lm, scored.mean)
-            }
-        };
-        r.complete_step(lm, val).unwrap();
-        losses.push(lm);
-    }
+    let losses = rows
+        .chunks(2)
+        .cycle()
+        .take(steps)
+        .map(|batch| r.iterate(batch, &rows[6..]).unwrap().0)
+        .collect();
     assert!(r.finished());
     (r.state.scores.clone(), losses)
 }
@@ -177,6 +169,67 @@ fn layer_replace_scores_the_layer_that_matters_highest() {
         // Same seed, same run.
         assert_eq!(run_replace(&base, cfg).0, scores);
     }
+}
+
+#[test]
+fn scoring_stops_once_settled_or_after_rl_steps_and_keeps_what_it_had() {
+    use scaleot::emulator::replace::{ReplaceConfig, ReplaceState, SETTLE_SHARES, least_important};
+    let base = tiny_model_bytes_with(|i| i != 2);
+    let steps = 40;
+    let rows = replace_rows();
+    let run = |cfg: ReplaceConfig| -> ReplaceState {
+        let mut r = layer_replace(&base, cfg);
+        for batch in rows.chunks(2).cycle().take(steps) {
+            r.iterate(batch, &rows[6..]).unwrap();
+        }
+        r.state
+    };
+    let full = run(replace_config(steps));
+    assert_eq!(full.settled_at, None);
+    let settled = run(ReplaceConfig {
+        settle: 3,
+        ..replace_config(steps)
+    });
+    let at = settled
+        .settled_at
+        .expect("the ranking should settle in 40 steps");
+    assert!(at + 1 < steps, "settled only at the end: {at}");
+    let budget = run(ReplaceConfig {
+        rl_steps: Some(7),
+        ..replace_config(steps)
+    });
+    assert_eq!(budget.settled_at, None);
+    for (state, last) in [(&settled, at), (&budget, 6)] {
+        // Up to the last RL step it is the same run as the full one...
+        assert_eq!(state.score_history[..=last], full.score_history[..=last]);
+        // ...after it no score moves (the candidate passes are skipped) while the
+        // harmonizers keep learning.
+        for scores in &state.score_history[last..] {
+            assert_eq!(scores, &state.score_history[last]);
+        }
+        assert_ne!(state.history[last + 1..], full.history[last + 1..]);
+        // The layer that matters is kept at half the middle layers.
+        let replaced = least_important(&state.scores, 1, 0.5, None).unwrap();
+        assert!(!replaced.contains(&2), "{replaced:?}");
+    }
+    // Settled: the replaced layers at every share held still through the last 3 RL steps.
+    let replaced = |scores: &[f64]| -> Vec<Vec<usize>> {
+        SETTLE_SHARES
+            .iter()
+            .map(|&a| least_important(scores, 1, a, None).unwrap())
+            .collect()
+    };
+    if let Some(earlier) = at.checked_sub(3) {
+        assert_eq!(
+            replaced(&full.score_history[earlier]),
+            replaced(&settled.score_history[at])
+        );
+    }
+    let no_scoring = ReplaceConfig {
+        rl_steps: Some(0),
+        ..replace_config(steps)
+    };
+    assert!(no_scoring.validate().is_err());
 }
 
 #[test]

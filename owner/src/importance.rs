@@ -88,6 +88,15 @@ pub struct ImportanceArgs {
     /// replaces (within each group), a paired comparison on the same text.
     #[arg(long)]
     antithetic: bool,
+    /// Stop scoring once the ranking has settled: the layers replaced at α = 0.25, 0.5 and 0.75
+    /// unchanged through N RL steps in a row (0: score every step). The harmonizers keep
+    /// training to --steps; a settled run skips the candidate passes that remain.
+    #[arg(long, default_value_t = 0)]
+    settle: usize,
+    /// Score only in the first N iterations (default: all); the harmonizers keep training to
+    /// --steps with masks drawn from the scores as they were then.
+    #[arg(long)]
+    rl_steps: Option<usize>,
     /// Held-out sequences that score the RL candidates (with --score-on validation).
     #[arg(long, default_value_t = 4)]
     val_batch: usize,
@@ -117,6 +126,12 @@ pub struct ImportanceManifest {
     /// Middle layers from most to least important.
     pub ranking: Vec<usize>,
     pub history: Vec<(f32, f64)>,
+    /// The scores after each iteration.
+    #[serde(default)]
+    pub score_history: Vec<Vec<f64>>,
+    /// The iteration whose RL step settled the ranking (`--settle`); no scoring after it.
+    #[serde(default)]
+    pub settled_at: Option<usize>,
     pub corpus: serde_json::Value,
     pub seconds: f64,
     pub peak_rss_mib: Option<f64>,
@@ -240,6 +255,8 @@ pub fn importance(a: ImportanceArgs) -> Result<()> {
             ScoreOnArg::Training => ScoreOn::Training,
         },
         antithetic: a.antithetic,
+        settle: a.settle,
+        rl_steps: a.rl_steps,
         eta: a.eta,
         reward: match a.reward {
             RewardArg::Relative => Reward::Relative,
@@ -318,26 +335,20 @@ pub fn importance(a: ImportanceArgs) -> Result<()> {
     pb.set_position(run.state.step as u64);
     let start = Instant::now();
     let batches: Vec<&[Vec<u32>]> = rows.chunks_exact(a.batch).collect();
-    // The latest RL step's mean candidate loss (iterations without one repeat it).
-    let mut val_loss = run.state.history.last().map_or(f64::NAN, |h| h.1);
     while !run.finished() {
         let batch = batches[run.state.step % batches.len()];
-        let lm = match (run.rl_due(), cfg.score_on) {
-            (true, ScoreOn::Training) => {
-                let scored = run.harmonizer_and_rl_step(batch)?;
-                val_loss = scored.mean;
-                scored.lm
-            }
-            (rl_due, _) => {
-                let lm = crate::read_scalar(run.harmonizer_step(batch)?)?;
-                if rl_due {
-                    val_loss = run.rl_step(&val)?;
-                }
-                lm
-            }
-        };
-        run.complete_step(lm, val_loss)?;
+        let settling = run.state.settled_at.is_none();
+        let (lm, _) = run.iterate(batch, &val)?;
+        let val_loss = run.state.history.last().map_or(f64::NAN, |h| h.1);
         let step = run.state.step;
+        if settling && let Some(at) = run.state.settled_at {
+            pb.suspend(|| {
+                eprintln!(
+                    "the ranking settled at iteration {}: scoring stops, the harmonizers train on",
+                    at + 1
+                )
+            });
+        }
         pb.set_position(step as u64);
         let line = format!("harmonizer loss {lm:.3} candidates {val_loss:.3}");
         if pb.is_hidden() && (step % 10 == 0 || step == cfg.steps) {
@@ -364,6 +375,8 @@ pub fn importance(a: ImportanceArgs) -> Result<()> {
         ranking: ranking.iter().map(|k| k + middle.start).collect(),
         scores,
         history: run.state.history.clone(),
+        score_history: run.state.score_history.clone(),
+        settled_at: run.state.settled_at,
         corpus,
         seconds: secs,
         peak_rss_mib: crate::commands::peak_rss_mib(),

@@ -448,11 +448,15 @@ fn owner_costs(
         };
         costs.push(OwnerCost {
             run: format!(
-                "ScaleOT importance: harmonizers + RL (N_c={}{}, scored on {scored_on}, RL every {} steps, loss stride {})",
+                "ScaleOT importance: harmonizers + RL (N_c={}{}, scored on {scored_on}, RL every {} steps, loss stride {}{})",
                 c.candidates,
                 if c.antithetic { " antithetic" } else { "" },
                 c.rl_every,
-                c.loss_stride
+                c.loss_stride,
+                match m.settled_at {
+                    Some(at) => format!(", ranking settled at step {}", at + 1),
+                    None => String::new(),
+                }
             ),
             steps: c.steps as u64,
             batch: format!("{} x {} ({scored})", opt(m.batch), opt(m.seq_len)),

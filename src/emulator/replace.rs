@@ -76,6 +76,15 @@ pub struct ReplaceConfig {
     /// pair compares every layer kept against replaced on the same text (variance reduction).
     #[serde(default)]
     pub antithetic: bool,
+    /// Stop scoring once the ranking has settled: the layers replaced at each of
+    /// [`SETTLE_SHARES`] stayed the same through this many RL steps in a row (0: score to the
+    /// end). Harmonizer training goes on, its masks drawn from the settled scores.
+    #[serde(default)]
+    pub settle: usize,
+    /// RL steps only in the first this many iterations (`None`: all of them); the harmonizers
+    /// train on to `steps`, their masks drawn from the scores as they were then.
+    #[serde(default)]
+    pub rl_steps: Option<usize>,
     /// Score learning rate `eta`.
     pub eta: f64,
     pub reward: Reward,
@@ -95,6 +104,12 @@ impl ReplaceConfig {
         {
             return Err(Error::Invalid(
                 "harmonizer rank, steps, rl-every and loss-stride must be at least 1, groups and candidates at least 2"
+                    .into(),
+            ));
+        }
+        if self.rl_steps == Some(0) {
+            return Err(Error::Invalid(
+                "--rl-steps 0 would learn no scores: give at least 1, or leave it out to score every iteration"
                     .into(),
             ));
         }
@@ -129,7 +144,20 @@ pub struct ReplaceState {
     pub scores: Vec<f64>,
     /// Per iteration: (harmonizer LM loss, mean candidate validation loss).
     pub history: Vec<(f32, f64)>,
+    /// Per iteration: the scores after it (how the ranking settled).
+    #[serde(default)]
+    pub score_history: Vec<Vec<f64>>,
+    /// RL steps in a row that left the replaced layers at every [`SETTLE_SHARES`] unchanged.
+    #[serde(default)]
+    pub unchanged_rl_steps: usize,
+    /// The iteration whose RL step settled the ranking (no scoring after it).
+    #[serde(default)]
+    pub settled_at: Option<usize>,
 }
+
+/// The shares of replaced middle layers whose choice must hold still for the ranking to count
+/// as settled ([`ReplaceConfig::settle`]): the emulator sizes an owner is likely to build.
+pub const SETTLE_SHARES: [f64; 3] = [0.25, 0.5, 0.75];
 
 pub struct LayerReplace {
     model: Llama,
@@ -185,6 +213,9 @@ impl LayerReplace {
                 step: 0,
                 scores: vec![0.0; middle.len()],
                 history: Vec::new(),
+                score_history: Vec::new(),
+                unchanged_rl_steps: 0,
+                settled_at: None,
             },
             optim: optimizer(),
             middle,
@@ -352,9 +383,20 @@ impl LayerReplace {
         })
     }
 
-    /// Whether this iteration ends with an RL step (every `rl_every`-th one does).
+    /// Whether this iteration ends with an RL step: every `rl_every`-th one does, within the
+    /// first `rl_steps` iterations and until the ranking has settled.
     pub fn rl_due(&self) -> bool {
-        self.state.step.is_multiple_of(self.cfg.rl_every.max(1))
+        self.state.settled_at.is_none()
+            && self.cfg.rl_steps.is_none_or(|n| self.state.step < n)
+            && self.state.step.is_multiple_of(self.cfg.rl_every.max(1))
+    }
+
+    /// The middle layers (positions) replaced at each of [`SETTLE_SHARES`], by the current scores.
+    fn replaced_sets(&self) -> Vec<Vec<usize>> {
+        SETTLE_SHARES
+            .iter()
+            .filter_map(|&share| least_important(&self.state.scores, 0, share, None).ok())
+            .collect()
     }
 
     /// One RL step on validation `rows`: scores `candidates` masks and updates the scores.
@@ -366,6 +408,7 @@ impl LayerReplace {
 
     /// The score update from candidates' losses; returns their mean loss.
     fn update_scores(&mut self, masks: &[Vec<bool>], losses: &[f64]) -> f64 {
+        let replaced_before = self.replaced_sets();
         let utility: Vec<f64> = losses.iter().map(|l| (-l).exp()).collect();
         let mean = utility.iter().sum::<f64>() / utility.len() as f64;
         let p = self.keep_probabilities();
@@ -379,6 +422,13 @@ impl LayerReplace {
                     self.state.scores[i] += self.cfg.eta * reward * p[i] * (1.0 - p[i]);
                 }
             }
+        }
+        self.state.unchanged_rl_steps = match self.replaced_sets() == replaced_before {
+            true => self.state.unchanged_rl_steps + 1,
+            false => 0,
+        };
+        if self.cfg.settle > 0 && self.state.unchanged_rl_steps >= self.cfg.settle {
+            self.state.settled_at = Some(self.state.step);
         }
         losses.iter().sum::<f64>() / losses.len() as f64
     }
@@ -485,6 +535,32 @@ impl LayerReplace {
         }
     }
 
+    /// One whole iteration on training `batch`: the harmonizer step, then the RL step when one
+    /// is due — on the held-out `val` rows, or on `batch` itself with [`ScoreOn::Training`] —
+    /// recorded with [`LayerReplace::complete_step`]. Returns the harmonizer LM loss and, when
+    /// it scored, the mean candidate loss.
+    pub fn iterate(&mut self, batch: &[Vec<u32>], val: &[Vec<u32>]) -> Result<(f32, Option<f64>)> {
+        let (lm, scored) = match (self.rl_due(), self.cfg.score_on) {
+            (true, ScoreOn::Training) => {
+                let scored = self.harmonizer_and_rl_step(batch)?;
+                (scored.lm, Some(scored.mean))
+            }
+            (rl_due, _) => {
+                let loss = self.harmonizer_step(batch)?;
+                let lm = self.read_loss(loss)? as f32;
+                let scored = match rl_due {
+                    true => Some(self.rl_step(val)?),
+                    false => None,
+                };
+                (lm, scored)
+            }
+        };
+        // Iterations without an RL step repeat the latest candidate loss in the history.
+        let latest = self.state.history.last().map_or(f64::NAN, |h| h.1);
+        self.complete_step(lm, scored.unwrap_or(latest))?;
+        Ok((lm, scored))
+    }
+
     /// Records a finished iteration.
     pub fn complete_step(&mut self, lm_loss: f32, val_loss: f64) -> Result<()> {
         if !lm_loss.is_finite() {
@@ -494,6 +570,7 @@ impl LayerReplace {
             });
         }
         self.state.history.push((lm_loss, val_loss));
+        self.state.score_history.push(self.state.scores.clone());
         self.state.step += 1;
         Ok(())
     }

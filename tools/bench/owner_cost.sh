@@ -31,7 +31,9 @@ rows = [
      d["seconds"], d["peak_rss_mib"]),
     (f"ScaleOT importance (N_c={c['candidates']}{' antithetic' if c.get('antithetic') else ''}, "
      f"on {c.get('score_on', 'validation')}, rl-every {c.get('rl_every', 1)}, "
-     f"loss-stride {c.get('loss_stride', 1)})", i["seconds"], i["peak_rss_mib"]),
+     f"loss-stride {c.get('loss_stride', 1)}"
+     + (f", settled at step {i['settled_at'] + 1}" if i.get("settled_at") is not None else "") + ")",
+     i["seconds"], i["peak_rss_mib"]),
 ]
 for name, secs, rss in rows:
     print(f"{name:72} {secs / steps:8.2f} {secs:8.1f} {rss:13.0f}")
