@@ -448,10 +448,11 @@ fn owner_costs(
         };
         costs.push(OwnerCost {
             run: format!(
-                "ScaleOT importance: harmonizers + RL (N_c={}{}, scored on {scored_on}, RL every {} steps, loss stride {}{})",
+                "ScaleOT importance: harmonizers + RL (N_c={}{}, scored on {scored_on}, RL every {} steps with eta {}, loss stride {}{})",
                 c.candidates,
                 if c.antithetic { " antithetic" } else { "" },
                 c.rl_every,
+                c.eta,
                 c.loss_stride,
                 match m.settled_at {
                     Some(at) => format!(", ranking settled at step {}", at + 1),
