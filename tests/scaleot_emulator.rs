@@ -202,8 +202,8 @@ fn scoring_stops_once_settled_or_after_rl_steps_and_keeps_what_it_had() {
     for (state, last) in [(&settled, at), (&budget, 6)] {
         // Up to the last RL step it is the same run as the full one...
         assert_eq!(state.score_history[..=last], full.score_history[..=last]);
-        // ...after it no score moves (the candidate passes are skipped) while the
-        // harmonizers keep learning.
+        // ...after it no score moves (the candidate passes are skipped), while the harmonizer
+        // steps go on under masks from the frozen scores (another path than the full run's).
         for scores in &state.score_history[last..] {
             assert_eq!(scores, &state.score_history[last]);
         }
