@@ -341,8 +341,7 @@ pub fn importance(a: ImportanceArgs) -> Result<()> {
     while !run.finished() {
         let batch = batches[run.state.step % batches.len()];
         let settling = run.state.settled_at.is_none();
-        let (lm, _) = run.iterate(batch, &val)?;
-        let val_loss = run.state.history.last().map_or(f64::NAN, |h| h.1);
+        let (lm, val_loss) = run.iterate(batch, &val)?;
         let step = run.state.step;
         if settling && let Some(at) = run.state.settled_at {
             pb.suspend(|| {

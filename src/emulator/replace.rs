@@ -537,9 +537,9 @@ impl LayerReplace {
 
     /// One whole iteration on training `batch`: the harmonizer step, then the RL step when one
     /// is due — on the held-out `val` rows, or on `batch` itself with [`ScoreOn::Training`] —
-    /// recorded with [`LayerReplace::complete_step`]. Returns the harmonizer LM loss and, when
-    /// it scored, the mean candidate loss.
-    pub fn iterate(&mut self, batch: &[Vec<u32>], val: &[Vec<u32>]) -> Result<(f32, Option<f64>)> {
+    /// recorded with [`LayerReplace::complete_step`]. Returns what the history records: the
+    /// harmonizer LM loss and the latest mean candidate loss.
+    pub fn iterate(&mut self, batch: &[Vec<u32>], val: &[Vec<u32>]) -> Result<(f32, f64)> {
         let (lm, scored) = match (self.rl_due(), self.cfg.score_on) {
             (true, ScoreOn::Training) => {
                 let scored = self.harmonizer_and_rl_step(batch)?;
@@ -557,8 +557,9 @@ impl LayerReplace {
         };
         // Iterations without an RL step repeat the latest candidate loss in the history.
         let latest = self.state.history.last().map_or(f64::NAN, |h| h.1);
-        self.complete_step(lm, scored.unwrap_or(latest))?;
-        Ok((lm, scored))
+        let val_loss = scored.unwrap_or(latest);
+        self.complete_step(lm, val_loss)?;
+        Ok((lm, val_loss))
     }
 
     /// Records a finished iteration.
