@@ -61,6 +61,10 @@ grep -q '"score_on": "training"' "$ot/imp-train.json"
 grep -q '"antithetic": true' "$ot/imp-train.json"
 grep -q '"settle": 1' "$ot/imp-train.json"
 grep -q '"settled_at": ' "$ot/imp-train.json"
+# Harmonizers fitted layer by layer (no backward through the raw layers).
+"$bin" importance --steps 2 --batch 2 --val-batch 2 --candidates 2 --harmonizer-loss layer \
+  --checkpoint-every 0 --out "$ot/imp-layer.json"
+grep -q '"harmonizer_loss": "layer"' "$ot/imp-layer.json"
 # Refusals: another run's importance checkpoint, scores made for another adapter split, and
 # corrupted harmonizer weights each stop with a message naming what to do.
 refused() { # refused LOG PATTERN CMD...: CMD must fail and say PATTERN

@@ -95,6 +95,7 @@ fn replace_config(steps: usize) -> scaleot::emulator::replace::ReplaceConfig {
         eta: 2.0,
         reward: scaleot::emulator::replace::Reward::Relative,
         lr: 3e-3,
+        harmonizer_loss: scaleot::emulator::replace::HarmonizerLoss::Lm,
         seed: 5,
     }
 }
@@ -143,16 +144,18 @@ fn run_replace(
 fn layer_replace_scores_the_layer_that_matters_highest() {
     // Middle layers 1..=4; only layer 2 does anything, the others are identities that a
     // fresh harmonizer (also an identity) replaces for free.
-    use scaleot::emulator::replace::ScoreOn;
+    use scaleot::emulator::replace::{HarmonizerLoss, ScoreOn};
     let base = tiny_model_bytes_with(|i| i != 2);
-    for (score_on, antithetic) in [
-        (ScoreOn::Validation, false),
-        (ScoreOn::Training, false),
-        (ScoreOn::Training, true),
+    for (score_on, antithetic, harmonizer_loss) in [
+        (ScoreOn::Validation, false, HarmonizerLoss::Lm),
+        (ScoreOn::Training, false, HarmonizerLoss::Lm),
+        (ScoreOn::Training, true, HarmonizerLoss::Lm),
+        (ScoreOn::Validation, false, HarmonizerLoss::Layer),
     ] {
         let cfg = scaleot::emulator::replace::ReplaceConfig {
             score_on,
             antithetic,
+            harmonizer_loss,
             ..replace_config(12)
         };
         let (scores, _) = run_replace(&base, cfg.clone());
@@ -311,6 +314,43 @@ fn harmonizers_learn_to_stand_in_for_their_layers() {
     let first = losses[..5].iter().sum::<f32>() / 5.0;
     let last = losses[25..].iter().sum::<f32>() / 5.0;
     assert!(last < first - 0.05, "mixed-network loss {first} → {last}");
+}
+
+#[test]
+fn layer_wise_harmonizers_learn_their_layers_and_the_mixed_network_gains() {
+    use scaleot::emulator::replace::{HarmonizerLoss, ReplaceConfig, ScoreOn};
+    let cfg = ReplaceConfig {
+        harmonizer_loss: HarmonizerLoss::Layer,
+        lr: 3e-2,
+        ..replace_config(30)
+    };
+    let base = tiny_model_bytes();
+    let rows = replace_rows();
+    // Layers 1 and 3 replaced, 2 and 4 kept: one fixed mixed network, before and after.
+    let mask = [false, true, false, true];
+    let fresh = layer_replace(&base, cfg.clone())
+        .mask_loss(&rows[6..], &mask)
+        .unwrap();
+    let mut r = layer_replace(&base, cfg.clone());
+    let mut errors = Vec::new();
+    for batch in rows.chunks(2).cycle().take(30) {
+        errors.push(r.iterate(batch, &rows[6..]).unwrap().0);
+    }
+    // A fresh harmonizer is the identity: its error is all that its layer adds, exactly 1.
+    assert!((errors[0] - 1.0).abs() < 1e-4, "{errors:?}");
+    let last = errors[25..].iter().sum::<f32>() / 5.0;
+    assert!(last < 0.9, "relative layer error 1 → {last}: {errors:?}");
+    let trained = r.mask_loss(&rows[6..], &mask).unwrap();
+    assert!(
+        trained < fresh - 0.01,
+        "mixed-network loss {fresh} → {trained}"
+    );
+    // No LM pass to reuse: scoring on training batches is refused.
+    let refused = ReplaceConfig {
+        score_on: ScoreOn::Training,
+        ..cfg
+    };
+    assert!(refused.validate().is_err());
 }
 
 /// A bundle of the tiny model with `plan` and `extra` tensors laid over the base weights.

@@ -175,7 +175,7 @@ pub fn score(a: ScoreArgs) -> Result<()> {
 #[derive(clap::Args)]
 pub struct PerplexityArgs {
     #[command(flatten)]
-    model: ModelArgs,
+    target: ScoredModelArgs,
     file: PathBuf,
     /// Tokens per window.
     #[arg(long, default_value_t = 512)]
@@ -199,16 +199,16 @@ pub fn perplexity(a: PerplexityArgs) -> Result<()> {
             e.utf8_error().valid_up_to()
         )
     })?;
-    let (m, _) = open(&a.model)?;
-    let mut ids = m.tokenizer.encode(&text);
+    let (model, tokenizer, _) = scored_model(&a.target)?;
+    let mut ids = tokenizer.encode(&text);
     if let Some(n) = a.max_tokens {
         ids.truncate(n);
     }
-    let used_bytes = m.tokenizer.decode(&ids).len();
-    let prefix = m.tokenizer.eos_id.unwrap_or(0);
+    let used_bytes = tokenizer.decode(&ids).len();
+    let prefix = tokenizer.eos_id.unwrap_or(0);
     let reqs = rolling_requests(&ids, prefix, a.window, a.stride)?;
     let pb = progress::bar(reqs.len() as u64, "perplexity", "windows");
-    let lls = score_all(&m.model, &reqs, a.window, 4 * a.window, prefix, |n| {
+    let lls = score_all(&model, &reqs, a.window, 4 * a.window, prefix, |n| {
         pb.inc(n as u64)
     })?;
     pb.finish_and_clear();
@@ -227,7 +227,7 @@ pub fn perplexity(a: PerplexityArgs) -> Result<()> {
 #[derive(clap::Args)]
 pub struct EvalArgs {
     #[command(flatten)]
-    model: ModelArgs,
+    target: ScoredModelArgs,
     /// Comma-separated: arc_easy,arc_challenge,piqa,sciq,openbookqa,hellaswag
     #[arg(long, default_value = "arc_easy,piqa")]
     tasks: String,
@@ -240,7 +240,15 @@ pub struct EvalArgs {
     /// Print results as JSON.
     #[arg(long)]
     json: bool,
-    /// Evaluate this emulator (its manifest) instead of the full model.
+}
+
+/// The model a measurement scores text with: full, emulator, emulator + adapter, or full +
+/// adapter.
+#[derive(clap::Args)]
+pub struct ScoredModelArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Score with this emulator (its manifest) instead of the full model.
     #[arg(long)]
     emulator: Option<PathBuf>,
     /// Tuned adapters: on the emulator with --emulator, else plugged into the full model.
@@ -248,8 +256,8 @@ pub struct EvalArgs {
     adapter: Option<PathBuf>,
 }
 
-/// The model an evaluation runs: full, emulator, emulator + adapter, or full + adapter.
-fn eval_model(a: &EvalArgs) -> Result<(scaleot::model::Llama, Tokenizer, usize)> {
+/// Loads what `a` names; returns it with its tokenizer and context length.
+fn scored_model(a: &ScoredModelArgs) -> Result<(scaleot::model::Llama, Tokenizer, usize)> {
     use scaleot::emulator::Emulator;
     use scaleot::model::Llama;
     let dev = a.model.device.open()?;
@@ -312,7 +320,7 @@ pub fn evaluate(a: &EvalArgs) -> Result<Vec<TaskResult>> {
         .iter()
         .map(|&t| crate::datasets::load_docs(&assets, t, a.limit))
         .collect::<Result<_>>()?;
-    let (model, tokenizer, max_len) = eval_model(a)?;
+    let (model, tokenizer, max_len) = scored_model(&a.target)?;
     let pad = tokenizer.eos_id.unwrap_or(0);
     let mut results: Vec<TaskResult> = Vec::new();
     for (task, docs) in tasks.iter().zip(&docs) {

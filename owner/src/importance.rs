@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use burn::tensor::Device;
 use scaleot::emulator::AdapterSplit;
 use scaleot::emulator::replace::{
-    Harmonizers, LayerReplace, ReplaceConfig, ReplaceState, Reward, ScoreOn,
+    HarmonizerLoss, Harmonizers, LayerReplace, ReplaceConfig, ReplaceState, Reward, ScoreOn,
 };
 use scaleot::model::{Harmonizer, Llama};
 use scaleot::weights::safetensors::write_tensors;
@@ -28,6 +28,12 @@ pub const FORMAT: &str = "scaleot-importance/1";
 enum ScoreOnArg {
     Validation,
     Training,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum HarmonizerLossArg {
+    Lm,
+    Layer,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -79,6 +85,12 @@ pub struct ImportanceArgs {
     /// Harmonizer learning rate.
     #[arg(long, default_value_t = 1e-3)]
     lr: f64,
+    /// What the harmonizers learn from: `lm` (the mixed network's next-token loss, through the
+    /// frozen layers above them; the paper's) or `layer` (each harmonizer against its raw
+    /// layer's output on the mixed network's hidden state; no backward through raw layers or
+    /// the vocabulary head, about half the harmonizer step).
+    #[arg(long, value_enum, default_value = "lm")]
+    harmonizer_loss: HarmonizerLossArg,
     /// Sequences per harmonizer step.
     #[arg(long, default_value_t = 4)]
     batch: usize,
@@ -266,6 +278,10 @@ pub fn importance(a: ImportanceArgs) -> Result<()> {
             RewardArg::Absolute => Reward::Absolute,
         },
         lr: a.lr,
+        harmonizer_loss: match a.harmonizer_loss {
+            HarmonizerLossArg::Lm => HarmonizerLoss::Lm,
+            HarmonizerLossArg::Layer => HarmonizerLoss::Layer,
+        },
         seed: a.seed,
     };
     cfg.validate()?;

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use scaleot::emulator::replace::ScoreOn;
+use scaleot::emulator::replace::{HarmonizerLoss, ScoreOn};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -448,7 +448,11 @@ fn owner_costs(
         };
         costs.push(OwnerCost {
             run: format!(
-                "ScaleOT importance: harmonizers + RL (N_c={}{}, scored on {scored_on}, RL every {} steps with eta {}, loss stride {}{})",
+                "ScaleOT importance: harmonizers ({} loss) + RL (N_c={}{}, scored on {scored_on}, RL every {} steps with eta {}, loss stride {}{})",
+                match c.harmonizer_loss {
+                    HarmonizerLoss::Lm => "LM",
+                    HarmonizerLoss::Layer => "layer-wise",
+                },
                 c.candidates,
                 if c.antithetic { " antithetic" } else { "" },
                 c.rl_every,

@@ -4,7 +4,9 @@
 //! - Harmonizer step: sample a mask (in each group of `group` middle layers draw
 //!   `u_i ~ U(0,1)·p_i` with `p_i = sigmoid(s_i)`, keep the top half, replace the rest by their
 //!   harmonizers), run the mixed network on owner text, update only the harmonizers with the
-//!   LM loss (raw layers frozen).
+//!   LM loss (raw layers frozen) — or, with [`HarmonizerLoss::Layer`], each harmonizer against
+//!   its own raw layer's output on the mixed network's hidden state (a forward pass, no
+//!   backward through the raw layers: the cheap option measured against distillation).
 //! - RL step: sample `candidates` masks, score each by validation loss `L_j`, reward
 //!   `r_j = exp(-L_j) - mean_j exp(-L_j)` (the paper's, [`Reward::Absolute`]) or that divided by
 //!   the mean (default, [`Reward::Relative`]), and for every layer kept in candidate `j`:
@@ -51,6 +53,21 @@ pub enum ScoreOn {
     Training,
 }
 
+/// What the harmonizers learn from.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum HarmonizerLoss {
+    /// The mixed network's next-token loss, backpropagated through the frozen raw layers above
+    /// each replaced one (the paper's): the harmonizers learn to make up for each other too.
+    #[default]
+    Lm,
+    /// Layer-wise: on the mixed network's hidden state before each middle layer, the
+    /// harmonizer's output against the raw layer's (squared error relative to what the layer
+    /// adds), for every middle layer in every step. One forward pass without the top layers
+    /// and the vocabulary head, and no backward through raw layers: about half the step.
+    Layer,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ReplaceConfig {
     pub adapters: AdapterSplit,
@@ -90,6 +107,9 @@ pub struct ReplaceConfig {
     pub reward: Reward,
     /// Harmonizer learning rate (AdamW, warmup then cosine).
     pub lr: f64,
+    /// The harmonizers' training objective.
+    #[serde(default)]
+    pub harmonizer_loss: HarmonizerLoss,
     pub seed: u64,
 }
 
@@ -110,6 +130,12 @@ impl ReplaceConfig {
         if self.rl_steps == Some(0) {
             return Err(Error::Invalid(
                 "--rl-steps 0 would learn no scores: give at least 1, or leave it out to score every iteration"
+                    .into(),
+            ));
+        }
+        if self.harmonizer_loss == HarmonizerLoss::Layer && self.score_on == ScoreOn::Training {
+            return Err(Error::Invalid(
+                "--harmonizer-loss layer makes no LM pass for --score-on training to reuse: score on validation"
                     .into(),
             ));
         }
@@ -323,16 +349,48 @@ impl LayerReplace {
         )
     }
 
-    /// One harmonizer step on `rows` (equal lengths); returns the LM loss on the device.
+    /// One harmonizer step on `rows` (equal lengths) with the configured
+    /// [`HarmonizerLoss`]; returns that loss on the device.
     pub fn harmonizer_step(&mut self, rows: &[Vec<u32>]) -> Result<Tensor<1>> {
         check_rows(rows)?;
         let keep = self.sample_mask(0, false);
-        let tokens = token_tensor(rows, &self.model.device());
-        let loss = self.mixed_loss(&self.model, &self.harmonizers, &keep, tokens);
+        let loss = match self.cfg.harmonizer_loss {
+            HarmonizerLoss::Lm => {
+                let tokens = token_tensor(rows, &self.model.device());
+                self.mixed_loss(&self.model, &self.harmonizers, &keep, tokens)
+            }
+            HarmonizerLoss::Layer => self.layer_loss(rows, &keep),
+        };
         let grads = GradientsParams::from_grads(loss.backward(), &self.harmonizers);
         let lr = self.lr();
         self.harmonizers = self.optim.step(lr, self.harmonizers.clone(), grads);
         Ok(loss.detach())
+    }
+
+    /// [`HarmonizerLoss::Layer`] on `rows` along the mixed network of mask `keep`:
+    /// `Σ_i |h_i(x_i) - L_i(x_i)|² / Σ_i |L_i(x_i) - x_i|²` over the middle layers, `x_i` the
+    /// hidden state the mixed network feeds layer `i` — 1 for fresh harmonizers (identities),
+    /// and a layer that adds nothing costs nothing. (AdamW scales each harmonizer's step on
+    /// its own, so one shared denominator does not favour the layers that add the most.)
+    /// Raw layers run without autodiff; only the harmonizers' small graphs are differentiated.
+    fn layer_loss(&self, rows: &[Vec<u32>], keep: &[bool]) -> Tensor<1> {
+        let model = self.model.valid();
+        let tokens = token_tensor(rows, &model.device());
+        let rope = Self::rope(&model, &tokens);
+        let mut x = model.run_layers(model.embed(tokens), 0..self.middle.start);
+        let (mut errors, mut added) = (Vec::new(), Vec::new());
+        for (d, i) in self.middle.clone().enumerate() {
+            let raw = model.layers[i].forward(x.clone(), &rope, None);
+            added.push((raw.clone() - x.clone()).square().mean());
+            let stand_in = self.harmonizers.list[d].forward(x.autodiff());
+            errors.push((stand_in.clone() - raw.clone().autodiff()).square().mean());
+            x = match keep[d] {
+                true => raw,
+                false => stand_in.inner(),
+            };
+        }
+        let added = Tensor::cat(added, 0).sum().clamp_min(1e-12).autodiff();
+        Tensor::cat(errors, 0).sum() / added
     }
 
     /// One iteration with [`ScoreOn::Training`]: candidate masks scored on `rows` with the

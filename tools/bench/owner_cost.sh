@@ -29,7 +29,7 @@ print(f"{'run':72} {'s/step':>8} {'total s':>8} {'peak RSS MiB':>13}")
 rows = [
     (f"Offsite-Tuning distillation (13 layers; {d.get('lm_weight', 0)} x LM + {d.get('kd_weight', 1)} x KD)",
      d["seconds"], d["peak_rss_mib"]),
-    (f"ScaleOT importance (N_c={c['candidates']}{' antithetic' if c.get('antithetic') else ''}, "
+    (f"ScaleOT importance ({c.get('harmonizer_loss', 'lm')} loss, N_c={c['candidates']}{' antithetic' if c.get('antithetic') else ''}, "
      f"on {c.get('score_on', 'validation')}, rl-every {c.get('rl_every', 1)}, eta {c['eta']}, "
      f"loss-stride {c.get('loss_stride', 1)}"
      + (f", settled at step {i['settled_at'] + 1}" if i.get("settled_at") is not None else "") + ")",
