@@ -9,15 +9,18 @@
 # Every stage is resumable: run it again after an interruption and finished work is kept.
 # Settings via environment: TASKS (arc_easy), METHODS (uniform-drop,scaleot), BETAS (1; SRC
 # strengths for ScaleOT), LIMIT (all; evaluation documents per task), STEPS (150), LR (5e-4),
-# LORA_RANK (8; 0 tunes whole adapter layers), IMPORTANCE_STEPS (100), OUT (target/run).
-# The committed results/smollm2-135m report:
-#   TASKS=arc_easy,piqa,openbookqa BETAS=1,0.5 LIMIT=500 bash scripts/run.sh
+# LORA_RANK (8; 0 tunes whole adapter layers), IMPORTANCE_STEPS (100), IMPORTANCE_OPTS (more
+# `scaleot importance` options), OUT (target/run).
+# The committed results/smollm2-135m report (scored with an RL step every iteration):
+#   TASKS=arc_easy,piqa,openbookqa BETAS=1,0.5 LIMIT=500 IMPORTANCE_OPTS="--rl-every 1 --eta 1" \
+#     bash scripts/run.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 TASKS=${TASKS:-arc_easy} METHODS=${METHODS:-uniform-drop,scaleot} STEPS=${STEPS:-150}
 LR=${LR:-5e-4} LORA_RANK=${LORA_RANK:-8} IMPORTANCE_STEPS=${IMPORTANCE_STEPS:-100} OUT=${OUT:-target/run}
 BETAS=${BETAS:-1} limit=(); [ -n "${LIMIT:-}" ] && limit=(--limit "$LIMIT")
+read -r -a importance_opts <<<"${IMPORTANCE_OPTS:-}"
 bash scripts/setup.sh
 bash scripts/setup-web.sh
 bash scripts/fetch-assets.sh
@@ -28,7 +31,8 @@ mkdir -p "$OUT"
 if [ ! -f "$OUT/importance.json" ]; then
   resume=()
   [ -f "$OUT/importance.ckpt/state.json" ] && resume=(--resume "$OUT/importance.ckpt")
-  "$bin" importance --steps "$IMPORTANCE_STEPS" "${resume[@]}" --out "$OUT/importance.json"
+  "$bin" importance --steps "$IMPORTANCE_STEPS" "${importance_opts[@]}" "${resume[@]}" \
+    --out "$OUT/importance.json"
 fi
 "$bin" report --tasks "$TASKS" --methods "$METHODS" --importance "$OUT/importance.json" \
   --betas "$BETAS" "${limit[@]}" --steps "$STEPS" --lr "$LR" --lora-rank "$LORA_RANK" --out "$OUT/report"

@@ -54,9 +54,10 @@ imp_opts=(--steps 3 --batch 2 --val-batch 2 --candidates 3 --rl-every 2 --loss-s
 "$bin" importance "${imp_opts[@]}" --resume "$ot/imp.ckpt" --out "$ot/imp.json" 2>&1 | tee "$ot/imp.log"
 grep -q "resumed at step 2" "$ot/imp.log"
 # Candidates scored on the training batches (the harmonizer pass reused), in antithetic pairs;
-# scoring stops once the ranking settles.
+# --settle reaches the manifest (whether and when scoring stops is the unit test
+# scoring_stops_once_settled_or_after_rl_steps_and_keeps_what_it_had's to check).
 "$bin" importance --steps 2 --batch 2 --candidates 2 --score-on training --antithetic --settle 1 \
-  --checkpoint-every 0 --out "$ot/imp-train.json"
+  --rl-every 1 --checkpoint-every 0 --out "$ot/imp-train.json"
 grep -q '"score_on": "training"' "$ot/imp-train.json"
 grep -q '"antithetic": true' "$ot/imp-train.json"
 grep -q '"settle": 1' "$ot/imp-train.json"
