@@ -62,8 +62,8 @@ pub enum HarmonizerLoss {
     #[default]
     Lm,
     /// Layer-wise: on the mixed network's hidden state before each middle layer, the
-    /// harmonizer's output against the raw layer's (squared error relative to what the layer
-    /// adds), for every middle layer in every step. One forward pass without the top layers
+    /// harmonizer's output against the raw layer's (squared error, relative to what the middle
+    /// layers add), for every middle layer in every step. One forward pass without the top layers
     /// and the vocabulary head, and no backward through raw layers: about half the step.
     Layer,
 }
@@ -168,7 +168,8 @@ pub struct Harmonizers {
 pub struct ReplaceState {
     pub step: usize,
     pub scores: Vec<f64>,
-    /// Per iteration: (harmonizer LM loss, mean candidate validation loss).
+    /// Per iteration: (harmonizer loss — LM, or layer-wise with [`HarmonizerLoss::Layer`] —,
+    /// mean candidate validation loss).
     pub history: Vec<(f32, f64)>,
     /// Per iteration: the scores after it (how the ranking settled).
     #[serde(default)]
