@@ -12,8 +12,8 @@
 # LORA_RANK (8; 0 tunes whole adapter layers), IMPORTANCE_STEPS (100), IMPORTANCE_OPTS (more
 # `scaleot importance` options), OUT (target/run).
 # The committed results/smollm2-135m report (scored with an RL step every iteration):
-#   TASKS=arc_easy,piqa,openbookqa BETAS=1,0.5 LIMIT=500 IMPORTANCE_OPTS="--rl-every 1 --eta 1" \
-#     bash scripts/run.sh
+#   TASKS=arc_easy,piqa,openbookqa METHODS=uniform-drop,dynamic-drop,scaleot BETAS=1,0.5 \
+#     LIMIT=500 IMPORTANCE_OPTS="--rl-every 1 --eta 1" bash scripts/run.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
