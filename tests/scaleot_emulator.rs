@@ -328,10 +328,8 @@ fn layer_wise_harmonizers_learn_their_layers_and_the_mixed_network_gains() {
     let rows = replace_rows();
     // Layers 1 and 3 replaced, 2 and 4 kept: one fixed mixed network, before and after.
     let mask = [false, true, false, true];
-    let fresh = layer_replace(&base, cfg.clone())
-        .mask_loss(&rows[6..], &mask)
-        .unwrap();
     let mut r = layer_replace(&base, cfg.clone());
+    let fresh = r.mask_loss(&rows[6..], &mask).unwrap();
     let mut errors = Vec::new();
     for batch in rows.chunks(2).cycle().take(30) {
         errors.push(r.iterate(batch, &rows[6..]).unwrap().0);
