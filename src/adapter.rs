@@ -10,11 +10,12 @@ use burn::tensor::{Device, Tensor};
 use safetensors::SafeTensors;
 use serde::{Deserialize, Serialize};
 
-use crate::emulator::bundle::{EmulatorManifest, layer_tensor_names};
-use crate::emulator::plan::LayerKind;
+use crate::emulator::bundle::{Emulator, EmulatorManifest};
+use crate::emulator::plan::{LayerKind, load_plan};
 use crate::error::{Error, Result};
 use crate::model::lora::{self, LoraConfig};
 use crate::model::{LayerSlot, Llama};
+use crate::names;
 use crate::weights::safetensors::decode_floats;
 use crate::weights::{Factored, HostTensor, Overlay, SafetensorsSource, WeightSource};
 
@@ -48,7 +49,7 @@ pub const EMBEDDED_MANIFEST_KEY: &str = "scaleot_adapter";
 /// carry LoRA. The caller reads them back (sync natively, async in wasm).
 pub fn adapter_tensors(model: &Llama, plan: &[LayerKind]) -> Vec<(String, Vec<usize>, Tensor<1>)> {
     let mut out = Vec::new();
-    let flat = crate::model::llama::hf_flat;
+    let flat = crate::model::layers::hf_flat;
     for (slot, &orig) in model.layers.iter().zip(&model.layer_index) {
         if plan.get(orig) != Some(&LayerKind::Adapter) {
             continue;
@@ -59,7 +60,7 @@ pub fn adapter_tensors(model: &Llama, plan: &[LayerKind]) -> Vec<(String, Vec<us
         if l.has_lora() {
             for (module, proj) in l.projections(orig) {
                 let Some(pair) = &proj.lora else { continue };
-                let [a_name, b_name] = lora::factor_names(&module);
+                let [a_name, b_name] = names::lora_factors(&module);
                 let (a_shape, a) = flat(pair.a.val().transpose());
                 let (b_shape, b) = flat(pair.b.val().transpose());
                 out.push((a_name, a_shape, a));
@@ -86,7 +87,7 @@ pub fn checkpointed_model(
     let base = Factored(&stored);
     let saved = SafetensorsSource::new(&[checkpoint])?;
     if let Some(l) = lora {
-        return Llama::load_plan(&manifest.config, &base, &manifest.plan, device)?.with_lora(
+        return load_plan(&manifest.config, &base, &manifest.plan, device)?.with_lora(
             positions,
             l,
             0,
@@ -94,7 +95,7 @@ pub fn checkpointed_model(
         );
     }
     let first = manifest.plan.iter().position(|k| *k == LayerKind::Adapter);
-    let probe = first.map(|i| format!("model.layers.{i}.self_attn.q_proj.weight"));
+    let probe = first.map(|i| names::projection_weight(i, "q_proj"));
     if let Some(name) = probe.filter(|n| matches!(saved.tensor(n), Ok(None))) {
         return Err(Error::Invalid(format!(
             "the checkpoint has no `{name}`: it was made with LoRA; resume with the same LoRA settings"
@@ -104,7 +105,25 @@ pub fn checkpointed_model(
         top: &saved,
         base: &base,
     };
-    Llama::load_plan(&manifest.config, &whole_layers, &manifest.plan, device)
+    load_plan(&manifest.config, &whole_layers, &manifest.plan, device)
+}
+
+/// An emulator with `adapter` plugged in over its stored weights (`None`: the emulator as
+/// it is); adapters tuned on another emulator are refused.
+pub fn load_emulator(
+    manifest_json: &str,
+    weights: &[u8],
+    adapter: Option<&Adapter>,
+    device: &Device,
+) -> Result<Emulator> {
+    Emulator::load_through(manifest_json, weights, |manifest, stored| match adapter {
+        None => load_plan(&manifest.config, stored, &manifest.plan, device),
+        Some(adapter) => {
+            adapter.check_emulator(manifest)?;
+            let plugged = adapter.plugged_into(stored);
+            load_plan(&manifest.config, &plugged, &manifest.plan, device)
+        }
+    })
 }
 
 /// Serializes read-back adapter tensors into `(safetensors bytes, manifest)`.
@@ -125,7 +144,7 @@ pub fn write_adapter(
     let weights = crate::weights::safetensors::write_tensors(&tensors, FORMAT)?;
     let peft = match lora {
         None => {
-            let modules: Vec<String> = layers.iter().map(|i| format!("model.layers.{i}")).collect();
+            let modules: Vec<String> = layers.iter().map(|&i| names::layer(i)).collect();
             serde_json::json!({"peft_type": "FULL_LAYERS", "modules_to_save": modules})
         }
         // PEFT's adapter_config.json fields.
@@ -243,13 +262,16 @@ impl<'a> Adapter<'a> {
     fn expected_tensors(&self) -> Result<Vec<String>> {
         let layers = &self.manifest.layers;
         Ok(match &self.manifest.lora {
-            None => layers.iter().flat_map(|&i| layer_tensor_names(i)).collect(),
+            None => layers
+                .iter()
+                .flat_map(|&i| names::layer_tensors(i))
+                .collect(),
             Some(l) => {
                 l.validate()?;
                 layers
                     .iter()
-                    .flat_map(|&i| l.targets.iter().map(move |t| lora::module_name(i, t)))
-                    .flat_map(|m| lora::factor_names(&m))
+                    .flat_map(|&i| l.targets.iter().map(move |t| names::projection(i, t)))
+                    .flat_map(|m| names::lora_factors(&m))
                     .collect()
             }
         })
@@ -314,10 +336,10 @@ impl WeightSource for PluggedIn<'_> {
             };
         };
         let base = self.base.tensor(hf_name)?;
-        let (Some(mut w), Some(module)) = (base, hf_name.strip_suffix(".weight")) else {
+        let (Some(mut w), Some(module)) = (base, names::module_of_weight(hf_name)) else {
             return self.base.tensor(hf_name);
         };
-        let [a_name, b_name] = lora::factor_names(module);
+        let [a_name, b_name] = names::lora_factors(module);
         if let (Some(a), Some(b)) = (self.adapter.stored(&a_name)?, self.adapter.stored(&b_name)?) {
             lora::merge(&mut w, &a, &b, cfg.scale() as f32)?;
         }

@@ -26,7 +26,7 @@ impl Example {
 }
 
 /// What a file turned out to hold.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum DataFormat {
     PlainText,

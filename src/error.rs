@@ -88,8 +88,29 @@ pub enum Error {
     )]
     Device(String),
 
+    /// A setting the caller chose is out of range or unknown. `field` is the setting's name
+    /// in the library's config (`beta`, `src_projections`): the CLI maps it to its flag
+    /// (`--beta`), the page to its control; messages name no flags.
+    #[error("{field} `{value}`: {reason}")]
+    Setting {
+        field: &'static str,
+        value: String,
+        reason: String,
+    },
+
     #[error("{0}")]
     Invalid(String),
+}
+
+impl Error {
+    /// An invalid setting: `field` = `value`, and why.
+    pub fn setting(field: &'static str, value: impl ToString, reason: impl Into<String>) -> Self {
+        Self::Setting {
+            field,
+            value: value.to_string(),
+            reason: reason.into(),
+        }
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

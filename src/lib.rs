@@ -9,6 +9,7 @@ pub mod error;
 pub mod eval;
 pub mod generate;
 pub mod model;
+pub mod names;
 pub mod optim;
 pub mod session;
 pub mod tokenizer;

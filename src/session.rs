@@ -1,15 +1,17 @@
-//! One fine-tuning run as the browser worker drives it: an emulator, the private data and the
-//! settings in; steps with asynchronous readback (the only kind WebGPU allows); checkpoints as
-//! bytes; the single-file adapter out. It never touches files or the network: the caller owns
-//! storage. Native code drives it by blocking on the futures (the parity tests do).
+//! One fine-tuning run of the adapters, the one driver of both the browser worker and
+//! `scaleot finetune`: an emulator, the private data and the settings in; steps with
+//! asynchronous readback (the only kind WebGPU allows; native code blocks on the futures);
+//! checkpoints as one file; the adapter out; the run's bookkeeping (rate, ETA, when to
+//! checkpoint, the metrics record). It never touches files or the network: the caller owns
+//! storage.
 
 use burn::module::Module;
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::adapter;
-use crate::data::{self, DataOptions, Dataset, Example};
+use crate::adapter::{self, AdapterManifest};
+use crate::data::{self, DataFormat, DataOptions, Dataset, Example};
 use crate::emulator::{Emulator, EmulatorManifest, LayerKind};
 use crate::error::{Error, Result};
 use crate::eval::loglik::ScoringBatch;
@@ -17,26 +19,38 @@ use crate::model::{Llama, LoraConfig};
 use crate::train::{RunIdentity, StepReport, TrainConfig, TrainState, Trainer};
 use crate::weights::HostTensor;
 
-/// What the data owner sets on the page; defaults are the ones that transferred best natively
-/// (LoRA r=8 on every projection of the adapter layers, lr 5e-4).
+/// What the data owner sets (on the page, or as `finetune` flags); defaults are the page's, the
+/// ones that transferred best natively (LoRA r=8 on every projection of the adapter layers,
+/// lr 5e-4).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct Settings {
     pub steps: usize,
     pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
     pub lr: f64,
     pub warmup: usize,
+    pub weight_decay: f32,
+    /// Clip the global gradient norm to this (None: no clipping).
+    pub clip_norm: Option<f32>,
     /// Longest training sequence in tokens (capped by the model's context).
     pub seq_len: usize,
     /// Share of the data held out for the before/after evaluation.
     pub held_out: f64,
     /// LoRA rank on the adapter layers (0: tune the whole adapter layers).
     pub lora_rank: usize,
+    /// LoRA alpha; updates are scaled by alpha / rank (None: 2 × rank).
+    pub lora_alpha: Option<f64>,
+    /// Projections that get LoRA: `all`, or a comma list such as `q_proj,v_proj`.
+    pub lora_targets: String,
     pub seed: u64,
     /// Cut over-long examples from the start instead of refusing them.
     pub truncate: bool,
     /// At most this many held-out examples are scored before and after (keeps it quick).
     pub eval_examples: usize,
+    /// A checkpoint every this many optimizer steps (0: none on the way).
+    pub checkpoint_every: usize,
 }
 
 impl Default for Settings {
@@ -44,14 +58,20 @@ impl Default for Settings {
         Self {
             steps: 50,
             batch_size: 4,
+            grad_accum: 1,
             lr: 5e-4,
             warmup: 5,
+            weight_decay: 0.0,
+            clip_norm: Some(1.0),
             seq_len: 256,
             held_out: 0.1,
             lora_rank: 8,
+            lora_alpha: None,
+            lora_targets: "all".into(),
             seed: 0,
             truncate: true,
             eval_examples: 64,
+            checkpoint_every: 10,
         }
     }
 }
@@ -61,16 +81,20 @@ impl Settings {
         TrainConfig {
             steps: self.steps,
             batch_size: self.batch_size,
+            grad_accum: self.grad_accum,
             lr: self.lr,
+            min_lr_ratio: 0.1,
             warmup_steps: self.warmup.min(self.steps),
+            weight_decay: self.weight_decay,
+            clip_norm: self.clip_norm,
             seed: self.seed,
-            ..TrainConfig::default()
         }
     }
 
     fn lora(&self) -> Result<Option<LoraConfig>> {
+        let alpha = self.lora_alpha.unwrap_or(2.0 * self.lora_rank as f64);
         (self.lora_rank > 0)
-            .then(|| LoraConfig::new(self.lora_rank, 2.0 * self.lora_rank as f64, "all"))
+            .then(|| LoraConfig::new(self.lora_rank, alpha, &self.lora_targets))
             .transpose()
     }
 
@@ -157,18 +181,23 @@ pub fn batch_warning(manifest: &EmulatorManifest, e: &Estimate, max_buffer: f64)
 
 /// A training checkpoint: the adapter weights so far with the run's identity, the loop's
 /// state and the settings in the safetensors header — one file, so that storage that writes
-/// files atomically (OPFS) never holds half a checkpoint.
-/// The optimizer's moments are not in it: WebGPU cannot read them back synchronously, which
-/// burn's optimizer record needs, so a resumed run restarts Adam's moments (the weights, the
-/// step, the data order and the schedule continue exactly).
+/// files atomically (OPFS) never holds half a checkpoint — and, where the backend can read it
+/// (natively), the optimizer's state as the byte tensor [`OPTIMIZER_TENSOR`]. WebGPU cannot
+/// read burn's optimizer record (it reads synchronously), so a browser run resumes with fresh
+/// Adam moments (the weights, the step, the data order and the schedule continue exactly).
 #[derive(Debug, Clone)]
 pub struct Checkpoint {
     pub identity: RunIdentity,
     pub state: TrainState,
     pub settings: Settings,
+    /// burn's optimizer record, when the checkpoint has one.
+    pub optimizer: Option<Vec<u8>>,
     /// The whole file (safetensors).
     pub bytes: Vec<u8>,
 }
+
+/// The checkpoint tensor (U8) that holds the optimizer's record.
+pub const OPTIMIZER_TENSOR: &str = "scaleot.optimizer";
 
 impl Checkpoint {
     /// Reads a checkpoint file; anything else (or a damaged one) is a clear error.
@@ -186,6 +215,11 @@ impl Checkpoint {
             })
         };
         let (run, state, settings) = (field("run")?, field("state")?, field("settings")?);
+        let optimizer = safetensors::SafeTensors::deserialize(&bytes)
+            .map_err(|e| Error::Safetensors(format!("the checkpoint is damaged ({e})")))?
+            .tensor(OPTIMIZER_TENSOR)
+            .ok()
+            .map(|view| view.data().to_vec());
         let json_err = |what: &str| {
             let what = what.to_string();
             move |source| Error::Json { what, source }
@@ -194,6 +228,7 @@ impl Checkpoint {
             identity: serde_json::from_value(run).map_err(json_err("checkpoint run"))?,
             state: serde_json::from_value(state).map_err(json_err("checkpoint state"))?,
             settings: serde_json::from_value(settings).map_err(json_err("checkpoint settings"))?,
+            optimizer,
             bytes,
         })
     }
@@ -208,6 +243,9 @@ pub struct Session {
     adapters: Vec<usize>,
     pad: u32,
     settings: Settings,
+    /// Put the optimizer's state into checkpoints: only where the backend reads it back
+    /// synchronously (native, the wasm CPU backend), never on WebGPU.
+    pub optimizer_in_checkpoints: bool,
 }
 
 impl Session {
@@ -248,6 +286,7 @@ impl Session {
             lora,
             adapters,
             settings: settings.clone(),
+            optimizer_in_checkpoints: false,
         })
     }
 
@@ -326,8 +365,22 @@ impl Session {
             json(serde_json::to_string(&self.trainer.state))?,
         );
         let settings = json(serde_json::to_string(&self.settings))?;
+        let optimizer = match self.optimizer_in_checkpoints {
+            true => Some(self.trainer.optimizer_record()?),
+            false => None,
+        };
+        let mut items = crate::weights::safetensors::f32_items(&tensors);
+        if let Some(record) = &optimizer {
+            let len = record.len();
+            items.push((
+                OPTIMIZER_TENSOR.into(),
+                safetensors::Dtype::U8,
+                vec![len],
+                record.clone(),
+            ));
+        }
         let bytes = crate::weights::safetensors::encode_with(
-            &crate::weights::safetensors::f32_items(&tensors),
+            &items,
             &[
                 ("format", "scaleot-checkpoint"),
                 ("run", &run),
@@ -339,6 +392,7 @@ impl Session {
             identity: self.identity.clone(),
             state: self.trainer.state.clone(),
             settings: self.settings.clone(),
+            optimizer,
             bytes,
         })
     }
@@ -355,21 +409,51 @@ impl Session {
             (&self.adapters, self.lora.as_ref()),
             &device,
         )?;
-        self.trainer
-            .resume(model, &self.adapters, ckpt.state.clone(), None)
+        self.trainer.resume(
+            model,
+            &self.adapters,
+            ckpt.state.clone(),
+            ckpt.optimizer.as_deref(),
+        )
     }
 
-    /// The adapter file to hand back: one safetensors file with its manifest in the header,
-    /// which `scaleot plugin --adapter FILE` accepts.
-    pub async fn adapter_file(&self, metrics: serde_json::Value) -> Result<Vec<u8>> {
+    /// Whether a checkpoint is due after optimizer step `step` (every
+    /// [`Settings::checkpoint_every`] steps, not after the last: the adapter is written then).
+    pub fn checkpoint_due(&self, step: usize) -> bool {
+        let every = self.settings.checkpoint_every;
+        every > 0 && step.is_multiple_of(every) && !self.finished()
+    }
+
+    /// The adapter to hand back as `(safetensors bytes, manifest)` (`scaleot finetune` writes
+    /// both files).
+    pub async fn adapter(&self, metrics: &Metrics) -> Result<(Vec<u8>, AdapterManifest)> {
         let tensors = read_adapters(&self.trainer.model, &self.manifest.plan).await?;
-        let train = serde_json::to_value(&self.trainer.cfg).map_err(|source| Error::Json {
-            what: "training settings".into(),
-            source,
-        })?;
-        let (weights, manifest) =
-            adapter::write_adapter(tensors, &self.manifest, self.lora.as_ref(), train, metrics)?;
+        let json = |v: serde_json::Result<serde_json::Value>, what: &str| {
+            v.map_err(|source| Error::Json {
+                what: what.into(),
+                source,
+            })
+        };
+        let train = json(serde_json::to_value(&self.trainer.cfg), "training settings")?;
+        let metrics = json(serde_json::to_value(metrics), "training metrics")?;
+        adapter::write_adapter(tensors, &self.manifest, self.lora.as_ref(), train, metrics)
+    }
+
+    /// The adapter file to hand back from the page: one safetensors file with its manifest in
+    /// the header, which `scaleot plugin --adapter FILE` accepts.
+    pub async fn adapter_file(&self, metrics: &Metrics) -> Result<Vec<u8>> {
+        let (weights, manifest) = self.adapter(metrics).await?;
         adapter::embed_manifest(&weights, &manifest)
+    }
+
+    /// What the data looked like, for the metrics record.
+    pub fn data_summary(&self) -> DataSummary {
+        DataSummary {
+            format: self.data.format,
+            train_examples: self.data.train.len(),
+            train_target_tokens: self.data.train_tokens(),
+            held_out_examples: self.data.held_out.len(),
+        }
     }
 
     /// Original indices of the layers being tuned.
@@ -377,6 +461,121 @@ impl Session {
         (0..self.manifest.plan.len())
             .filter(|&i| self.manifest.plan[i] == LayerKind::Adapter)
             .collect()
+    }
+}
+
+/// What an adapter's manifest records of the run that made it (`metrics`), in the CLI and in
+/// the page alike.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Metrics {
+    /// Mean loss per target token on the held-out examples, before and after training.
+    pub held_out_loss_before: Option<f64>,
+    pub held_out_loss_after: Option<f64>,
+    /// (optimizer step, mean loss of its micro-batches).
+    pub train_losses: Vec<(usize, f32)>,
+    pub steps_done: usize,
+    /// Of this invocation (a resumed run counts from the resume).
+    pub seconds: f64,
+    pub tokens_per_second: f64,
+    /// Why training stopped early, if it diverged.
+    pub diverged: Option<String>,
+    /// Where it ran: the page's backend (`WebGPU`, the CPU fallback) or the native device.
+    pub backend: Option<String>,
+    pub data: Option<DataSummary>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DataSummary {
+    pub format: DataFormat,
+    pub train_examples: usize,
+    pub train_target_tokens: usize,
+    pub held_out_examples: usize,
+}
+
+/// A run's clock-driven bookkeeping, shared by both drivers: progress with tokens/s and ETA
+/// measured from the end of this invocation's first step (on a GPU that step is mostly kernel
+/// compilation), and the timing part of the metrics. Times are the caller's clock, in seconds.
+pub struct RunClock {
+    started: f64,
+    first_step: usize,
+    tokens_at_start: usize,
+    /// (time, tokens seen, step) at the end of this invocation's first step.
+    steady: Option<(f64, usize, usize)>,
+}
+
+/// One optimizer step, as the user sees it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Progress {
+    pub step: usize,
+    pub steps: usize,
+    pub loss: f32,
+    pub lr: f64,
+    pub tokens_per_second: f64,
+    pub eta_seconds: f64,
+    /// Seconds from the start to the first finished step (kernel compilation included).
+    pub first_step_seconds: Option<f64>,
+}
+
+impl RunClock {
+    /// Starts timing `session` from where it stands (fresh or resumed) at `now`.
+    pub fn start(session: &Session, now: f64) -> Self {
+        Self {
+            started: now,
+            first_step: session.trainer.state.step,
+            tokens_at_start: session.trainer.state.tokens_seen,
+            steady: None,
+        }
+    }
+
+    /// The progress line of finished step `r` at `now`.
+    pub fn progress(&mut self, r: &StepReport, now: f64) -> Progress {
+        let (t0, tok0, step0) = *self.steady.get_or_insert((now, r.tokens_seen, r.step));
+        let (secs, done, tokens) = if r.step > step0 {
+            (
+                (now - t0).max(1e-9),
+                (r.step - step0) as f64,
+                r.tokens_seen - tok0,
+            )
+        } else {
+            (
+                (now - self.started).max(1e-9),
+                (r.step - self.first_step).max(1) as f64,
+                r.tokens_seen - self.tokens_at_start,
+            )
+        };
+        Progress {
+            step: r.step,
+            steps: r.steps,
+            loss: r.loss,
+            lr: r.lr,
+            tokens_per_second: tokens as f64 / secs,
+            eta_seconds: secs / done * (r.steps - r.step) as f64,
+            first_step_seconds: (r.step == step0).then_some(now - self.started),
+        }
+    }
+
+    /// The metrics record of `session` at `now`, with the held-out losses measured around it.
+    pub fn metrics(
+        &self,
+        session: &Session,
+        now: f64,
+        held_out_loss_before: Option<f64>,
+        held_out_loss_after: Option<f64>,
+    ) -> Metrics {
+        let state = &session.trainer.state;
+        let seconds = now - self.started;
+        Metrics {
+            held_out_loss_before,
+            held_out_loss_after,
+            train_losses: state.losses.clone(),
+            steps_done: state.step,
+            seconds,
+            tokens_per_second: (state.tokens_seen - self.tokens_at_start) as f64
+                / seconds.max(1e-9),
+            diverged: None,
+            backend: None,
+            data: Some(session.data_summary()),
+        }
     }
 }
 

@@ -88,13 +88,13 @@ fn checkpoint_continues_the_run_and_refuses_another() {
 fn single_file_adapter_plugs_into_the_emulator() {
     let device = Device::flex().autodiff();
     let (session, _) = block_on(run(&device));
-    let file = block_on(session.adapter_file(serde_json::json!({"test": true}))).unwrap();
+    let file = block_on(session.adapter_file(&scaleot::session::Metrics::default())).unwrap();
     let adapter = Adapter::load_single(&file).unwrap();
     assert_eq!(adapter.manifest.layers, session.adapter_layers());
     assert!(adapter.manifest.lora.is_some());
     let (json, weights) = tiny_emulator();
     let plain = Device::flex();
-    let plugged = Emulator::load_with_adapter(&json, &weights, Some(&adapter), &plain).unwrap();
+    let plugged = scaleot::adapter::load_emulator(&json, &weights, Some(&adapter), &plain).unwrap();
     let trained = logits(&session.trainer.model.valid(), &plain);
     let merged = logits(&plugged.model, &plain);
     assert!(max_abs_diff(&trained, &merged) < 1e-4);

@@ -323,7 +323,7 @@ fn lora_trains_only_its_factors_and_merges_like_the_unmerged_model() {
 
     // Emulator with the factors merged (W + B·A·alpha/r) = emulator running them unmerged.
     let plain = Device::flex();
-    let merged = Emulator::load_with_adapter(
+    let merged = scaleot::adapter::load_emulator(
         &serde_json::to_string(&manifest).unwrap(),
         &weights,
         Some(&adapter),

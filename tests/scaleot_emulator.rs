@@ -13,9 +13,7 @@ use scaleot::emulator::{
     write_bundle,
 };
 use scaleot::model::{Harmonizer, Llama, ModelBytes};
-use scaleot::weights::{
-    HostTensor, HostTensors, Overlay, SafetensorsSource, WeightSource, lowrank_names,
-};
+use scaleot::weights::{HostTensor, HostTensors, Overlay, SafetensorsSource, WeightSource};
 
 #[test]
 fn distillation_brings_the_emulator_middle_closer_and_touches_nothing_else() {
@@ -26,7 +24,9 @@ fn distillation_brings_the_emulator_middle_closer_and_touches_nothing_else() {
     let split = AdapterSplit::parse("1+1").unwrap();
     let plan = uniform_drop(6, split, 2).unwrap();
     let teacher = Llama::load(&opened.config, opened.source.as_ref(), &device).unwrap();
-    let student = Llama::load_plan(&opened.config, opened.source.as_ref(), &plan, &device).unwrap();
+    let student =
+        scaleot::emulator::load_plan(&opened.config, opened.source.as_ref(), &plan, &device)
+            .unwrap();
     let before = all_weights(&student);
     let cfg = DistillConfig {
         steps: 30,
@@ -43,7 +43,9 @@ fn distillation_brings_the_emulator_middle_closer_and_touches_nothing_else() {
             ..cfg.clone()
         };
         let t = Llama::load(&opened.config, opened.source.as_ref(), &device).unwrap();
-        let s = Llama::load_plan(&opened.config, opened.source.as_ref(), &plan, &device).unwrap();
+        let s =
+            scaleot::emulator::load_plan(&opened.config, opened.source.as_ref(), &plan, &device)
+                .unwrap();
         assert!(Distiller::new(t, s, &plan, split, bad).is_err());
     }
     let mut d = Distiller::new(teacher, student, &plan, split, cfg).unwrap();
@@ -440,7 +442,7 @@ fn fresh_harmonizers_equal_dropping_and_trained_ones_act() {
     );
     // A harmonizer layer without its tensors is a clear error.
     let opened = base.open().unwrap();
-    let err = Llama::load_plan(
+    let err = scaleot::emulator::load_plan(
         &opened.config,
         opened.source.as_ref(),
         &plan([H, Raw, Dropped, Raw]),
@@ -468,7 +470,7 @@ fn low_rank_layers_are_stored_as_factors_and_load_as_their_product() {
         let eye: Vec<f32> = (0..inp * inp)
             .map(|k| if k / inp == k % inp { 1.0 } else { 0.0 })
             .collect();
-        let [u, v] = lowrank_names(&module);
+        let [u, v] = scaleot::names::lowrank_factors(&module);
         extra.insert(u, w);
         extra.insert(
             v,

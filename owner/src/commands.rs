@@ -258,7 +258,6 @@ pub struct ScoredModelArgs {
 
 /// Loads what `a` names; returns it with its tokenizer and context length.
 fn scored_model(a: &ScoredModelArgs) -> Result<(scaleot::model::Llama, Tokenizer, usize)> {
-    use scaleot::emulator::Emulator;
     use scaleot::model::Llama;
     let dev = a.model.device.open()?;
     let adapter_files = a
@@ -272,7 +271,7 @@ fn scored_model(a: &ScoredModelArgs) -> Result<(scaleot::model::Llama, Tokenizer
         .transpose()?;
     if let Some(path) = &a.emulator {
         let (json, weights) = model_files::read_pair(path, "emulator")?;
-        let emu = Emulator::load_with_adapter(&json, &weights, adapter.as_ref(), &dev)?;
+        let emu = scaleot::adapter::load_emulator(&json, &weights, adapter.as_ref(), &dev)?;
         let ctx = emu.manifest.config.max_position_embeddings;
         return Ok((emu.model, emu.tokenizer, ctx));
     }

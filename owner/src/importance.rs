@@ -1,28 +1,22 @@
-//! `scaleot importance`: Dynamic LayerReplace on the owner's side — harmonizers for every
-//! middle layer and RL-learned importance scores — with progress, checkpoints and resume.
-//! Writes `importance.json` (scores, ranking, settings, history) and `importance.safetensors`
-//! (the harmonizers), which `scaleot emulator --method scaleot|dynamic-drop` assembles from.
+//! `scaleot importance`: the flags of Dynamic LayerReplace (`scaleot::emulator::replace`),
+//! progress, and the files: `importance.json` + `importance.safetensors`
+//! (`scaleot::emulator::importance`), checkpoints in `importance.ckpt/`.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
-use burn::tensor::Device;
+use anyhow::{Result, bail};
 use scaleot::emulator::AdapterSplit;
-use scaleot::emulator::replace::{
-    HarmonizerLoss, Harmonizers, LayerReplace, ReplaceConfig, ReplaceState, Reward, ScoreOn,
+use scaleot::emulator::importance::{
+    Checkpoint, RunRecord, checkpoint_files, resume, write_importance,
 };
-use scaleot::model::{Harmonizer, Llama};
-use scaleot::weights::safetensors::write_tensors;
-use scaleot::weights::{HostTensor, SafetensorsSource, WeightSource};
-use serde::{Deserialize, Serialize};
+use scaleot::emulator::replace::{HarmonizerLoss, LayerReplace, ReplaceConfig, Reward, ScoreOn};
+use scaleot::model::Llama;
 
-use crate::build_emulator::corpus_rows;
+use crate::build_emulator::read_corpus;
 use crate::device::DeviceArgs;
-use crate::model_files::{default_model, read, read_model, read_pair, weights_beside, write_file};
+use crate::model_files::{default_model, read, read_model, weights_beside, write_file};
 use crate::progress;
-
-pub const FORMAT: &str = "scaleot-importance/1";
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 enum ScoreOnArg {
@@ -70,7 +64,7 @@ pub struct ImportanceArgs {
     /// the same factor: the scores then drift as far as with an RL step every iteration. The
     /// default, 4 with --eta 4, costs 0.81x the wall time of Offsite-Tuning's distillation on
     /// SmolLM2-135M; `--rl-every 1 --eta 1` (the paper's description, 1.49x) made the committed
-    /// report (README: "Owner-side cost").
+    /// report (docs/results.md: "Owner-side cost").
     #[arg(long, default_value_t = 4)]
     rl_every: usize,
     /// Language-model losses (harmonizer training and candidate scores) at every N-th
@@ -130,130 +124,6 @@ pub struct ImportanceArgs {
     out: PathBuf,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ImportanceManifest {
-    pub format: String,
-    pub base_model_sha256: String,
-    pub config: ReplaceConfig,
-    /// Original index of the first middle layer; `scores[k]` belongs to layer `middle_start + k`.
-    pub middle_start: usize,
-    pub scores: Vec<f64>,
-    pub keep_probabilities: Vec<f64>,
-    /// Middle layers from most to least important.
-    pub ranking: Vec<usize>,
-    pub history: Vec<(f32, f64)>,
-    /// The scores after each iteration.
-    #[serde(default)]
-    pub score_history: Vec<Vec<f64>>,
-    /// The iteration whose RL step settled the ranking (`--settle`); no scoring after it.
-    #[serde(default)]
-    pub settled_at: Option<usize>,
-    pub corpus: serde_json::Value,
-    pub seconds: f64,
-    pub peak_rss_mib: Option<f64>,
-    /// Sequences per harmonizer step, per RL scoring, and their length (for cost comparisons).
-    #[serde(default)]
-    pub batch: Option<usize>,
-    #[serde(default)]
-    pub val_batch: Option<usize>,
-    #[serde(default)]
-    pub seq_len: Option<usize>,
-    pub weights_sha256: String,
-}
-
-/// A read importance file: manifest + harmonizer weights, integrity-checked.
-pub struct ImportanceFile {
-    pub manifest: ImportanceManifest,
-    pub sha256: String,
-    weights: Vec<u8>,
-}
-
-impl ImportanceFile {
-    pub fn read(path: &Path) -> Result<Self> {
-        let (json, weights) = read_pair(path, "importance file")?;
-        let manifest: ImportanceManifest = serde_json::from_str(&json)
-            .with_context(|| format!("{} is not an importance manifest", path.display()))?;
-        if manifest.format != FORMAT {
-            bail!(
-                "{} has format `{}`, expected {FORMAT}",
-                path.display(),
-                manifest.format
-            );
-        }
-        let sha256 = scaleot::sha256_hex(&[&weights]);
-        if sha256 != manifest.weights_sha256 {
-            bail!(
-                "the harmonizer weights beside {} are corrupted (sha256 mismatch): run `scaleot importance` again",
-                path.display()
-            );
-        }
-        Ok(Self {
-            manifest,
-            sha256,
-            weights,
-        })
-    }
-
-    /// Refuses scores made for another model or another adapter split.
-    pub fn check(
-        &self,
-        base_sha256: &str,
-        split: AdapterSplit,
-        middle: std::ops::Range<usize>,
-    ) -> Result<()> {
-        if self.manifest.base_model_sha256 != base_sha256 {
-            bail!(
-                "the importance scores belong to another base model: run `scaleot importance` on this one"
-            );
-        }
-        if self.manifest.config.adapters != split
-            || self.manifest.middle_start != middle.start
-            || self.manifest.scores.len() != middle.len()
-        {
-            bail!(
-                "the importance scores were made with --adapters {}; use the same split",
-                self.manifest.config.adapters
-            );
-        }
-        Ok(())
-    }
-
-    pub fn tensor(&self, name: &str) -> Result<HostTensor> {
-        SafetensorsSource::new(&[&self.weights])?
-            .tensor(name)?
-            .with_context(|| format!("the importance file lacks {name}"))
-    }
-}
-
-fn harmonizer_tensors(h: &Harmonizers, middle_start: usize) -> Result<Vec<(String, HostTensor)>> {
-    let mut out = Vec::new();
-    for (k, harmonizer) in h.list.iter().enumerate() {
-        for (name, shape, t) in harmonizer.hf_tensors(middle_start + k) {
-            out.push((
-                name,
-                HostTensor {
-                    shape,
-                    data: crate::read_vec(t)?,
-                },
-            ));
-        }
-    }
-    Ok(out)
-}
-
-fn load_harmonizers(
-    src: &dyn WeightSource,
-    middle: std::ops::Range<usize>,
-    hidden: usize,
-    eps: f64,
-    device: &Device,
-) -> Result<Harmonizers> {
-    let list = middle
-        .map(|i| Harmonizer::load(src, i, hidden, eps, device))
-        .collect::<scaleot::Result<Vec<_>>>()?;
-    Ok(Harmonizers { list })
-}
-
 pub fn importance(a: ImportanceArgs) -> Result<()> {
     let base_path = a.model.clone().unwrap_or_else(default_model);
     let bytes = read_model(&base_path)?;
@@ -286,7 +156,7 @@ pub fn importance(a: ImportanceArgs) -> Result<()> {
         seed: a.seed,
     };
     cfg.validate()?;
-    let (mut rows, corpus) = corpus_rows(&a.corpus, &opened.tokenizer, a.seq_len, a.seed)?;
+    let (mut rows, corpus) = read_corpus(&a.corpus, &opened.tokenizer, a.seq_len, a.seed)?;
     let val_batch = match cfg.score_on {
         ScoreOn::Validation => a.val_batch,
         ScoreOn::Training => 0,
@@ -307,38 +177,7 @@ pub fn importance(a: ImportanceArgs) -> Result<()> {
     let mut run = match &a.resume {
         None => LayerReplace::new(model, cfg.clone(), None)?,
         Some(dir) => {
-            let hint = "pass the .ckpt folder of an earlier run";
-            let saved = read(
-                &dir.join("harmonizers.safetensors"),
-                "checkpoint harmonizers",
-                hint,
-            )?;
-            let src = SafetensorsSource::new(&[&saved])?;
-            let h = load_harmonizers(
-                &src,
-                middle.clone(),
-                opened.config.hidden_size,
-                opened.config.rms_norm_eps,
-                &device,
-            )?;
-            let saved: serde_json::Value =
-                serde_json::from_slice(&read(&dir.join("run.json"), "checkpoint identity", hint)?)?;
-            let same_steps = |c: &ReplaceConfig| ReplaceConfig {
-                steps: 0,
-                ..c.clone()
-            };
-            let saved_cfg: ReplaceConfig = serde_json::from_value(saved["config"].clone())
-                .context("the checkpoint's run.json is unreadable")?;
-            if same_steps(&saved_cfg) != same_steps(&cfg) || saved["corpus"] != corpus {
-                bail!(
-                    "this checkpoint belongs to another run (other settings or corpus): resume with the same ones, or start afresh"
-                );
-            }
-            let mut run = LayerReplace::new(model, cfg.clone(), Some(h))?;
-            let state: ReplaceState =
-                serde_json::from_slice(&read(&dir.join("state.json"), "checkpoint state", hint)?)?;
-            let optim = read(&dir.join("optimizer.bin"), "optimizer state", hint)?;
-            run.resume(state, &optim)?;
+            let run = resume(model, cfg.clone(), &corpus, &read_checkpoint(dir)?)?;
             eprintln!("resumed at step {}", run.state.step);
             run
         }
@@ -375,35 +214,21 @@ pub fn importance(a: ImportanceArgs) -> Result<()> {
         }
         pb.set_message(line);
         if a.checkpoint_every > 0 && step % a.checkpoint_every == 0 && !run.finished() {
-            save_checkpoint(&ckpt, &run, middle.start, &corpus)?;
+            crate::model_files::write_atomically(&ckpt, &checkpoint_files(&run, &corpus)?)?;
         }
     }
     pb.finish_and_clear();
     let secs = start.elapsed().as_secs_f64();
-    let tensors = harmonizer_tensors(&run.harmonizers, middle.start)?;
-    let weights = write_tensors(&tensors, FORMAT)?;
-    let scores = run.state.scores.clone();
-    let mut ranking: Vec<usize> = (0..scores.len()).collect();
-    ranking.sort_by(|&x, &y| scores[y].total_cmp(&scores[x]));
-    let manifest = ImportanceManifest {
-        format: FORMAT.into(),
+    let record = RunRecord {
         base_model_sha256: opened.sha256.clone(),
-        config: cfg,
-        middle_start: middle.start,
-        keep_probabilities: run.keep_probabilities(),
-        ranking: ranking.iter().map(|k| k + middle.start).collect(),
-        scores,
-        history: run.state.history.clone(),
-        score_history: run.state.score_history.clone(),
-        settled_at: run.state.settled_at,
         corpus,
         seconds: secs,
         peak_rss_mib: crate::commands::peak_rss_mib(),
-        batch: Some(a.batch),
-        val_batch: (val_batch > 0).then_some(val_batch),
-        seq_len: Some(a.seq_len),
-        weights_sha256: scaleot::sha256_hex(&[&weights]),
+        batch: a.batch,
+        val_batch,
+        seq_len: a.seq_len,
     };
+    let (weights, manifest) = write_importance(&run, record)?;
     write_file(&weights_beside(&a.out), &weights)?;
     write_file(&a.out, serde_json::to_string_pretty(&manifest)?.as_bytes())?;
     println!(
@@ -414,22 +239,14 @@ pub fn importance(a: ImportanceArgs) -> Result<()> {
     Ok(())
 }
 
-fn save_checkpoint(
-    dir: &Path,
-    run: &LayerReplace,
-    middle_start: usize,
-    corpus: &serde_json::Value,
-) -> Result<()> {
-    let tensors = harmonizer_tensors(&run.harmonizers, middle_start)?;
-    let identity = serde_json::json!({"config": run.cfg, "corpus": corpus});
-    let parts: [(&str, Vec<u8>); 4] = [
-        ("run.json", serde_json::to_vec_pretty(&identity)?),
-        (
-            "harmonizers.safetensors",
-            write_tensors(&tensors, "scaleot-checkpoint")?,
-        ),
-        ("optimizer.bin", run.optimizer_record()?),
-        ("state.json", serde_json::to_vec_pretty(&run.state)?),
-    ];
-    crate::model_files::write_atomically(dir, &parts)
+/// Reads the files of an importance checkpoint folder.
+fn read_checkpoint(dir: &Path) -> Result<Checkpoint> {
+    let hint = "pass the .ckpt folder of an earlier run";
+    let file = |name: &str, what: &str| read(&dir.join(name), what, hint);
+    Ok(Checkpoint {
+        harmonizers: file("harmonizers.safetensors", "checkpoint harmonizers")?,
+        run_json: file("run.json", "checkpoint identity")?,
+        state: file("state.json", "checkpoint state")?,
+        optimizer: file("optimizer.bin", "optimizer state")?,
+    })
 }

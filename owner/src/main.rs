@@ -112,22 +112,25 @@ fn main() {
         Command::Serve(a) => serve::serve(a),
     };
     if let Err(e) = result {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", cli_message(&e));
         std::process::exit(1);
     }
 }
 
-/// Reads a device tensor back to the host (native: blocking).
-pub fn read_vec<const D: usize>(t: burn::tensor::Tensor<D>) -> Result<Vec<f32>> {
-    t.into_data()
-        .try_into_vec::<f32>()
-        .map_err(|e| anyhow::anyhow!("reading a tensor back: {e:?}"))
+/// The error chain as one line, with the library's setting names as this binary's flags
+/// (`beta` → `--beta`).
+fn cli_message(e: &anyhow::Error) -> String {
+    e.chain()
+        .map(|cause| match cause.downcast_ref::<scaleot::Error>() {
+            Some(scaleot::Error::Setting {
+                field,
+                value,
+                reason,
+            }) => format!("--{} {value}: {reason}", field.replace('_', "-")),
+            _ => cause.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
-/// Reads a one-element tensor (a loss) back to the host.
-pub fn read_scalar(t: burn::tensor::Tensor<1>) -> Result<f32> {
-    read_vec(t)?
-        .first()
-        .copied()
-        .ok_or_else(|| anyhow::anyhow!("an empty loss tensor"))
-}
+pub use scaleot::model::{read_scalar, read_vec};

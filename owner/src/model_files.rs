@@ -127,6 +127,16 @@ pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
 }
 
+/// Writes a file under a temporary name beside it, then renames it into place: a crash never
+/// leaves a half-written file where a whole one was (checkpoints).
+pub fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    write_file(&tmp, bytes)?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
 /// Writes checkpoint parts under temporary names first, then renames them, so that a crash
 /// never leaves a half-written checkpoint.
 pub fn write_atomically(dir: &Path, parts: &[(&str, Vec<u8>)]) -> Result<()> {

@@ -437,7 +437,7 @@ fn owner_costs(
 ) -> Result<Vec<OwnerCost>> {
     let mut costs = Vec::new();
     if let Some(path) = importance {
-        let m: crate::importance::ImportanceManifest =
+        let m: scaleot::emulator::importance::ImportanceManifest =
             serde_json::from_slice(&std::fs::read(path)?)
                 .with_context(|| format!("{} is not an importance file", path.display()))?;
         let c = &m.config;

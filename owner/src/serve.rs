@@ -35,7 +35,7 @@ pub struct ServeArgs {
 pub fn serve(a: ServeArgs) -> Result<()> {
     if !a.dist.join("index.html").is_file() {
         bail!(
-            "{} has no index.html: build the page first (`trunk build --release`, see README) or pass --dist",
+            "{} has no index.html: build the page first (`trunk build --release`, see docs/design.md) or pass --dist",
             a.dist.display()
         );
     }

@@ -1,21 +1,19 @@
 //! The data owner's side natively: fine-tune adapters on an emulator; and the owner's plug-in.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
-use burn::module::Module;
-use scaleot::adapter;
-use scaleot::data::{self, DataOptions, Dataset};
-use scaleot::emulator::{Emulator, LayerKind};
-use scaleot::model::{Llama, LoraConfig};
-use scaleot::train::{RunIdentity, TrainConfig, TrainState, Trainer};
-use scaleot::weights::HostTensor;
+use anyhow::{Result, bail};
+use futures_lite::future::block_on;
+use scaleot::data;
+use scaleot::emulator::Emulator;
+use scaleot::session::{Checkpoint, RunClock, Session, Settings};
+use scaleot::train::{TrainConfig, Trainer};
 use serde_json::json;
 
 use crate::device::DeviceArgs;
 use crate::model_files::{
-    default_model, mib, read, read_model, read_pair, weights_beside, write_file,
+    default_model, mib, read, read_model, read_pair, replace_file, weights_beside, write_file,
 };
 use crate::progress;
 
@@ -58,10 +56,10 @@ pub struct FinetuneArgs {
     /// Output adapter manifest; weights go beside it as .safetensors.
     #[arg(long, default_value = "adapter.json")]
     out: PathBuf,
-    /// Save a checkpoint every N steps (0: only at the end).
+    /// Save a checkpoint (OUT with extension .ckpt) every N steps (0: never).
     #[arg(long, default_value_t = 50)]
     checkpoint_every: usize,
-    /// Continue from the checkpoint folder of an earlier run with the same settings.
+    /// Continue from the .ckpt file of an earlier run with the same settings.
     #[arg(long)]
     resume: Option<PathBuf>,
     /// Tune LoRA factors of this rank on the adapter layers' projections (0: whole layers).
@@ -75,23 +73,8 @@ pub struct FinetuneArgs {
     lora_targets: String,
 }
 
-/// Mean loss per target token over a set of examples (no gradients): the session's, blocking.
-pub fn mean_loss(model: &Llama, examples: &[data::Example], pad: u32, batch: usize) -> Result<f64> {
-    futures_lite::future::block_on(scaleot::session::mean_loss(model, examples, pad, batch))?
-        .context("no target tokens to evaluate")
-}
-
-fn checkpoint_dir(out: &Path) -> PathBuf {
-    out.with_extension("ckpt")
-}
-
-/// Reads back the adapter layers of a model as HF-named host tensors (the session's, blocking).
-fn read_adapters(model: &Llama, plan: &[LayerKind]) -> Result<Vec<(String, HostTensor)>> {
-    Ok(futures_lite::future::block_on(
-        scaleot::session::read_adapters(model, plan),
-    )?)
-}
-
+/// The page's training session (`scaleot::session`), driven from the command line: flags in,
+/// progress on the terminal, checkpoints and the adapter as files.
 pub fn finetune(a: FinetuneArgs) -> Result<()> {
     let (manifest_json, weights) = read_pair(&a.emulator, "emulator")?;
     let device = a.device.open_autodiff()?;
@@ -102,158 +85,82 @@ pub fn finetune(a: FinetuneArgs) -> Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let opts = DataOptions {
-        max_len: a.seq_len.min(emu.manifest.config.max_position_embeddings),
-        held_out: a.held_out,
-        seed: a.seed,
-        truncate: a.truncate,
-    };
-    let Dataset {
-        format,
-        train,
-        held_out,
-    } = data::load(&data_bytes, &name, &emu.tokenizer, &opts)?;
-    let pad = emu.tokenizer.eos_id.unwrap_or(0);
-    let train_tokens: usize = train.iter().map(data::Example::target_tokens).sum();
-    eprintln!(
-        "data: {format:?}, {} train examples ({train_tokens} target tokens), {} held out",
-        train.len(),
-        held_out.len()
-    );
-    let cfg = TrainConfig {
+    let settings = Settings {
         steps: a.steps,
         batch_size: a.batch_size,
         grad_accum: a.grad_accum,
         lr: a.lr,
-        min_lr_ratio: 0.1,
-        warmup_steps: a.warmup.min(a.steps),
+        warmup: a.warmup,
         weight_decay: a.weight_decay,
         clip_norm: (a.clip > 0.0).then_some(a.clip),
+        seq_len: a.seq_len,
+        held_out: a.held_out,
+        lora_rank: a.lora_rank,
+        lora_alpha: a.lora_alpha,
+        lora_targets: a.lora_targets.clone(),
         seed: a.seed,
+        truncate: a.truncate,
+        eval_examples: usize::MAX,
+        checkpoint_every: a.checkpoint_every,
     };
-    let lora = (a.lora_rank > 0)
-        .then(|| {
-            let alpha = a.lora_alpha.unwrap_or(2.0 * a.lora_rank as f64);
-            LoraConfig::new(a.lora_rank, alpha, &a.lora_targets)
-        })
-        .transpose()?;
-    let adapters = emu.adapter_positions();
-    let before = if held_out.is_empty() {
-        None
-    } else {
-        Some(mean_loss(&emu.model.valid(), &held_out, pad, a.batch_size)?)
-    };
-    let plan = emu.manifest.plan.clone();
-    let model = match &lora {
-        Some(l) => emu.model.with_lora(&adapters, l, a.seed, None)?,
-        None => emu.model,
-    };
-    let mut trainer = Trainer::new(model, &adapters, cfg.clone(), train.len())?;
-    let ckpt = checkpoint_dir(&a.out);
-    let identity = RunIdentity {
-        emulator_sha256: emu.manifest.weights_sha256.clone(),
-        data_sha256: scaleot::sha256_hex(&[&data_bytes]),
-        data_options: json!({"seq_len": opts.max_len, "held_out": opts.held_out, "seed": opts.seed, "truncate": opts.truncate}),
-        train: cfg.clone(),
-        lora: lora.clone(),
-    };
-    if let Some(dir) = &a.resume {
-        let saved: RunIdentity = serde_json::from_slice(&read(
-            &dir.join("run.json"),
-            "checkpoint identity",
-            "the checkpoint folder is incomplete",
-        )?)
-        .context("the checkpoint's run.json is unreadable")?;
-        identity.check_resume(&saved)?;
-        let state: TrainState = serde_json::from_slice(&read(
-            &dir.join("state.json"),
-            "checkpoint state",
-            "pass the .ckpt folder of an earlier run",
-        )?)?;
-        let optim = read(
-            &dir.join("optimizer.bin"),
-            "optimizer state",
-            "the checkpoint folder is incomplete",
-        )?;
-        let adapter_bytes = read(
-            &dir.join("adapters.safetensors"),
-            "checkpoint adapters",
-            "the checkpoint folder is incomplete",
-        )?;
-        let model = adapter::checkpointed_model(
-            &emu.manifest,
-            &weights,
-            &adapter_bytes,
-            (&adapters, lora.as_ref()),
-            &device,
-        )?;
-        trainer.resume(model, &adapters, state, Some(&optim))?;
-        eprintln!("resumed at step {}", trainer.state.step);
+    let mut session = Session::new(&emu, &data_bytes, &name, &settings)?;
+    session.optimizer_in_checkpoints = true;
+    let summary = session.data_summary();
+    eprintln!(
+        "data: {:?}, {} train examples ({} target tokens), {} held out",
+        summary.format,
+        summary.train_examples,
+        summary.train_target_tokens,
+        summary.held_out_examples
+    );
+    let before = block_on(session.held_out_loss())?;
+    let ckpt = a.out.with_extension("ckpt");
+    if let Some(path) = &a.resume {
+        let bytes = read(path, "checkpoint", "pass the .ckpt file of an earlier run")?;
+        session.resume(&weights, &Checkpoint::from_bytes(bytes)?)?;
+        eprintln!("resumed at step {}", session.trainer.state.step);
     }
-    let pb = progress::bar(cfg.steps as u64, "finetune", "steps");
-    pb.set_position(trainer.state.step as u64);
+    let pb = progress::bar(settings.steps as u64, "finetune", "steps");
+    pb.set_position(session.trainer.state.step as u64);
     let start = Instant::now();
-    let tokens_at_start = trainer.state.tokens_seen;
-    let first_step = trainer.state.step;
+    let now = || start.elapsed().as_secs_f64();
+    let mut clock = RunClock::start(&session, now());
     let mut diverged = None;
-    while !trainer.finished() {
-        let value = crate::read_scalar(trainer.micro_step(&train, pad)?)?;
-        match trainer.complete_micro_step(value) {
+    while !session.finished() {
+        match block_on(session.step()) {
             Ok(Some(r)) => {
-                let secs = start.elapsed().as_secs_f64().max(1e-9);
-                pb.set_position(r.step as u64);
+                let p = clock.progress(&r, now());
+                pb.set_position(p.step as u64);
                 let line = format!(
                     "loss {:.4} lr {:.2e} {:.0} tok/s",
-                    r.loss,
-                    r.lr,
-                    (r.tokens_seen - tokens_at_start) as f64 / secs
+                    p.loss, p.lr, p.tokens_per_second
                 );
                 // Without a terminal the bar is hidden: log a line every 10 steps instead.
-                if pb.is_hidden() && (r.step % 10 == 0 || r.step == r.steps) {
-                    let done = r.step - first_step;
-                    let eta = secs / done.max(1) as f64 * (r.steps - r.step) as f64;
-                    eprintln!("step {}/{} {line} ETA {eta:.0}s", r.step, r.steps);
+                if pb.is_hidden() && (p.step.is_multiple_of(10) || p.step == p.steps) {
+                    eprintln!(
+                        "step {}/{} {line} ETA {:.0}s",
+                        p.step, p.steps, p.eta_seconds
+                    );
                 }
                 pb.set_message(line);
-                if a.checkpoint_every > 0 && r.step % a.checkpoint_every == 0 && !trainer.finished()
-                {
-                    save_checkpoint(&ckpt, &trainer, &plan, &identity)?;
+                if session.checkpoint_due(p.step) {
+                    replace_file(&ckpt, &block_on(session.checkpoint())?.bytes)?;
                 }
             }
             Ok(None) => {}
-            Err(e) => {
+            Err(e @ scaleot::Error::Diverged { .. }) => {
                 diverged = Some(e.to_string());
                 break;
             }
+            Err(e) => return Err(e.into()),
         }
     }
     pb.finish_and_clear();
-    let secs = start.elapsed().as_secs_f64();
-    let after = if held_out.is_empty() {
-        None
-    } else {
-        Some(mean_loss(
-            &trainer.model.valid(),
-            &held_out,
-            pad,
-            a.batch_size,
-        )?)
-    };
-    let tensors = read_adapters(&trainer.model, &plan)?;
-    let metrics = json!({
-        "held_out_loss_before": before, "held_out_loss_after": after,
-        "train_losses": trainer.state.losses, "steps_done": trainer.state.step,
-        "seconds": secs, "tokens_per_second": (trainer.state.tokens_seen - tokens_at_start) as f64 / secs.max(1e-9),
-        "diverged": diverged,
-        "data": {"format": format, "train_examples": train.len(), "train_target_tokens": train_tokens, "held_out_examples": held_out.len()},
-    });
-    let (w, m) = adapter::write_adapter(
-        tensors,
-        &emu.manifest,
-        lora.as_ref(),
-        serde_json::to_value(&cfg)?,
-        metrics,
-    )?;
+    let after = block_on(session.held_out_loss())?;
+    let mut metrics = clock.metrics(&session, now(), before, after);
+    metrics.diverged = diverged.clone();
+    metrics.backend = Some(format!("{:?}", a.device.device).to_lowercase());
+    let (w, m) = block_on(session.adapter(&metrics))?;
     write_file(&weights_beside(&a.out), &w)?;
     write_file(&a.out, serde_json::to_string_pretty(&m)?.as_bytes())?;
     if let (Some(b), Some(f)) = (before, after) {
@@ -268,25 +175,6 @@ pub fn finetune(a: FinetuneArgs) -> Result<()> {
         bail!("{d}");
     }
     Ok(())
-}
-
-fn save_checkpoint(
-    dir: &Path,
-    trainer: &Trainer,
-    plan: &[LayerKind],
-    identity: &RunIdentity,
-) -> Result<()> {
-    let tensors = read_adapters(&trainer.model, plan)?;
-    let parts: [(&str, Vec<u8>); 4] = [
-        ("run.json", serde_json::to_vec_pretty(identity)?),
-        (
-            "adapters.safetensors",
-            scaleot::weights::safetensors::write_tensors(&tensors, "scaleot-checkpoint")?,
-        ),
-        ("optimizer.bin", trainer.optimizer_record()?),
-        ("state.json", serde_json::to_vec_pretty(&trainer.state)?),
-    ];
-    crate::model_files::write_atomically(dir, &parts)
 }
 
 #[derive(clap::Args)]
@@ -311,7 +199,7 @@ pub fn plugin(a: PluginArgs) -> Result<()> {
     let adapter = files.adapter()?;
     adapter.check_base(&opened.sha256)?;
     let merged = adapter.plugged_into(opened.source.as_ref());
-    let ckpt = scaleot::weights::safetensors::write_checkpoint(&opened.config, &merged)?;
+    let ckpt = scaleot::model::write_checkpoint(&opened.config, &merged)?;
     std::fs::create_dir_all(&a.out)?;
     write_file(&a.out.join("model.safetensors"), &ckpt)?;
     write_file(

@@ -8,33 +8,14 @@ use half::f16;
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
-use super::plan::LayerKind;
-use crate::adapter::Adapter;
+use super::plan::{LayerKind, load_plan};
 use crate::error::{Error, Result};
-use crate::model::harmonizer::harmonizer_tensor_names;
 use crate::model::{Llama, LlamaConfig};
+use crate::names;
 use crate::tokenizer::Tokenizer;
-use crate::weights::{Factored, HostTensor, SafetensorsSource, WeightSource, lowrank_names};
+use crate::weights::{Factored, HostTensor, SafetensorsSource, WeightSource};
 
 pub const FORMAT: &str = "scaleot-emulator/1";
-
-/// Names of the tensors of decoder layer `i`, in HF naming.
-pub fn layer_tensor_names(i: usize) -> Vec<String> {
-    [
-        "input_layernorm.weight",
-        "self_attn.q_proj.weight",
-        "self_attn.k_proj.weight",
-        "self_attn.v_proj.weight",
-        "self_attn.o_proj.weight",
-        "post_attention_layernorm.weight",
-        "mlp.gate_proj.weight",
-        "mlp.up_proj.weight",
-        "mlp.down_proj.weight",
-    ]
-    .iter()
-    .map(|s| format!("model.layers.{i}.{s}"))
-    .collect()
-}
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct EmulatorManifest {
@@ -102,25 +83,25 @@ pub fn write_bundle(
         }
         Ok(())
     };
-    take("model.embed_tokens.weight".into(), false, true)?;
-    take("model.norm.weight".into(), false, true)?;
+    take(names::EMBED.into(), false, true)?;
+    take(names::FINAL_NORM.into(), false, true)?;
     if !cfg.tie_word_embeddings {
-        take("lm_head.weight".into(), false, false)?;
+        take(names::LM_HEAD.into(), false, false)?;
     }
     for (i, kind) in spec.plan.iter().enumerate() {
         match kind {
             LayerKind::Adapter | LayerKind::Raw => {
-                for name in layer_tensor_names(i) {
+                for name in names::layer_tensors(i) {
                     take(name, *kind == LayerKind::Adapter, true)?;
                 }
             }
             LayerKind::LowRank => {
                 // Attention projections as SVD factors where the builder's source provides
                 // them (SRC may compress only some of q/k/v/o), everything else raw.
-                for name in layer_tensor_names(i) {
-                    match name.strip_suffix(".weight") {
+                for name in names::layer_tensors(i) {
+                    match names::module_of_weight(&name) {
                         Some(m) if m.contains(".self_attn.") => {
-                            let factors = lowrank_names(m);
+                            let factors = names::lowrank_factors(m);
                             if base.tensor(&factors[0])?.is_some() {
                                 for factor in factors {
                                     take(factor, false, true)?;
@@ -134,7 +115,7 @@ pub fn write_bundle(
                 }
             }
             LayerKind::Harmonizer => {
-                for name in harmonizer_tensor_names(i) {
+                for name in names::harmonizer_tensors(i) {
                     take(name, false, true)?;
                 }
             }
@@ -218,16 +199,18 @@ impl Emulator {
 
     /// Checks the weights against the manifest's hash, then builds the model.
     pub fn load(manifest_json: &str, weights: &[u8], device: &Device) -> Result<Self> {
-        Self::load_with_adapter(manifest_json, weights, None, device)
+        Self::load_through(manifest_json, weights, |manifest, stored| {
+            load_plan(&manifest.config, stored, &manifest.plan, device)
+        })
     }
 
-    /// [`Emulator::load`] with an adapter file plugged in; adapters tuned on another emulator
-    /// are refused.
-    pub fn load_with_adapter(
+    /// Checks the weights against the manifest's hash, then builds the model with `build`
+    /// from the manifest and the stored weights (low-rank factors reading as dense): adapters
+    /// plug themselves in over them this way (`adapter::load_emulator`).
+    pub fn load_through(
         manifest_json: &str,
         weights: &[u8],
-        adapter: Option<&Adapter>,
-        device: &Device,
+        build: impl FnOnce(&EmulatorManifest, &dyn WeightSource) -> Result<Llama>,
     ) -> Result<Self> {
         let manifest = Self::read_manifest(manifest_json)?;
         let actual = sha256_hex(&[weights]);
@@ -241,15 +224,7 @@ impl Emulator {
         let mut tokenizer = Tokenizer::from_hf_json(&manifest.tokenizer.to_string())?;
         tokenizer.chat_template = manifest.chat_template.clone();
         let stored = SafetensorsSource::new(&[weights])?;
-        let src = Factored(&stored);
-        let model = match adapter {
-            None => Llama::load_plan(&manifest.config, &src, &manifest.plan, device)?,
-            Some(adapter) => {
-                adapter.check_emulator(&manifest)?;
-                let plugged = adapter.plugged_into(&src);
-                Llama::load_plan(&manifest.config, &plugged, &manifest.plan, device)?
-            }
-        };
+        let model = build(&manifest, &Factored(&stored))?;
         Ok(Self {
             manifest,
             model,

@@ -8,14 +8,17 @@
 //! emulator's own next-token loss through the (frozen) top adapters and head, which is what
 //! makes a distillation step cost more than the middle block alone.
 
+use std::collections::HashMap;
+
 use burn::module::Module;
 use burn::optim::{GradientsParams, ModuleOptimizer};
-use burn::tensor::Tensor;
+use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::plan::{AdapterSplit, LayerKind};
+use super::plan::{AdapterSplit, LayerKind, load_plan};
 use crate::error::{Error, Result};
-use crate::model::{Llama, token_tensor};
+use crate::model::{LayerSlot, Llama, OpenedModel, read_scalar, read_vec, token_tensor};
+use crate::weights::HostTensor;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct DistillConfig {
@@ -139,4 +142,91 @@ impl Distiller {
             lm: lm.map(|l| l.detach()),
         })
     }
+}
+
+/// What a whole distillation run leaves: the kept middle layers' tuned tensors (HF names) and
+/// the losses at its start and end (means over the first and last tenth of the steps; the LM
+/// loss is NaN when its weight is 0).
+pub struct Distilled {
+    pub tensors: HashMap<String, HostTensor>,
+    pub relative_loss_first: f32,
+    pub relative_loss_last: f32,
+    pub lm_loss_first: f32,
+    pub lm_loss_last: f32,
+}
+
+/// Offsite-Tuning's distillation of `plan`'s kept middle layers, start to end: teacher = the
+/// full model `base`, student = its emulator, `cfg.steps` steps over `rows` (cycled, in
+/// batches of `cfg.batch_size`) on an autodiff `device`. `on_step(step, relative loss, LM
+/// loss)` follows each step (LM NaN when not computed). Stops with an error on divergence.
+pub fn distill(
+    base: &OpenedModel<'_>,
+    plan: &[LayerKind],
+    split: AdapterSplit,
+    cfg: DistillConfig,
+    rows: &[Vec<u32>],
+    device: &Device,
+    on_step: &mut dyn FnMut(usize, f32, f32),
+) -> Result<Distilled> {
+    if rows.len() < cfg.batch_size {
+        return Err(Error::Invalid(format!(
+            "the corpus gives {} sequences; distillation needs at least a batch of {}",
+            rows.len(),
+            cfg.batch_size
+        )));
+    }
+    let teacher = Llama::load(&base.config, base.source.as_ref(), device)?;
+    let student = load_plan(&base.config, base.source.as_ref(), plan, device)?;
+    let steps = cfg.steps;
+    let batch_size = cfg.batch_size;
+    let mut distiller = Distiller::new(teacher, student, plan, split, cfg)?;
+    // Per step: (relative hidden-state loss, next-token loss or NaN when not computed).
+    let mut losses: Vec<(f32, f32)> = Vec::with_capacity(steps);
+    for (step, batch) in rows.chunks_exact(batch_size).cycle().enumerate() {
+        if distiller.finished() {
+            break;
+        }
+        let step_losses = distiller.step(batch)?;
+        let kd = read_scalar(step_losses.kd)?;
+        let (lm, lm_ok) = match step_losses.lm {
+            Some(lm) => {
+                let lm = read_scalar(lm)?;
+                (lm, lm.is_finite())
+            }
+            None => (f32::NAN, true),
+        };
+        if !kd.is_finite() || !lm_ok {
+            return Err(Error::Invalid(format!(
+                "distillation diverged at step {step} (relative loss {kd}, LM loss {lm}): lower the distillation learning rate"
+            )));
+        }
+        losses.push((kd, lm));
+        on_step(step, kd, lm);
+    }
+    let window = (losses.len() / 10).max(1);
+    let mean = |s: &[(f32, f32)], pick: fn(&(f32, f32)) -> f32| {
+        s.iter().map(pick).sum::<f32>() / s.len().max(1) as f32
+    };
+    let (head, tail) = (&losses[..window], &losses[losses.len() - window..]);
+    let student = distiller.student;
+    let mut tensors = HashMap::new();
+    for (slot, &orig) in student.layers.iter().zip(&student.layer_index) {
+        let LayerSlot::Decoder(layer) = slot else {
+            continue;
+        };
+        if plan[orig] != LayerKind::Raw {
+            continue;
+        }
+        for (name, shape, t) in layer.hf_tensors(orig) {
+            let data = read_vec(t)?;
+            tensors.insert(name, HostTensor { shape, data });
+        }
+    }
+    Ok(Distilled {
+        tensors,
+        relative_loss_first: mean(head, |l| l.0),
+        relative_loss_last: mean(tail, |l| l.0),
+        lm_loss_first: mean(head, |l| l.1),
+        lm_loss_last: mean(tail, |l| l.1),
+    })
 }

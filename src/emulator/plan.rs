@@ -1,8 +1,11 @@
 //! The layer plan of an emulator: what each layer of the original model became.
 
+use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::model::{LayerSource, Llama, LlamaConfig};
+use crate::weights::WeightSource;
 
 /// What happened to one decoder layer of the full model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -18,6 +21,30 @@ pub enum LayerKind {
     Harmonizer,
     /// Removed.
     Dropped,
+}
+
+impl LayerKind {
+    /// What the model loader reads for a layer of this kind.
+    pub fn source(self) -> LayerSource {
+        match self {
+            // Low-rank layers load dense: the bundle's source multiplies the factors out.
+            Self::Adapter | Self::Raw | Self::LowRank => LayerSource::Decoder,
+            Self::Harmonizer => LayerSource::Harmonizer,
+            Self::Dropped => LayerSource::Absent,
+        }
+    }
+}
+
+/// The model a layer plan describes, built from `src` (the base model, or an emulator
+/// bundle's weights): the layers it keeps, under their original names.
+pub fn load_plan(
+    cfg: &LlamaConfig,
+    src: &dyn WeightSource,
+    plan: &[LayerKind],
+    device: &Device,
+) -> Result<Llama> {
+    let layers: Vec<LayerSource> = plan.iter().map(|k| k.source()).collect();
+    Llama::load_layers(cfg, src, &layers, device)
 }
 
 /// `adapters = "2+2"`: the first `bottom` and the last `top` layers are adapters.
@@ -65,9 +92,11 @@ pub fn uniform_drop(n_layers: usize, split: AdapterSplit, keep: usize) -> Result
     let middle = split.middle(n_layers)?;
     let m = middle.len();
     if keep == 0 || keep > m {
-        return Err(Error::Invalid(format!(
-            "--keep {keep}: choose between 1 and the {m} middle layers"
-        )));
+        return Err(Error::setting(
+            "keep",
+            keep,
+            format!("choose between 1 and the {m} middle layers"),
+        ));
     }
     let mut plan = vec![LayerKind::Dropped; n_layers];
     for (i, kind) in plan.iter_mut().enumerate() {

@@ -128,15 +128,17 @@ impl ReplaceConfig {
             ));
         }
         if self.rl_steps == Some(0) {
-            return Err(Error::Invalid(
-                "--rl-steps 0 would learn no scores: give at least 1, or leave it out to score every iteration"
-                    .into(),
+            return Err(Error::setting(
+                "rl_steps",
+                0,
+                "would learn no scores: give at least 1, or leave it out to score every iteration",
             ));
         }
         if self.harmonizer_loss == HarmonizerLoss::Layer && self.score_on == ScoreOn::Training {
-            return Err(Error::Invalid(
-                "--harmonizer-loss layer makes no LM pass for --score-on training to reuse: score on validation"
-                    .into(),
+            return Err(Error::setting(
+                "harmonizer_loss",
+                "layer",
+                "makes no LM pass for candidates scored on training batches to reuse: score on validation",
             ));
         }
         if !(self.lr > 0.0 && self.eta > 0.0) {
@@ -684,7 +686,7 @@ pub fn least_important(
     group: Option<usize>,
 ) -> Result<Vec<usize>> {
     if !(0.0..1.0).contains(&alpha) {
-        return Err(Error::Invalid(format!("--alpha {alpha} must be in [0, 1)")));
+        return Err(Error::setting("alpha", alpha, "must be in [0, 1)"));
     }
     let pick = |idx: &mut Vec<usize>, count: usize| -> Vec<usize> {
         idx.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]).then(a.cmp(&b)));

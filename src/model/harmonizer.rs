@@ -1,7 +1,8 @@
 //! ScaleOT's harmonizer: the lightweight stand-in for a dropped middle layer,
 //! `h(x) = x + W_up · silu(W_down · norm(x))` with rank `r`. `W_up` starts at zero, so a fresh
 //! harmonizer is exactly "drop the layer"; training teaches it what the layer contributed.
-//! Stored under `model.layers.{i}.harmonizer.{norm,down_proj,up_proj}.weight` (HF layout).
+//! Stored under `model.layers.{i}.harmonizer.{norm,down_proj,up_proj}.weight` (HF layout,
+//! [`names::harmonizer_tensors`]).
 
 use burn::module::Module;
 use burn::tensor::activation::silu;
@@ -9,8 +10,9 @@ use burn::tensor::{Device, Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::llama::{Linear, RmsNorm, check_shape, hf_flat, named_param, transpose};
+use super::layers::{Linear, RmsNorm, check_shape, hf_flat, named_param, transpose};
 use crate::error::{Error, Result};
+use crate::names;
 use crate::weights::{HostTensor, WeightSource};
 
 #[derive(Module, Debug)]
@@ -20,11 +22,6 @@ pub struct Harmonizer {
     pub down: Linear,
     /// `[r, hidden]`, zero-initialised.
     pub up: Linear,
-}
-
-/// HF-style names of harmonizer `i`'s tensors: norm, down `[r, hidden]`, up `[hidden, r]`.
-pub fn harmonizer_tensor_names(i: usize) -> [String; 3] {
-    ["norm", "down_proj", "up_proj"].map(|p| format!("model.layers.{i}.harmonizer.{p}.weight"))
 }
 
 impl Harmonizer {
@@ -78,7 +75,7 @@ impl Harmonizer {
         eps: f64,
         device: &Device,
     ) -> Result<Self> {
-        let [norm, down, up] = harmonizer_tensor_names(layer);
+        let [norm, down, up] = names::harmonizer_tensors(layer);
         let get = |name: &str| -> Result<HostTensor> {
             src.tensor(name)?
                 .ok_or_else(|| Error::MissingTensor(name.to_owned()))
@@ -96,7 +93,7 @@ impl Harmonizer {
 
     /// From HF-layout host tensors `[norm, down [r, h], up [h, r]]`.
     fn from_host(layer: usize, [n, d, u]: [HostTensor; 3], eps: f64, device: &Device) -> Self {
-        let [norm_name, down_name, up_name] = harmonizer_tensor_names(layer);
+        let [norm_name, down_name, up_name] = names::harmonizer_tensors(layer);
         let proj = |name: &str, t: HostTensor| {
             Linear::from_hf(name, &t.data, t.shape[0], t.shape[1], device)
         };
@@ -116,7 +113,7 @@ impl Harmonizer {
 
     /// The tensors in HF layout with their names, flattened on the device.
     pub fn hf_tensors(&self, layer: usize) -> Vec<(String, Vec<usize>, Tensor<1>)> {
-        let [norm, down, up] = harmonizer_tensor_names(layer);
+        let [norm, down, up] = names::harmonizer_tensors(layer);
         let flat = |t: Tensor<2>| hf_flat(t.transpose());
         let n = self.norm.weight.val();
         let (ds, d) = flat(self.down.weight.val());

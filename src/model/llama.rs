@@ -4,69 +4,18 @@
 //! Layers sit in [`LayerSlot`]s so that later stages (emulators) can put a harmonizer or a
 //! low-rank variant in a slot, or leave a layer out, without touching the rest of the model.
 
-use burn::module::{Module, Param, ParamId};
+use burn::module::{Module, Param};
 use burn::tensor::activation::silu;
-use burn::tensor::module::{attention, linear};
+use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
-use sha2::{Digest, Sha256};
 
 use super::config::LlamaConfig;
 use super::harmonizer::Harmonizer;
-use super::lora::Lora;
-use crate::emulator::plan::LayerKind;
+use super::layers::{Linear, RmsNorm, check_shape, hf_flat, named_param};
 use crate::error::{Error, Result};
+use crate::names;
 use crate::weights::{HostTensor, WeightSource};
-
-/// A bias-free projection, weight stored `[in, out]` as burn's `linear` expects, with an
-/// optional LoRA update beside it.
-#[derive(Module, Debug)]
-pub struct Linear {
-    pub weight: Param<Tensor<2>>,
-    pub lora: Option<Lora>,
-}
-
-impl Linear {
-    /// From a Hugging Face `[out, in]` weight (row-major), transposed to burn's `[in, out]`.
-    pub(crate) fn from_hf(
-        name: &str,
-        data: &[f32],
-        out: usize,
-        inp: usize,
-        device: &Device,
-    ) -> Self {
-        let weight = TensorData::new(transpose(data, out, inp), [inp, out]);
-        Self {
-            weight: named_param(name, Tensor::from_data(weight, device)),
-            lora: None,
-        }
-    }
-
-    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        match &self.lora {
-            None => linear(x, self.weight.val(), None),
-            Some(lora) => linear(x.clone(), self.weight.val(), None) + lora.delta(x),
-        }
-    }
-}
-
-#[derive(Module, Debug)]
-pub struct RmsNorm {
-    pub weight: Param<Tensor<1>>,
-    pub eps: f64,
-}
-
-impl RmsNorm {
-    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let rms = x
-            .clone()
-            .powi_scalar(2)
-            .mean_dim(D - 1)
-            .add_scalar(self.eps)
-            .sqrt();
-        x.div(rms).mul(self.weight.val().unsqueeze())
-    }
-}
 
 /// Rotary tables for positions `start..start+len`: `cos`, `sin` of shape `[len, head_dim]`.
 pub struct Rope {
@@ -222,11 +171,49 @@ impl DecoderLayer {
         parts.extend(attn.iter().map(|(_, p)| flat(p.weight.val())));
         parts.push(norm(self.post_attention_layernorm.weight.val()));
         parts.extend(mlp.iter().map(|(_, p)| flat(p.weight.val())));
-        crate::emulator::bundle::layer_tensor_names(layer)
+        names::layer_tensors(layer)
             .into_iter()
             .zip(parts)
             .map(|(name, (shape, t))| (name, shape, t))
             .collect()
+    }
+
+    /// The projection named `target` (one of [`names::PROJECTIONS`]).
+    pub(crate) fn projection_mut(&mut self, target: &str) -> Option<&mut Linear> {
+        Some(match target {
+            "q_proj" => &mut self.self_attn.q_proj,
+            "k_proj" => &mut self.self_attn.k_proj,
+            "v_proj" => &mut self.self_attn.v_proj,
+            "o_proj" => &mut self.self_attn.o_proj,
+            "gate_proj" => &mut self.mlp.gate_proj,
+            "up_proj" => &mut self.mlp.up_proj,
+            "down_proj" => &mut self.mlp.down_proj,
+            _ => return None,
+        })
+    }
+
+    /// The layer's projections with their HF module names (in original layer `layer`).
+    pub fn projections(&self, layer: usize) -> Vec<(String, &Linear)> {
+        let a = &self.self_attn;
+        let m = &self.mlp;
+        let all = [
+            &a.q_proj,
+            &a.k_proj,
+            &a.v_proj,
+            &a.o_proj,
+            &m.gate_proj,
+            &m.up_proj,
+            &m.down_proj,
+        ];
+        names::PROJECTIONS
+            .iter()
+            .zip(all)
+            .map(|(t, l)| (names::projection(layer, t), l))
+            .collect()
+    }
+
+    pub fn has_lora(&self) -> bool {
+        self.projections(0).iter().any(|(_, l)| l.lora.is_some())
     }
 }
 
@@ -270,29 +257,43 @@ pub struct KvCache {
     pub len: usize,
 }
 
+/// How the loader fills one layer position of the full model. Emulators map their layer plan
+/// onto this (`emulator::plan::LayerKind::source`); the full model is all `Decoder`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerSource {
+    /// The decoder layer's tensors (low-rank factors read as dense weights where the source
+    /// multiplies them out).
+    Decoder,
+    /// A harmonizer's tensors: ScaleOT's stand-in for the layer.
+    Harmonizer,
+    /// Nothing: the layer is left out of the stack.
+    Absent,
+}
+
 impl Llama {
     /// Builds the full model from any weight source, checking every tensor's shape.
     pub fn load(cfg: &LlamaConfig, src: &dyn WeightSource, device: &Device) -> Result<Self> {
-        Self::load_plan(
+        Self::load_layers(
             cfg,
             src,
-            &vec![LayerKind::Raw; cfg.num_hidden_layers],
+            &vec![LayerSource::Decoder; cfg.num_hidden_layers],
             device,
         )
     }
 
-    /// Builds the layers a plan keeps (adapters and raw layers, by their original names).
-    pub fn load_plan(
+    /// Builds the layers `layers` asks for (one entry per layer of the full model), each
+    /// under its original names.
+    pub fn load_layers(
         cfg: &LlamaConfig,
         src: &dyn WeightSource,
-        plan: &[LayerKind],
+        layers_wanted: &[LayerSource],
         device: &Device,
     ) -> Result<Self> {
         cfg.validate()?;
-        if plan.len() != cfg.num_hidden_layers {
+        if layers_wanted.len() != cfg.num_hidden_layers {
             return Err(Error::Invalid(format!(
                 "the layer plan covers {} layers but the model has {}",
-                plan.len(),
+                layers_wanted.len(),
                 cfg.num_hidden_layers
             )));
         }
@@ -322,15 +323,14 @@ impl Llama {
                 eps: cfg.rms_norm_eps,
             })
         };
-        let embed = fetch("model.embed_tokens.weight", &[cfg.vocab_size, h])?;
+        let embed = fetch(names::EMBED, &[cfg.vocab_size, h])?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         let mut layer_index = Vec::with_capacity(cfg.num_hidden_layers);
-        for (i, kind) in plan.iter().enumerate() {
-            match kind {
-                // Low-rank layers are dense here: the bundle's source multiplies the factors out.
-                LayerKind::Adapter | LayerKind::Raw | LayerKind::LowRank => {}
-                LayerKind::Dropped => continue,
-                LayerKind::Harmonizer => {
+        for (i, source) in layers_wanted.iter().enumerate() {
+            match source {
+                LayerSource::Decoder => {}
+                LayerSource::Absent => continue,
+                LayerSource::Harmonizer => {
                     layer_index.push(i);
                     let harmonizer = Harmonizer::load(src, i, h, cfg.rms_norm_eps, device)?;
                     layers.push(LayerSlot::Harmonizer(harmonizer));
@@ -338,42 +338,42 @@ impl Llama {
                 }
             }
             layer_index.push(i);
-            let p = |s: &str| format!("model.layers.{i}.{s}");
+            let p = |proj: &str| names::projection_weight(i, proj);
             let kv = cfg.num_key_value_heads * hd;
             layers.push(LayerSlot::Decoder(DecoderLayer {
-                input_layernorm: norm(&p("input_layernorm.weight"))?,
+                input_layernorm: norm(&names::input_norm(i))?,
                 self_attn: Attention {
-                    q_proj: proj(&p("self_attn.q_proj.weight"), h, h)?,
-                    k_proj: proj(&p("self_attn.k_proj.weight"), kv, h)?,
-                    v_proj: proj(&p("self_attn.v_proj.weight"), kv, h)?,
-                    o_proj: proj(&p("self_attn.o_proj.weight"), h, h)?,
+                    q_proj: proj(&p("q_proj"), h, h)?,
+                    k_proj: proj(&p("k_proj"), kv, h)?,
+                    v_proj: proj(&p("v_proj"), kv, h)?,
+                    o_proj: proj(&p("o_proj"), h, h)?,
                     n_heads: cfg.num_attention_heads,
                     n_kv_heads: cfg.num_key_value_heads,
                     head_dim: hd,
                 },
-                post_attention_layernorm: norm(&p("post_attention_layernorm.weight"))?,
+                post_attention_layernorm: norm(&names::post_attention_norm(i))?,
                 mlp: Mlp {
-                    gate_proj: proj(&p("mlp.gate_proj.weight"), f, h)?,
-                    up_proj: proj(&p("mlp.up_proj.weight"), f, h)?,
-                    down_proj: proj(&p("mlp.down_proj.weight"), h, f)?,
+                    gate_proj: proj(&p("gate_proj"), f, h)?,
+                    up_proj: proj(&p("up_proj"), f, h)?,
+                    down_proj: proj(&p("down_proj"), h, f)?,
                 },
             }));
         }
         let lm_head = if cfg.tie_word_embeddings {
             None
         } else {
-            match src.tensor("lm_head.weight")? {
-                Some(_) => Some(proj("lm_head.weight", cfg.vocab_size, h)?),
+            match src.tensor(names::LM_HEAD)? {
+                Some(_) => Some(proj(names::LM_HEAD, cfg.vocab_size, h)?),
                 None => None, // many checkpoints tie without saying so
             }
         };
         Ok(Self {
             embed_tokens: named_param(
-                "model.embed_tokens.weight",
+                names::EMBED,
                 Tensor::from_data(TensorData::new(embed.data, [cfg.vocab_size, h]), device),
             ),
             layers,
-            norm: norm("model.norm.weight")?,
+            norm: norm(names::FINAL_NORM)?,
             lm_head,
             rope_theta: cfg.rope_theta,
             head_dim: hd,
@@ -507,45 +507,6 @@ impl Llama {
             len: 0,
         }
     }
-}
-
-/// A parameter whose id derives from its checkpoint name, so optimizer state saved in one
-/// process finds its parameter again in the next (checkpoint resume).
-pub(crate) fn named_param<const D: usize>(name: &str, tensor: Tensor<D>) -> Param<Tensor<D>> {
-    let digest = Sha256::digest(name.as_bytes());
-    let mut id = [0u8; 8];
-    id.copy_from_slice(&digest[..8]);
-    let mut param = Param::from_tensor(tensor);
-    param.id = ParamId::from(u64::from_le_bytes(id));
-    param
-}
-
-pub(crate) fn check_shape(name: &str, t: &HostTensor, expected: &[usize]) -> Result<()> {
-    if t.shape != expected || t.data.len() != expected.iter().product::<usize>() {
-        return Err(Error::ShapeMismatch {
-            tensor: name.to_owned(),
-            expected: expected.to_vec(),
-            found: t.shape.clone(),
-        });
-    }
-    Ok(())
-}
-
-/// Row-major `[rows, cols]` → `[cols, rows]`.
-pub(crate) fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0f32; data.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            out[c * rows + r] = data[r * cols + c];
-        }
-    }
-    out
-}
-
-/// A matrix already in HF layout, flattened for readback, with its shape.
-pub(crate) fn hf_flat(t: Tensor<2>) -> (Vec<usize>, Tensor<1>) {
-    let [rows, cols] = t.dims();
-    (vec![rows, cols], t.reshape([rows * cols]).detach())
 }
 
 /// Token ids as an Int tensor `[batch, len]` (rows must have equal length).

@@ -4,7 +4,8 @@ use crate::sha256_hex;
 use burn::tensor::Device;
 
 use super::{Llama, LlamaConfig};
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::names;
 use crate::tokenizer::Tokenizer;
 use crate::weights::{Gguf, GgufSource, SafetensorsSource, WeightSource};
 
@@ -64,7 +65,7 @@ impl<'a> OpenedModel<'a> {
         let mut tokenizer = Tokenizer::from_hf_json(tokenizer_json)?;
         if let Some(text) = tokenizer_config {
             let v: serde_json::Value =
-                serde_json::from_str(text).map_err(|source| crate::error::Error::Json {
+                serde_json::from_str(text).map_err(|source| Error::Json {
                     what: "tokenizer_config.json".into(),
                     source,
                 })?;
@@ -128,10 +129,24 @@ impl LoadedModel {
     }
 }
 
+/// A full f32 checkpoint in Hugging Face layout (`model.safetensors`) from any weight source
+/// (what plug-in writes).
+pub fn write_checkpoint(cfg: &LlamaConfig, src: &dyn WeightSource) -> Result<Vec<u8>> {
+    let tensors = names::checkpoint(cfg.num_hidden_layers, cfg.tie_word_embeddings)
+        .into_iter()
+        .map(|name| {
+            let t = src
+                .tensor(&name)?
+                .ok_or_else(|| Error::MissingTensor(name.clone()))?;
+            Ok((name, t))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    crate::weights::safetensors::write_tensors(&tensors, "pt")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::Error;
     use crate::weights::gguf::MetaValue;
     use crate::weights::gguf::tests::write_gguf;
 

@@ -3,26 +3,20 @@
 //! (`base_model.model.<module>.lora_A.weight` `[r, in]`, `lora_B.weight` `[out, r]`), so the
 //! adapter file reads like a PEFT checkpoint and merging is PEFT's `W + B·A·alpha/r`.
 
-use burn::module::{Module, Param};
+use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use super::llama::{DecoderLayer, LayerSlot, Linear, Llama, named_param};
+use super::layers::{Lora, named_param};
+use super::llama::{DecoderLayer, LayerSlot, Llama};
 use crate::error::{Error, Result};
+use crate::names;
 use crate::weights::{HostTensor, WeightSource};
 
 /// The projections LoRA can attach to, by their Hugging Face module names.
-pub const TARGETS: [&str; 7] = [
-    "q_proj",
-    "k_proj",
-    "v_proj",
-    "o_proj",
-    "gate_proj",
-    "up_proj",
-    "down_proj",
-];
+pub const TARGETS: [&str; 7] = names::PROJECTIONS;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct LoraConfig {
@@ -83,41 +77,7 @@ impl LoraConfig {
     }
 }
 
-/// `model.layers.3.self_attn.q_proj`: the HF module a target names in original layer `layer`.
-pub fn module_name(layer: usize, target: &str) -> String {
-    let block = if matches!(target, "gate_proj" | "up_proj" | "down_proj") {
-        "mlp"
-    } else {
-        "self_attn"
-    };
-    format!("model.layers.{layer}.{block}.{target}")
-}
-
-/// PEFT's tensor names of a module's `A` and `B` factors.
-pub fn factor_names(module: &str) -> [String; 2] {
-    [
-        format!("base_model.model.{module}.lora_A.weight"),
-        format!("base_model.model.{module}.lora_B.weight"),
-    ]
-}
-
-/// The trainable low-rank update of one projection.
-#[derive(Module, Debug)]
-pub struct Lora {
-    /// `[in, r]` (PEFT's `lora_A.weight` transposed).
-    pub a: Param<Tensor<2>>,
-    /// `[r, out]` (PEFT's `lora_B.weight` transposed).
-    pub b: Param<Tensor<2>>,
-    pub scale: f64,
-}
-
 impl Lora {
-    pub fn delta<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let a = self.a.val().unsqueeze::<D>();
-        let b = self.b.val().unsqueeze::<D>();
-        x.matmul(a).matmul(b).mul_scalar(self.scale)
-    }
-
     /// PEFT's initialisation: `A ~ U(±1/sqrt(in))` (kaiming-uniform, a = sqrt 5), `B = 0`, so
     /// the model starts exactly where it was. Seeded per module name: order-independent.
     fn init(module: &str, inp: usize, out: usize, cfg: &LoraConfig, seed: u64) -> HostPair {
@@ -140,43 +100,6 @@ struct HostPair {
 }
 
 impl DecoderLayer {
-    fn projection_mut(&mut self, target: &str) -> Option<&mut Linear> {
-        Some(match target {
-            "q_proj" => &mut self.self_attn.q_proj,
-            "k_proj" => &mut self.self_attn.k_proj,
-            "v_proj" => &mut self.self_attn.v_proj,
-            "o_proj" => &mut self.self_attn.o_proj,
-            "gate_proj" => &mut self.mlp.gate_proj,
-            "up_proj" => &mut self.mlp.up_proj,
-            "down_proj" => &mut self.mlp.down_proj,
-            _ => return None,
-        })
-    }
-
-    /// The layer's projections with their HF module names (in original layer `layer`).
-    pub fn projections(&self, layer: usize) -> Vec<(String, &Linear)> {
-        let a = &self.self_attn;
-        let m = &self.mlp;
-        let all = [
-            &a.q_proj,
-            &a.k_proj,
-            &a.v_proj,
-            &a.o_proj,
-            &m.gate_proj,
-            &m.up_proj,
-            &m.down_proj,
-        ];
-        TARGETS
-            .iter()
-            .zip(all)
-            .map(|(t, l)| (module_name(layer, t), l))
-            .collect()
-    }
-
-    pub fn has_lora(&self) -> bool {
-        self.projections(0).iter().any(|(_, l)| l.lora.is_some())
-    }
-
     /// Freezes the layer except its LoRA factors.
     pub fn lora_only(self) -> Self {
         let mut layer = self.freeze();
@@ -215,7 +138,7 @@ impl Llama {
                 )));
             };
             for target in &cfg.targets {
-                let module = module_name(orig, target);
+                let module = names::projection(orig, target);
                 let proj = layer
                     .projection_mut(target)
                     .ok_or_else(|| Error::Invalid(format!("`{target}` is not a LoRA target")))?;
@@ -228,7 +151,7 @@ impl Llama {
                     })?,
                     None => Lora::init(&module, inp, out, cfg, seed),
                 };
-                let [a_name, b_name] = factor_names(&module);
+                let [a_name, b_name] = names::lora_factors(&module);
                 proj.lora = Some(Lora {
                     a: named_param(&a_name, burn_layout(&pair.a, cfg.rank, inp, &device)),
                     b: named_param(&b_name, burn_layout(&pair.b, out, cfg.rank, &device)),
@@ -253,7 +176,7 @@ fn read_pair(
     out: usize,
     rank: usize,
 ) -> Result<Option<HostPair>> {
-    let [a_name, b_name] = factor_names(module);
+    let [a_name, b_name] = names::lora_factors(module);
     let (a, b) = match (src.tensor(&a_name)?, src.tensor(&b_name)?) {
         (None, None) => return Ok(None),
         (Some(a), Some(b)) => (a, b),

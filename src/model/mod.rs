@@ -2,12 +2,14 @@
 
 pub mod config;
 pub mod harmonizer;
+pub mod layers;
 pub mod llama;
 pub mod load;
 pub mod lora;
 
 pub use config::LlamaConfig;
 pub use harmonizer::Harmonizer;
-pub use llama::{KvCache, LayerSlot, Llama, token_tensor};
-pub use load::{LoadedModel, ModelBytes, OpenedModel};
+pub use layers::{Linear, Lora, RmsNorm, read_scalar, read_vec};
+pub use llama::{KvCache, LayerSlot, LayerSource, Llama, token_tensor};
+pub use load::{LoadedModel, ModelBytes, OpenedModel, write_checkpoint};
 pub use lora::LoraConfig;

@@ -16,7 +16,7 @@ use web_sys::{
 use super::protocol::{
     DataInfo, EmulatorInfo, FromWorker, ToWorker, attach, field, from_js, to_js,
 };
-use crate::session::Settings;
+use crate::session::{Progress, Settings};
 
 /// Where the emulator came from, to load it again after a worker restart.
 #[derive(Clone)]
@@ -415,7 +415,7 @@ fn on_worker_message(page: &Shared, data: JsValue) {
             };
             set_text(&doc, "eval", &joined);
         }
-        FromWorker::Step {
+        FromWorker::Step(Progress {
             step,
             steps,
             loss,
@@ -423,7 +423,7 @@ fn on_worker_message(page: &Shared, data: JsValue) {
             tokens_per_second,
             eta_seconds,
             first_step_seconds,
-        } => {
+        }) => {
             progress(&doc, "train-progress", step as f64 / steps.max(1) as f64);
             let mut text = format!(
                 "step {step}/{steps} · loss {loss:.4} · lr {lr:.1e} · {tokens_per_second:.0} tokens/s · ETA {}",

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 use wasm_bindgen::prelude::*;
 
+use crate::session::Progress;
 use crate::session::{Estimate, Settings};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -85,16 +86,9 @@ pub enum FromWorker {
         phase: String,
         loss: Option<f64>,
     },
-    Step {
-        step: usize,
-        steps: usize,
-        loss: f32,
-        lr: f64,
-        tokens_per_second: f64,
-        eta_seconds: f64,
-        /// Seconds from pressing train to the first finished step (shader compilation included).
-        first_step_seconds: Option<f64>,
-    },
+    /// A finished optimizer step (its `first_step_seconds` counts from pressing train:
+    /// shader compilation included).
+    Step(Progress),
     Checkpointed {
         step: usize,
     },

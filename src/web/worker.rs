@@ -9,7 +9,7 @@ use std::rc::Rc;
 
 use burn::tensor::Device;
 use js_sys::{Array, Uint8Array};
-use serde_json::json;
+
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::{JsFuture, spawn_local};
 use web_sys::{DedicatedWorkerGlobalScope, MessageEvent};
@@ -20,10 +20,7 @@ use super::protocol::{
 use super::storage::{self, describe};
 use crate::emulator::{Emulator, LayerKind};
 use crate::error::Error;
-use crate::session::{Checkpoint, Session, Settings};
-
-/// Save a checkpoint every this many optimizer steps (and on pause and at the end).
-const CHECKPOINT_EVERY: usize = 10;
+use crate::session::{Checkpoint, Metrics, RunClock, Session, Settings};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Control {
@@ -51,7 +48,7 @@ struct State {
     queue: VecDeque<(ToWorker, JsValue)>,
     busy: bool,
     /// Held-out loss before training and after, and the run's speed: the adapter's metrics.
-    metrics: serde_json::Value,
+    metrics: Metrics,
 }
 
 type Shared = Rc<RefCell<State>>;
@@ -89,7 +86,7 @@ pub async fn run(scope: DedicatedWorkerGlobalScope) {
         control: Rc::new(Cell::new(Control::Run)),
         queue: VecDeque::new(),
         busy: false,
-        metrics: json!({}),
+        metrics: Metrics::default(),
     }));
     let handler_state = state.clone();
     let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |ev: MessageEvent| {
@@ -461,16 +458,11 @@ async fn run_steps(
             loss: before,
         },
     );
-    if stored.is_none() {
-        state.borrow_mut().metrics = json!({"held_out_loss_before": before});
-    }
-    let started = now_seconds();
-    let (first_step, tokens_at_start) = (
-        session.trainer.state.step,
-        session.trainer.state.tokens_seen,
-    );
-    // (time, tokens, step) at the end of the first step of this session.
-    let mut steady: Option<(f64, usize, usize)> = None;
+    let before = match stored {
+        Some(_) => state.borrow().metrics.held_out_loss_before,
+        None => before,
+    };
+    let mut clock = RunClock::start(session, now_seconds());
     let mut stopped_early = false;
     while !session.finished() {
         match control.get() {
@@ -495,35 +487,8 @@ async fn run_steps(
         }
         match session.step().await {
             Ok(Some(r)) => {
-                let now = now_seconds();
-                // Rate and ETA from the steps after the first, which compiles the GPU kernels.
-                let (t0, tok0, step0) = *steady.get_or_insert((now, r.tokens_seen, r.step));
-                let (secs, done) = if r.step > step0 {
-                    ((now - t0).max(1e-9), (r.step - step0) as f64)
-                } else {
-                    (
-                        (now - started).max(1e-9),
-                        (r.step - first_step).max(1) as f64,
-                    )
-                };
-                let tokens = if r.step > step0 {
-                    r.tokens_seen - tok0
-                } else {
-                    r.tokens_seen - tokens_at_start
-                };
-                post(
-                    &scope,
-                    &FromWorker::Step {
-                        step: r.step,
-                        steps: r.steps,
-                        loss: r.loss,
-                        lr: r.lr,
-                        tokens_per_second: tokens as f64 / secs,
-                        eta_seconds: secs / done * (r.steps - r.step) as f64,
-                        first_step_seconds: (r.step == step0).then_some(now - started),
-                    },
-                );
-                if r.step % CHECKPOINT_EVERY == 0 && !session.finished() {
+                post(&scope, &FromWorker::Step(clock.progress(&r, now_seconds())));
+                if session.checkpoint_due(r.step) {
                     save_checkpoint(session, slot, &scope).await?;
                 }
             }
@@ -548,18 +513,10 @@ async fn run_steps(
             loss: after,
         },
     );
-    let secs = now_seconds() - started;
-    let state_now = &session.trainer.state;
     let mut s = state.borrow_mut();
-    let backend = s.backend.clone();
-    let m = &mut s.metrics;
-    m["held_out_loss_after"] = json!(after);
-    m["steps_done"] = json!(state_now.step);
-    m["train_losses"] = json!(state_now.losses);
-    m["seconds"] = json!(secs);
-    m["tokens_per_second"] =
-        json!((state_now.tokens_seen - tokens_at_start) as f64 / secs.max(1e-9));
-    m["backend"] = json!(backend);
+    let mut metrics = clock.metrics(session, now_seconds(), before, after);
+    metrics.backend = Some(s.backend.clone());
+    s.metrics = metrics;
     drop(s);
     post(
         &scope,
@@ -590,13 +547,12 @@ async fn save_checkpoint(
 async fn download(state: &Shared) -> Result<(), String> {
     let scope = state.borrow().scope.clone();
     let session = state.borrow_mut().session.take().ok_or("train first")?;
-    let mut metrics = state.borrow().metrics.clone();
-    metrics["data"] = json!({"format": session.data.format, "train_examples": session.data.train.len(), "held_out_examples": session.data.held_out.len()});
+    let metrics = state.borrow().metrics.clone();
     let file_name = format!(
         "adapter-{}.safetensors",
         &session.manifest.weights_sha256[..8]
     );
-    let bytes = session.adapter_file(metrics).await;
+    let bytes = session.adapter_file(&metrics).await;
     state.borrow_mut().session = Some(session);
     let bytes = bytes.map_err(|e| e.to_string())?;
     let msg = to_js(&FromWorker::Adapter {

@@ -6,6 +6,7 @@ pub mod quant;
 pub mod safetensors;
 
 use crate::error::Result;
+use crate::names;
 
 /// A dequantized tensor: row-major shape and values.
 #[derive(Debug, Clone)]
@@ -36,17 +37,9 @@ impl WeightSource for Overlay<'_> {
     }
 }
 
-/// Selective Rank Compression's storage: a projection kept as factors
-/// `{module}.lowrank_u.weight` `[out, r]` (U·Σ) and `{module}.lowrank_v.weight` `[r, in]` (Vᵀ).
-pub fn lowrank_names(module: &str) -> [String; 2] {
-    [
-        format!("{module}.lowrank_u.weight"),
-        format!("{module}.lowrank_v.weight"),
-    ]
-}
-
 /// A source whose low-rank projections read as dense weights: `X.weight` absent but its
-/// factors present → `U·V`. Models load low-rank layers like raw ones through it.
+/// factors present (Selective Rank Compression's storage, [`names::lowrank_factors`]) → `U·V`.
+/// Models load low-rank layers like raw ones through it.
 pub struct Factored<'a>(pub &'a dyn WeightSource);
 
 impl WeightSource for Factored<'_> {
@@ -54,10 +47,10 @@ impl WeightSource for Factored<'_> {
         if let Some(t) = self.0.tensor(hf_name)? {
             return Ok(Some(t));
         }
-        let Some(module) = hf_name.strip_suffix(".weight") else {
+        let Some(module) = names::module_of_weight(hf_name) else {
             return Ok(None);
         };
-        let [u_name, v_name] = lowrank_names(module);
+        let [u_name, v_name] = names::lowrank_factors(module);
         let (Some(u), Some(v)) = (self.0.tensor(&u_name)?, self.0.tensor(&v_name)?) else {
             return Ok(None);
         };
@@ -100,32 +93,6 @@ impl WeightSource for HostTensors {
 pub use self::gguf::Gguf;
 pub use self::safetensors::SafetensorsSource;
 
-/// Maps a Hugging Face LLaMA tensor name to its llama.cpp GGUF name.
-fn gguf_name(hf: &str) -> Option<String> {
-    Some(match hf {
-        "model.embed_tokens.weight" => "token_embd.weight".into(),
-        "model.norm.weight" => "output_norm.weight".into(),
-        "lm_head.weight" => "output.weight".into(),
-        _ => {
-            let rest = hf.strip_prefix("model.layers.")?;
-            let (layer, part) = rest.split_once('.')?;
-            let short = match part {
-                "input_layernorm.weight" => "attn_norm.weight",
-                "post_attention_layernorm.weight" => "ffn_norm.weight",
-                "self_attn.q_proj.weight" => "attn_q.weight",
-                "self_attn.k_proj.weight" => "attn_k.weight",
-                "self_attn.v_proj.weight" => "attn_v.weight",
-                "self_attn.o_proj.weight" => "attn_output.weight",
-                "mlp.gate_proj.weight" => "ffn_gate.weight",
-                "mlp.up_proj.weight" => "ffn_up.weight",
-                "mlp.down_proj.weight" => "ffn_down.weight",
-                _ => return None,
-            };
-            format!("blk.{layer}.{short}")
-        }
-    })
-}
-
 /// llama.cpp stores Q and K rows permuted for its interleaved RoPE; this restores HF's
 /// half-split order: rows of each head go from (pair, 2) to (2, pair).
 fn unpermute_rows(data: &[f32], rows: usize, cols: usize, n_heads: usize) -> Vec<f32> {
@@ -164,7 +131,7 @@ impl<'a> GgufSource<'a> {
 
 impl WeightSource for GgufSource<'_> {
     fn tensor(&self, hf_name: &str) -> Result<Option<HostTensor>> {
-        let Some(name) = gguf_name(hf_name) else {
+        let Some(name) = names::gguf(hf_name) else {
             return Ok(None);
         };
         let Some(info) = self.gguf.tensor_info(&name) else {
@@ -172,12 +139,10 @@ impl WeightSource for GgufSource<'_> {
         };
         let shape = info.shape();
         let mut data = self.gguf.tensor_f32(info)?;
-        let heads = if hf_name.ends_with("q_proj.weight") {
-            Some(self.n_heads)
-        } else if hf_name.ends_with("k_proj.weight") {
-            Some(self.n_kv_heads)
-        } else {
-            None
+        let heads = match names::is_query_or_key(hf_name) {
+            Some(true) => Some(self.n_heads),
+            Some(false) => Some(self.n_kv_heads),
+            None => None,
         };
         if let (Some(h), [rows, cols]) = (heads, shape.as_slice())
             && h > 0
@@ -212,14 +177,5 @@ mod tests {
             }
         }
         assert_eq!(unpermute_rows(&permuted, rows, cols, heads), hf);
-    }
-
-    #[test]
-    fn names_map_to_llama_cpp() {
-        assert_eq!(
-            gguf_name("model.layers.12.mlp.down_proj.weight").as_deref(),
-            Some("blk.12.ffn_down.weight")
-        );
-        assert_eq!(gguf_name("model.bogus"), None);
     }
 }

@@ -70,19 +70,6 @@ impl WeightSource for SafetensorsSource<'_> {
     }
 }
 
-/// Every tensor name of a LLaMA checkpoint with this config, in HF naming.
-pub fn checkpoint_names(cfg: &crate::model::LlamaConfig) -> Vec<String> {
-    let mut names = vec!["model.embed_tokens.weight".to_owned()];
-    for i in 0..cfg.num_hidden_layers {
-        names.extend(crate::emulator::bundle::layer_tensor_names(i));
-    }
-    names.push("model.norm.weight".to_owned());
-    if !cfg.tie_word_embeddings {
-        names.push("lm_head.weight".to_owned());
-    }
-    names
-}
-
 /// Serializes raw little-endian tensors `(name, dtype, shape, bytes)` with a `format` tag.
 pub fn encode(items: &[(String, Dtype, Vec<usize>, Vec<u8>)], format: &str) -> Result<Vec<u8>> {
     encode_with(items, &[("format", format)])
@@ -130,21 +117,4 @@ pub fn header_and_data(bytes: &[u8]) -> Result<(HashMap<String, String>, &[u8])>
         .map_err(|e| Error::Safetensors(format!("not a readable safetensors file ({e})")))?;
     let data = bytes.get(8 + n..).unwrap_or_default();
     Ok((meta.metadata().clone().unwrap_or_default(), data))
-}
-
-/// Writes a full f32 checkpoint (Hugging Face layout) from any weight source.
-pub fn write_checkpoint(
-    cfg: &crate::model::LlamaConfig,
-    src: &dyn WeightSource,
-) -> Result<Vec<u8>> {
-    let tensors = checkpoint_names(cfg)
-        .into_iter()
-        .map(|name| {
-            let t = src
-                .tensor(&name)?
-                .ok_or_else(|| Error::MissingTensor(name.clone()))?;
-            Ok((name, t))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    write_tensors(&tensors, "pt")
 }

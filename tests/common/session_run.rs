@@ -23,6 +23,7 @@ pub fn settings() -> Settings {
         seed: 0,
         truncate: true,
         eval_examples: 8,
+        ..Settings::default()
     }
 }
 

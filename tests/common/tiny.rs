@@ -81,7 +81,7 @@ pub fn tiny_model_bytes_with(identity: impl Fn(usize) -> bool) -> ModelBytes {
             .collect()
     };
     let mut tensors = Vec::new();
-    for name in scaleot::weights::safetensors::checkpoint_names(&cfg) {
+    for name in scaleot::names::checkpoint(cfg.num_hidden_layers, cfg.tie_word_embeddings) {
         let (shape, scale) = tiny_shape(&cfg, &name);
         let n = shape.iter().product();
         let mut data: Vec<f32> = if name.ends_with("norm.weight") {

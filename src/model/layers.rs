@@ -1,0 +1,133 @@
+//! The building blocks every layer shares: a bias-free projection with an optional LoRA update,
+//! RMSNorm, and the helpers that move Hugging Face `[out, in]` weights onto the device.
+
+use burn::module::{Module, Param, ParamId};
+use burn::tensor::module::linear;
+use burn::tensor::{Device, Tensor, TensorData};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::weights::HostTensor;
+
+/// A bias-free projection, weight stored `[in, out]` as burn's `linear` expects, with an
+/// optional LoRA update beside it.
+#[derive(Module, Debug)]
+pub struct Linear {
+    pub weight: Param<Tensor<2>>,
+    pub lora: Option<Lora>,
+}
+
+impl Linear {
+    /// From a Hugging Face `[out, in]` weight (row-major), transposed to burn's `[in, out]`.
+    pub(crate) fn from_hf(
+        name: &str,
+        data: &[f32],
+        out: usize,
+        inp: usize,
+        device: &Device,
+    ) -> Self {
+        let weight = TensorData::new(transpose(data, out, inp), [inp, out]);
+        Self {
+            weight: named_param(name, Tensor::from_data(weight, device)),
+            lora: None,
+        }
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        match &self.lora {
+            None => linear(x, self.weight.val(), None),
+            Some(lora) => linear(x.clone(), self.weight.val(), None) + lora.delta(x),
+        }
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct RmsNorm {
+    pub weight: Param<Tensor<1>>,
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let rms = x
+            .clone()
+            .powi_scalar(2)
+            .mean_dim(D - 1)
+            .add_scalar(self.eps)
+            .sqrt();
+        x.div(rms).mul(self.weight.val().unsqueeze())
+    }
+}
+
+/// A parameter whose id derives from its checkpoint name, so optimizer state saved in one
+/// process finds its parameter again in the next (checkpoint resume).
+pub(crate) fn named_param<const D: usize>(name: &str, tensor: Tensor<D>) -> Param<Tensor<D>> {
+    let digest = Sha256::digest(name.as_bytes());
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&digest[..8]);
+    let mut param = Param::from_tensor(tensor);
+    param.id = ParamId::from(u64::from_le_bytes(id));
+    param
+}
+
+pub(crate) fn check_shape(name: &str, t: &HostTensor, expected: &[usize]) -> Result<()> {
+    if t.shape != expected || t.data.len() != expected.iter().product::<usize>() {
+        return Err(Error::ShapeMismatch {
+            tensor: name.to_owned(),
+            expected: expected.to_vec(),
+            found: t.shape.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// Row-major `[rows, cols]` → `[cols, rows]`.
+pub(crate) fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0f32; data.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = data[r * cols + c];
+        }
+    }
+    out
+}
+
+/// A matrix already in HF layout, flattened for readback, with its shape.
+pub(crate) fn hf_flat(t: Tensor<2>) -> (Vec<usize>, Tensor<1>) {
+    let [rows, cols] = t.dims();
+    (vec![rows, cols], t.reshape([rows * cols]).detach())
+}
+
+/// The trainable low-rank update of one projection.
+#[derive(Module, Debug)]
+pub struct Lora {
+    /// `[in, r]` (PEFT's `lora_A.weight` transposed).
+    pub a: Param<Tensor<2>>,
+    /// `[r, out]` (PEFT's `lora_B.weight` transposed).
+    pub b: Param<Tensor<2>>,
+    pub scale: f64,
+}
+
+impl Lora {
+    pub fn delta<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let a = self.a.val().unsqueeze::<D>();
+        let b = self.b.val().unsqueeze::<D>();
+        x.matmul(a).matmul(b).mul_scalar(self.scale)
+    }
+}
+
+/// Reads a device tensor back to the host, blocking (native backends; in the browser read
+/// with `into_data_async`).
+pub fn read_vec<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
+    t.into_data()
+        .try_into_vec::<f32>()
+        .map_err(|e| Error::Device(format!("reading a tensor back: {e:?}")))
+}
+
+/// Reads a one-element tensor (a loss) back to the host, blocking.
+pub fn read_scalar(t: Tensor<1>) -> Result<f32> {
+    read_vec(t)?
+        .first()
+        .copied()
+        .ok_or_else(|| Error::Device("an empty loss tensor".into()))
+}
