@@ -90,9 +90,10 @@ fn smollm2_logprobs_and_greedy_match_transformers() {
     assert!(m.tokenizer.decode(&paris).starts_with(" Paris"));
 }
 
-#[test]
-fn tiny_hf_checkpoint_matches_transformers() {
-    let dir = common::root().join("tests/fixtures/tiny-llama");
+/// Loads `tests/fixtures/{name}` (written by transformers) and compares its logits with the
+/// ones transformers computed, to 1e-4.
+fn tiny_checkpoint_matches_transformers(name: &str) -> LoadedModel {
+    let dir = common::root().join("tests/fixtures").join(name);
     let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
     let weights = std::fs::read(dir.join("model.safetensors")).unwrap();
     let golden: serde_json::Value =
@@ -101,7 +102,6 @@ fn tiny_hf_checkpoint_matches_transformers() {
     // The tiny model has its own 96-token vocabulary; any byte-level tokenizer.json serves here.
     let tok = tiny_tokenizer_json();
     let m = LoadedModel::from_hf(&config, &tok, &[&weights], &device).unwrap();
-    assert!(m.model.lm_head.is_some(), "untied head must load");
     let rows: Vec<Vec<u32>> = golden["ids"]
         .as_array()
         .unwrap()
@@ -118,8 +118,80 @@ fn tiny_hf_checkpoint_matches_transformers() {
     assert_eq!(got.len(), want.len());
     for (i, (a, b)) in got.iter().zip(&want).enumerate() {
         // Written so that NaN fails too.
-        assert!((a - b).abs() < 1e-4, "logit {i}: {a} vs {b}");
+        assert!((a - b).abs() < 1e-4, "{name} logit {i}: {a} vs {b}");
     }
+    m
+}
+
+#[test]
+fn tiny_hf_checkpoint_matches_transformers() {
+    let m = tiny_checkpoint_matches_transformers("tiny-llama");
+    assert!(m.model.lm_head.is_some(), "untied head must load");
+}
+
+#[test]
+fn llama3_style_checkpoint_matches_transformers() {
+    // head_dim 16 with hidden 32 and 4 heads (q_proj 64 x 32), rope_theta 500000 and llama3
+    // RoPE scaling over 40 positions.
+    let m = tiny_checkpoint_matches_transformers("tiny-llama3");
+    assert!(m.config.rope_scaling.is_some());
+    assert_eq!(m.config.head_dim(), 16);
+    // The scaling is exercised: the same weights without it give other logits.
+    let device = Device::flex();
+    let rows = vec![(0..40).map(|i| (7 * i + 3) % 96).collect::<Vec<u32>>()];
+    let logits = |model: &scaleot::model::Llama| -> Vec<f32> {
+        model
+            .forward(token_tensor(&rows, &device))
+            .into_data()
+            .try_into_vec()
+            .unwrap()
+    };
+    let mut plain = m.model.clone();
+    plain.rope_inv_freq = scaleot::model::LlamaConfig {
+        rope_scaling: None,
+        ..m.config.clone()
+    }
+    .rope_inv_freq();
+    let (a, b) = (logits(&m.model), logits(&plain));
+    let diff = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        diff > 1e-3,
+        "llama3 scaling changed the logits by only {diff}"
+    );
+}
+
+#[test]
+fn configs_this_decoder_cannot_run_are_refused() {
+    let dir = common::root().join("tests/fixtures/tiny-llama3");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let refused = |change: &dyn Fn(&mut serde_json::Value), says: &str| {
+        let mut c = config.clone();
+        change(&mut c);
+        let err = scaleot::model::LlamaConfig::from_hf_json(&c.to_string())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(says), "{says}: {err}");
+    };
+    let set = |key: &'static str, v: serde_json::Value| {
+        move |c: &mut serde_json::Value| {
+            c[key] = v.clone();
+            if let Some(p) = c.get_mut("rope_parameters") {
+                p[key] = v.clone();
+            }
+        }
+    };
+    refused(&set("rope_type", "yarn".into()), "`yarn` is not supported");
+    refused(&set("attention_bias", true.into()), "bias");
+    refused(&set("hidden_act", "gelu".into()), "hidden_act `gelu`");
+    refused(
+        &set("partial_rotary_factor", 0.5.into()),
+        "partial_rotary_factor",
+    );
 }
 
 /// A minimal byte-level BPE tokenizer.json (the tiny model only needs ids, not text).

@@ -15,6 +15,7 @@ use scaleot::model::OpenedModel;
 use scaleot::tokenizer::Tokenizer;
 use serde_json::json;
 
+use crate::command_line::CommandLine;
 use crate::device::DeviceArgs;
 use crate::model_files::{
     assets_dir, default_model, mib, read, read_model, read_pair, weights_beside, write_file,
@@ -31,7 +32,7 @@ pub enum Method {
     Scaleot,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Precision {
     F16,
     F32,
@@ -45,77 +46,147 @@ pub enum Select {
     Group,
 }
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Debug, PartialEq)]
 pub struct EmulatorArgs {
     /// Base model (.gguf or HF folder); default: the fetched SmolLM2-135M.
     #[arg(long)]
-    model: Option<PathBuf>,
+    pub(crate) model: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "uniform-drop")]
-    method: Method,
+    pub(crate) method: Method,
     /// Adapter layers at the bottom and top, e.g. 2+2.
     #[arg(long, default_value = "2+2")]
-    adapters: String,
+    pub(crate) adapters: String,
     /// uniform-drop: middle layers to keep (default: the 1 - alpha share).
     #[arg(long)]
-    keep: Option<usize>,
+    pub(crate) keep: Option<usize>,
     /// Share of middle layers dropped (uniform-drop, dynamic-drop) or replaced by harmonizers
     /// (scaleot).
     #[arg(long, default_value_t = 0.5)]
-    alpha: f64,
+    pub(crate) alpha: f64,
     /// Selective Rank Compression: share of singular values kept in the kept middle layers'
     /// q/k/v/o projections (1 = no compression).
     #[arg(long, default_value_t = 1.0)]
-    beta: f64,
+    pub(crate) beta: f64,
     /// The attention projections SRC compresses (comma-separated from q,k,v,o).
     #[arg(long, default_value = "q,k,v,o")]
-    src_projections: String,
+    pub(crate) src_projections: String,
     /// The output of `scaleot importance` (scores + harmonizers).
     #[arg(long)]
-    importance: Option<PathBuf>,
+    pub(crate) importance: Option<PathBuf>,
     /// How the alpha share is chosen from the scores.
     #[arg(long, value_enum, default_value = "global")]
-    select: Select,
+    pub(crate) select: Select,
     /// Storage precision of the frozen layers (adapters are always f32).
     #[arg(long, value_enum, default_value = "f16")]
-    frozen_dtype: Precision,
+    pub(crate) frozen_dtype: Precision,
     /// Output manifest path; the weights go beside it as .safetensors.
     #[arg(long, default_value = "emulator.json")]
-    out: PathBuf,
+    pub(crate) out: PathBuf,
     #[command(flatten)]
-    distill: DistillArgs,
+    pub(crate) distill: DistillArgs,
 }
 
 /// Offsite-Tuning's emulator distillation on the owner's public corpus.
-#[derive(clap::Args)]
-struct DistillArgs {
+#[derive(clap::Args, Debug, PartialEq)]
+pub struct DistillArgs {
     /// Distill the kept middle layers towards the full model's middle block.
     #[arg(long)]
-    distill: bool,
+    pub(crate) distill: bool,
     /// Where the distillation computes.
     #[command(flatten)]
-    device: DeviceArgs,
+    pub(crate) device: DeviceArgs,
     /// Public text files (.txt) to distill on; default: the fetched WordNet glosses.
     #[arg(long, num_args = 1..)]
-    corpus: Vec<PathBuf>,
+    pub(crate) corpus: Vec<PathBuf>,
     #[arg(long, default_value_t = 200)]
-    distill_steps: usize,
+    pub(crate) distill_steps: usize,
     #[arg(long, default_value_t = 4)]
-    distill_batch: usize,
+    pub(crate) distill_batch: usize,
     #[arg(long, default_value_t = 128)]
-    distill_seq_len: usize,
+    pub(crate) distill_seq_len: usize,
     #[arg(long, default_value_t = 1e-4)]
-    distill_lr: f64,
+    pub(crate) distill_lr: f64,
     /// Weight of the emulator's next-token loss (Offsite-Tuning's recipe: 1; 0 skips it).
     #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
-    distill_lm_weight: f64,
+    pub(crate) distill_lm_weight: f64,
     /// Weight of the middle block's hidden-state loss (Offsite-Tuning's recipe: 30).
     #[arg(long, default_value_t = 30.0, allow_negative_numbers = true)]
-    distill_kd_weight: f64,
+    pub(crate) distill_kd_weight: f64,
     #[arg(long, default_value_t = 0)]
-    seed: u64,
+    pub(crate) seed: u64,
 }
 
-pub fn emulator(a: EmulatorArgs) -> Result<()> {
+/// A clap value's command-line name (`ScaleOt` → `scaleot`).
+fn value_name(v: impl ValueEnum) -> String {
+    v.to_possible_value()
+        .map(|p| p.get_name().to_owned())
+        .unwrap_or_default()
+}
+
+impl EmulatorArgs {
+    /// `scaleot emulator --method METHOD --out OUT` with every other flag at its default.
+    pub fn new(method: Method, out: PathBuf) -> Self {
+        Self {
+            model: None,
+            method,
+            adapters: "2+2".into(),
+            keep: None,
+            alpha: 0.5,
+            beta: 1.0,
+            src_projections: "q,k,v,o".into(),
+            importance: None,
+            select: Select::Global,
+            frozen_dtype: Precision::F16,
+            out,
+            distill: DistillArgs {
+                distill: false,
+                device: DeviceArgs::default(),
+                corpus: Vec::new(),
+                distill_steps: 200,
+                distill_batch: 4,
+                distill_seq_len: 128,
+                distill_lr: 1e-4,
+                distill_lm_weight: 1.0,
+                distill_kd_weight: 30.0,
+                seed: 0,
+            },
+        }
+    }
+
+    /// The command line of this build.
+    pub fn command_line(&self) -> CommandLine {
+        let d = &self.distill;
+        let line = CommandLine::new("emulator")
+            .opt_path("model", self.model.as_deref())
+            .arg("method", value_name(self.method))
+            .arg("adapters", &self.adapters)
+            .opt("keep", self.keep)
+            .arg("alpha", self.alpha)
+            .arg("beta", self.beta)
+            .arg("src-projections", &self.src_projections)
+            .opt_path("importance", self.importance.as_deref())
+            .arg("select", value_name(self.select))
+            .arg("frozen-dtype", value_name(self.frozen_dtype))
+            .switch("distill", d.distill);
+        let line = match d.distill {
+            false => line,
+            true => d
+                .corpus
+                .iter()
+                .fold(line.device(d.device), |l, c| l.path("corpus", c))
+                .arg("distill-steps", d.distill_steps)
+                .arg("distill-batch", d.distill_batch)
+                .arg("distill-seq-len", d.distill_seq_len)
+                .arg("distill-lr", d.distill_lr)
+                .arg("distill-lm-weight", d.distill_lm_weight)
+                .arg("distill-kd-weight", d.distill_kd_weight)
+                .arg("seed", d.seed),
+        };
+        line.path("out", &self.out)
+    }
+}
+
+pub fn emulator(a: &EmulatorArgs) -> Result<()> {
     let base_path = a.model.clone().unwrap_or_else(default_model);
     let bytes = read_model(&base_path)?;
     let opened = bytes.open()?;

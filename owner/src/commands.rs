@@ -13,6 +13,8 @@ use scaleot::model::{LoadedModel, token_tensor};
 use scaleot::tokenizer::Tokenizer;
 use serde_json::json;
 
+use crate::command_line::CommandLine;
+use crate::device::DeviceArgs;
 use crate::model_files::{self, assets_dir, default_model, load_model};
 use crate::{ModelArgs, progress};
 
@@ -224,36 +226,76 @@ pub fn perplexity(a: PerplexityArgs) -> Result<()> {
     Ok(())
 }
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Debug, PartialEq)]
 pub struct EvalArgs {
     #[command(flatten)]
-    target: ScoredModelArgs,
+    pub(crate) target: ScoredModelArgs,
     /// Comma-separated: arc_easy,arc_challenge,piqa,sciq,openbookqa,hellaswag
     #[arg(long, default_value = "arc_easy,piqa")]
-    tasks: String,
+    pub(crate) tasks: String,
     /// Only the first N documents of each task.
     #[arg(long)]
-    limit: Option<usize>,
+    pub(crate) limit: Option<usize>,
     /// Padded tokens per forward batch.
     #[arg(long, default_value_t = 2048)]
-    batch_tokens: usize,
+    pub(crate) batch_tokens: usize,
     /// Print results as JSON.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 /// The model a measurement scores text with: full, emulator, emulator + adapter, or full +
 /// adapter.
-#[derive(clap::Args)]
+#[derive(clap::Args, Debug, PartialEq)]
 pub struct ScoredModelArgs {
     #[command(flatten)]
-    model: ModelArgs,
+    pub(crate) model: ModelArgs,
     /// Score with this emulator (its manifest) instead of the full model.
     #[arg(long)]
-    emulator: Option<PathBuf>,
+    pub(crate) emulator: Option<PathBuf>,
     /// Tuned adapters: on the emulator with --emulator, else plugged into the full model.
     #[arg(long)]
-    adapter: Option<PathBuf>,
+    pub(crate) adapter: Option<PathBuf>,
+}
+
+impl ScoredModelArgs {
+    /// Adds this target's flags to a command line.
+    pub fn add_to(&self, line: CommandLine) -> CommandLine {
+        line.opt_path("model", self.model.model.as_deref())
+            .device(self.model.device)
+            .opt_path("emulator", self.emulator.as_deref())
+            .opt_path("adapter", self.adapter.as_deref())
+    }
+}
+
+impl EvalArgs {
+    /// `scaleot eval --tasks TASKS` with every other flag at its default.
+    pub fn new(tasks: &str) -> Self {
+        Self {
+            target: ScoredModelArgs {
+                model: ModelArgs {
+                    model: None,
+                    device: DeviceArgs::default(),
+                },
+                emulator: None,
+                adapter: None,
+            },
+            tasks: tasks.into(),
+            limit: None,
+            batch_tokens: 2048,
+            json: false,
+        }
+    }
+
+    /// The command line of this evaluation.
+    pub fn command_line(&self) -> CommandLine {
+        let line = CommandLine::new("eval")
+            .arg("tasks", &self.tasks)
+            .opt("limit", self.limit)
+            .arg("batch-tokens", self.batch_tokens)
+            .switch("json", self.json);
+        self.target.add_to(line)
+    }
 }
 
 /// Loads what `a` names; returns it with its tokenizer and context length.

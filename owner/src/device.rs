@@ -6,7 +6,7 @@ use burn::tensor::Device;
 use clap::ValueEnum;
 
 /// Where tensors are computed.
-#[derive(Clone, Copy, Debug, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum DeviceChoice {
     /// Pure-Rust CPU backend (burn flex: gemm + rayon).
     Cpu,
@@ -19,10 +19,18 @@ pub enum DeviceChoice {
 }
 
 /// `--device`, flattened into every command that computes with the model.
-#[derive(clap::Args, Clone, Copy, Debug)]
+#[derive(clap::Args, Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DeviceArgs {
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceChoice,
+}
+
+impl Default for DeviceArgs {
+    fn default() -> Self {
+        Self {
+            device: DeviceChoice::Cpu,
+        }
+    }
 }
 
 impl DeviceArgs {

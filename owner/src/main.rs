@@ -1,6 +1,7 @@
 //! `scaleot`: the model owner's command-line tool.
 
 mod build_emulator;
+mod command_line;
 mod commands;
 mod datasets;
 mod device;
@@ -29,7 +30,7 @@ struct Cli {
 }
 
 /// Options every model-using command shares.
-#[derive(clap::Args, Clone)]
+#[derive(clap::Args, Clone, Debug, PartialEq)]
 pub struct ModelArgs {
     /// A .gguf file or a Hugging Face folder (config.json, tokenizer.json, *.safetensors).
     /// Default: the SmolLM2-135M-Instruct GGUF fetched by scripts/fetch-assets.sh.
@@ -102,10 +103,10 @@ fn main() {
         Command::Perplexity(a) => commands::perplexity(a),
         Command::Eval(a) => commands::eval(a),
         Command::Bench(a) => commands::bench(a),
-        Command::Emulator(a) => build_emulator::emulator(a),
+        Command::Emulator(a) => build_emulator::emulator(&a),
         Command::Importance(a) => importance::importance(a),
         Command::Report(a) => report::report(a),
-        Command::Finetune(a) => tuning::finetune(a),
+        Command::Finetune(a) => tuning::finetune(&a),
         Command::Plugin(a) => tuning::plugin(a),
         Command::TaskData(a) => task_data(a),
         Command::BenchTrain(a) => tuning::bench_train(a),

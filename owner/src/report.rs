@@ -1,21 +1,25 @@
 //! `scaleot report`: the paper's protocol at our scale. For each task: Full ZS and Full FT;
 //! for each emulator method (and SRC setting): Emulator ZS, Emulator FT, Plug-in, and the
-//! emulator's size. Every cell is the same command a user would run (recorded in the JSON);
-//! finished cells are cached in `OUT/results.json`, so an interrupted report continues where
-//! it stopped. Writes `report.md`, `report.json` and `privacy-utility.svg`.
+//! emulator's size. Every cell runs typed requests of the commands a user would run, and records
+//! their command lines (generated from the same requests); finished cells are cached in
+//! `OUT/results.json` with those commands, emulators and adapters under names hashed from their
+//! settings, so an interrupted report continues where it stopped and a changed setting never
+//! reuses a stale result. Writes `report.md`, `report.json` and `privacy-utility.svg`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use clap::Parser;
 use scaleot::emulator::replace::{HarmonizerLoss, ScoreOn};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::build_emulator::{EmulatorArgs, Method};
+use crate::commands::EvalArgs;
 use crate::device::DeviceArgs;
 use crate::model_files::write_file;
+use crate::tuning::FinetuneArgs;
 
 #[derive(clap::Args)]
 pub struct ReportArgs {
@@ -72,6 +76,113 @@ pub struct ReportArgs {
     out: PathBuf,
 }
 
+/// What a cell measures.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Setting {
+    /// The full model, zero-shot.
+    FullZs,
+    /// The adapter layers tuned on the full model.
+    FullFt,
+    /// One stage of an emulator setting (`label`: method and SRC strength, `scaleot b=0.5`).
+    Emulator { label: String, stage: Stage },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Stage {
+    /// The emulator alone.
+    Zs,
+    /// The emulator with the adapters tuned on it.
+    Ft,
+    /// Those adapters in the full model.
+    PlugIn,
+}
+
+impl Stage {
+    const ALL: [Stage; 3] = [Stage::Zs, Stage::Ft, Stage::PlugIn];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Zs => "emu-zs",
+            Self::Ft => "emu-ft",
+            Self::PlugIn => "plug-in",
+        }
+    }
+}
+
+impl Setting {
+    fn emulator(label: &str, stage: Stage) -> Self {
+        Self::Emulator {
+            label: label.into(),
+            stage,
+        }
+    }
+}
+
+impl std::fmt::Display for Setting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::FullZs => f.write_str("full-zs"),
+            Self::FullFt => f.write_str("full-ft"),
+            Self::Emulator { label, stage } => write!(f, "{label}/{}", stage.name()),
+        }
+    }
+}
+
+/// A cell of the report: a setting on a task. Written `setting/task` in the JSON files
+/// (`full-zs/arc_easy`, `scaleot b=0.5/plug-in/piqa`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct CellKey {
+    setting: Setting,
+    task: String,
+}
+
+impl std::fmt::Display for CellKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.setting, self.task)
+    }
+}
+
+impl std::str::FromStr for CellKey {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let (setting, task) = s
+            .rsplit_once('/')
+            .with_context(|| format!("`{s}` is not a report cell"))?;
+        let setting = match setting {
+            "full-zs" => Setting::FullZs,
+            "full-ft" => Setting::FullFt,
+            other => {
+                let (label, stage) = other
+                    .rsplit_once('/')
+                    .with_context(|| format!("`{s}` is not a report cell"))?;
+                let stage = Stage::ALL
+                    .into_iter()
+                    .find(|st| st.name() == stage)
+                    .with_context(|| format!("`{s}` names no stage of an emulator"))?;
+                Setting::emulator(label, stage)
+            }
+        };
+        Ok(Self {
+            setting,
+            task: task.into(),
+        })
+    }
+}
+
+impl Serialize for CellKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for CellKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// One evaluated cell.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Cell {
@@ -80,7 +191,7 @@ struct Cell {
     acc_norm: f64,
     acc_norm_stderr: f64,
     docs: usize,
-    /// The commands that produced it.
+    /// The commands that produced it: a cached cell counts only while they stay the same.
     commands: Vec<String>,
     seconds: f64,
 }
@@ -100,26 +211,25 @@ struct EmulatorInfo {
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Results {
-    /// "setting/task" → cell, e.g. "full-zs/arc_easy", "uniform-drop b=1/emu-ft/piqa".
-    cells: BTreeMap<String, Cell>,
+    cells: BTreeMap<CellKey, Cell>,
     emulators: BTreeMap<String, EmulatorInfo>,
 }
 
-/// Parses a sub-command's arguments exactly as the command line would.
-fn parse<T: clap::Args>(argv: &[String]) -> Result<T> {
-    #[derive(Parser)]
-    struct Wrap<A: clap::Args> {
-        #[command(flatten)]
-        inner: A,
+impl Results {
+    fn acc(&self, setting: &Setting, task: &str) -> Option<f64> {
+        let key = CellKey {
+            setting: setting.clone(),
+            task: task.into(),
+        };
+        self.cells.get(&key).map(|c| c.acc)
     }
-    let full = std::iter::once("scaleot".to_string()).chain(argv.iter().cloned());
-    Ok(Wrap::<T>::try_parse_from(full)
-        .with_context(|| format!("internal command line `{}`", argv.join(" ")))?
-        .inner)
 }
 
-fn argv(parts: &[&str]) -> Vec<String> {
-    parts.iter().map(|s| s.to_string()).collect()
+/// The first 12 hex digits of the sha256 of `parts`: the name suffix of a cached file, so that
+/// a file made with other settings is never taken for this one.
+fn settings_hash(parts: &[&str]) -> String {
+    let bytes: Vec<&[u8]> = parts.iter().map(|p| p.as_bytes()).collect();
+    scaleot::sha256_hex(&bytes)[..12].to_string()
 }
 
 struct Runner {
@@ -127,8 +237,7 @@ struct Runner {
     results: Results,
     limit: Option<usize>,
     device: DeviceArgs,
-    /// `--model M` for the sub-commands that read the base model (none for the default).
-    model: Vec<String>,
+    model: Option<PathBuf>,
 }
 
 impl Runner {
@@ -139,37 +248,51 @@ impl Runner {
         )
     }
 
-    fn path(&self, rel: &str) -> String {
-        self.out.join(rel).display().to_string()
+    /// The evaluation of a cell: `task` scored with `target` (emulator and adapter paths).
+    fn eval_request(
+        &self,
+        task: &str,
+        emulator: Option<&Path>,
+        adapter: Option<&Path>,
+    ) -> EvalArgs {
+        let mut eval = EvalArgs::new(task);
+        eval.limit = self.limit;
+        eval.target.model.model = self.model.clone();
+        eval.target.model.device = self.device;
+        eval.target.emulator = emulator.map(Path::to_path_buf);
+        eval.target.adapter = adapter.map(Path::to_path_buf);
+        eval
     }
 
-    /// Evaluates a cell unless cached; `prepare` runs first (fine-tuning) and adds its commands.
+    /// Evaluates a cell unless it is cached with the same commands; `finetune` (when the
+    /// cell needs tuned adapters) runs first unless its adapter file exists.
     fn cell(
         &mut self,
-        key: &str,
-        task: &str,
-        eval: &[&str],
-        prepare: Option<&dyn Fn() -> Result<Vec<String>>>,
+        key: CellKey,
+        eval: EvalArgs,
+        finetune: Option<&FinetuneArgs>,
     ) -> Result<()> {
-        let key = format!("{key}/{task}");
-        if self.results.cells.contains_key(&key) {
+        let mut commands: Vec<String> = finetune
+            .iter()
+            .map(|f| f.command_line().to_string())
+            .collect();
+        commands.push(eval.command_line().to_string());
+        if self
+            .results
+            .cells
+            .get(&key)
+            .is_some_and(|c| c.commands == commands)
+        {
             return Ok(());
         }
         eprintln!("== report: {key}");
         let start = Instant::now();
-        let mut commands = match prepare {
-            Some(f) => f()?,
-            None => Vec::new(),
-        };
-        let mut args = argv(&["--tasks", task]);
-        args.extend(eval.iter().map(|s| s.to_string()));
-        if let Some(n) = self.limit {
-            args.extend(["--limit".to_string(), n.to_string()]);
+        if let Some(f) = finetune
+            && !f.out.exists()
+        {
+            crate::tuning::finetune(f)?;
         }
-        args.extend(self.device.cli_args());
-        args.extend(self.model.iter().cloned());
-        commands.push(format!("scaleot eval {}", args.join(" ")));
-        let r = crate::commands::evaluate(&parse(&args)?)?;
+        let r = crate::commands::evaluate(&eval)?;
         let r = r.first().context("the evaluation returned nothing")?;
         self.results.cells.insert(
             key,
@@ -185,49 +308,96 @@ impl Runner {
         );
         self.save()
     }
-}
 
-fn model_args(a: &ReportArgs) -> Vec<String> {
-    a.model
-        .iter()
-        .flat_map(|m| ["--model".to_string(), m.display().to_string()])
-        .collect()
-}
-
-/// Fine-tunes adapters on an emulator unless the adapter file exists; returns the command.
-fn finetune(emulator: &str, data: &str, adapter: &str, a: &ReportArgs) -> Result<Vec<String>> {
-    let mut args = argv(&[
-        "--emulator",
-        emulator,
-        "--data",
-        data,
-        "--steps",
-        &a.steps.to_string(),
-        "--batch-size",
-        &a.batch_size.to_string(),
-        "--lr",
-        &a.lr.to_string(),
-        "--warmup",
-        &(a.steps / 10).to_string(),
-        "--held-out",
-        "0.05",
-        "--checkpoint-every",
-        "0",
+    /// The fine-tuning of the adapters for `task` on `emulator`, its adapter file named
+    /// `adapters/{name}-{settings hash}.json`.
+    fn finetune_request(
+        &self,
+        emulator: &Path,
+        data: &Path,
+        name: &str,
+        a: &ReportArgs,
+    ) -> FinetuneArgs {
+        let mut f = FinetuneArgs::new(emulator.into(), data.into(), PathBuf::new());
+        f.device = self.device;
+        f.steps = a.steps;
+        f.batch_size = a.batch_size;
+        f.lr = a.lr;
+        f.warmup = a.steps / 10;
+        f.held_out = 0.05;
+        f.checkpoint_every = 0;
         // SciQ's support passages can exceed 256 tokens: cut their prompts from the left.
-        "--truncate",
-        "--out",
-        adapter,
-    ]);
-    if a.lora_rank > 0 {
-        args.extend(["--lora-rank".to_string(), a.lora_rank.to_string()]);
+        f.truncate = true;
+        f.lora_rank = a.lora_rank;
+        let hash = settings_hash(&[&f.command_line().to_string()]);
+        f.out = self.out.join(format!("adapters/{name}-{hash}.json"));
+        f
     }
-    args.extend(a.device.cli_args());
-    let line = format!("scaleot finetune {}", args.join(" "));
-    if !Path::new(adapter).exists() {
-        crate::tuning::finetune(parse(&args)?)?;
+
+    /// Builds an emulator bundle unless it exists (its file is named by a hash of the request
+    /// and of the importance scores it reads); records its size. Returns its manifest path.
+    fn emulator(
+        &mut self,
+        label: &str,
+        name: &str,
+        mut request: EmulatorArgs,
+        beta: f64,
+    ) -> Result<PathBuf> {
+        let importance_sha = match &request.importance {
+            Some(path) => {
+                let m: serde_json::Value = serde_json::from_slice(&std::fs::read(path)?)
+                    .with_context(|| format!("{} is not an importance file", path.display()))?;
+                m["weights_sha256"].as_str().unwrap_or_default().to_string()
+            }
+            None => String::new(),
+        };
+        let hash = settings_hash(&[&request.command_line().to_string(), &importance_sha]);
+        request.out = self.out.join(format!("emulators/{name}-{hash}.json"));
+        let path = request.out.clone();
+        let command = request.command_line().to_string();
+        let start = Instant::now();
+        if !path.exists() {
+            eprintln!("== report: emulator {label}");
+            crate::build_emulator::emulator(&request)?;
+        }
+        let manifest: scaleot::emulator::EmulatorManifest =
+            serde_json::from_slice(&std::fs::read(&path)?)?;
+        let stale = self
+            .results
+            .emulators
+            .get(label)
+            .is_some_and(|e| e.command != command);
+        if stale || !self.results.emulators.contains_key(label) {
+            self.results.emulators.insert(
+                label.to_string(),
+                EmulatorInfo {
+                    method: manifest.method.clone(),
+                    beta,
+                    params: manifest.emulator_params,
+                    full_params: manifest.full_params,
+                    bytes: manifest.weights_bytes,
+                    plan: manifest
+                        .plan
+                        .iter()
+                        .map(|k| format!("{k:?}").to_lowercase())
+                        .collect(),
+                    build_seconds: start.elapsed().as_secs_f64(),
+                    command,
+                },
+            );
+        }
+        self.save()?;
+        Ok(path)
     }
-    Ok(vec![line])
 }
+
+/// The report's emulator methods.
+const METHODS: [&str; 4] = [
+    "uniform-drop",
+    "uniform-drop-distill",
+    "dynamic-drop",
+    "scaleot",
+];
 
 pub fn report(a: ReportArgs) -> Result<()> {
     let tasks: Vec<String> = a.tasks.split(',').map(|t| t.trim().to_string()).collect();
@@ -242,16 +412,10 @@ pub fn report(a: ReportArgs) -> Result<()> {
         })
         .collect::<Result<_>>()?;
     for m in &methods {
-        let needs_importance = matches!(m.as_str(), "dynamic-drop" | "scaleot");
-        if !matches!(
-            m.as_str(),
-            "uniform-drop" | "uniform-drop-distill" | "dynamic-drop" | "scaleot"
-        ) {
-            bail!(
-                "unknown method `{m}`: uniform-drop, uniform-drop-distill, dynamic-drop, scaleot"
-            );
+        if !METHODS.contains(&m.as_str()) {
+            bail!("unknown method `{m}`: {}", METHODS.join(", "));
         }
-        if needs_importance && a.importance.is_none() {
+        if matches!(m.as_str(), "dynamic-drop" | "scaleot") && a.importance.is_none() {
             bail!("method {m} needs --importance FILE.json (run `scaleot importance` first)");
         }
     }
@@ -267,30 +431,42 @@ pub fn report(a: ReportArgs) -> Result<()> {
         results,
         limit: a.limit,
         device: a.device,
-        model: model_args(&a),
+        model: a.model.clone(),
     };
     scaleot::emulator::AdapterSplit::parse(&a.adapters)?;
-    let data: BTreeMap<&str, String> = tasks
+    let data: BTreeMap<&str, PathBuf> = tasks
         .iter()
-        .map(|t| (t.as_str(), run.path(&format!("data/{t}.jsonl"))))
+        .map(|t| (t.as_str(), a.out.join(format!("data/{t}.jsonl"))))
         .collect();
+    let key = |setting: Setting, task: &str| CellKey {
+        setting,
+        task: task.into(),
+    };
     for t in &tasks {
-        if !Path::new(&data[t.as_str()]).exists() {
+        if !data[t.as_str()].exists() {
             let task = scaleot::eval::Task::from_name(t)?;
             let docs = crate::datasets::load_train_docs(&crate::model_files::assets_dir(), task)?;
-            crate::datasets::write_mc_jsonl(&docs, Path::new(&data[t.as_str()]))?;
+            crate::datasets::write_mc_jsonl(&docs, &data[t.as_str()])?;
         }
-        run.cell("full-zs", t, &[], None)?;
+        let eval = run.eval_request(t, None, None);
+        run.cell(key(Setting::FullZs, t), eval, None)?;
     }
-    let mut emulators: Vec<(String, String)> = Vec::new(); // (label, manifest path)
+    let emulator_request = |method: Method| {
+        let mut e = EmulatorArgs::new(method, PathBuf::new());
+        e.model = a.model.clone();
+        e.adapters = a.adapters.clone();
+        e
+    };
+    let mut emulators: Vec<(String, PathBuf)> = Vec::new(); // (label, manifest path)
     if !a.skip_full_ft {
         // The same adapter layers tuned on the full model: an emulator that keeps every layer.
-        let path = run.path("emulators/full.json");
-        build_emulator(&mut run, "full", &path, &["--alpha", "0"], &a, 1.0)?;
+        let mut full = emulator_request(Method::UniformDrop);
+        full.alpha = 0.0;
+        let path = run.emulator("full", "full", full, 1.0)?;
         for t in &tasks {
-            let adapter = run.path(&format!("adapters/full-ft-{t}.json"));
-            let prep = || finetune(&path, &data[t.as_str()], &adapter, &a);
-            run.cell("full-ft", t, &["--adapter", &adapter], Some(&prep))?;
+            let ft = run.finetune_request(&path, &data[t.as_str()], &format!("full-ft-{t}"), &a);
+            let eval = run.eval_request(t, None, Some(&ft.out));
+            run.cell(key(Setting::FullFt, t), eval, Some(&ft))?;
         }
     }
     let src_methods: Vec<&str> = a.src_methods.split(',').map(str::trim).collect();
@@ -298,49 +474,39 @@ pub fn report(a: ReportArgs) -> Result<()> {
         let with_src = src_methods.contains(&m.as_str());
         for &beta in betas.iter().filter(|&&b| b >= 1.0 || with_src) {
             let label = format!("{m} b={beta}");
-            let path = run.path(&format!("emulators/{m}-b{beta}.json"));
-            let imp = a.importance.as_ref().map(|p| p.display().to_string());
-            let alpha = a.alpha.to_string();
-            let steps_s = a.distill_steps.to_string();
-            let device = a.device.cli_args();
-            let mut extra: Vec<&str> = vec!["--alpha", &alpha];
-            match m.as_str() {
-                "uniform-drop" => extra.extend(["--method", "uniform-drop"]),
-                "uniform-drop-distill" => {
-                    extra.extend([
-                        "--method",
-                        "uniform-drop",
-                        "--distill",
-                        "--distill-steps",
-                        &steps_s,
-                    ]);
-                    extra.extend(device.iter().map(String::as_str));
-                }
-                other => {
-                    extra.extend(["--method", other]);
-                    if let Some(p) = &imp {
-                        extra.extend(["--importance", p]);
-                    }
-                }
+            let mut request = emulator_request(match m.as_str() {
+                "uniform-drop" | "uniform-drop-distill" => Method::UniformDrop,
+                "dynamic-drop" => Method::DynamicDrop,
+                _ => Method::Scaleot,
+            });
+            request.alpha = a.alpha;
+            if m == "uniform-drop-distill" {
+                request.distill.distill = true;
+                request.distill.distill_steps = a.distill_steps;
+                request.distill.device = a.device;
             }
-            build_emulator(&mut run, &label, &path, &extra, &a, beta)?;
+            if request.method != Method::UniformDrop {
+                request.importance = a.importance.clone();
+            }
+            if beta < 1.0 {
+                request.beta = beta;
+                request.src_projections = a.src_projections.clone();
+            }
+            let path = run.emulator(&label, &format!("{m}-b{beta}"), request, beta)?;
             emulators.push((label.clone(), path.clone()));
             for t in &tasks {
-                run.cell(&format!("{label}/emu-zs"), t, &["--emulator", &path], None)?;
-                let adapter = run.path(&format!("adapters/{m}-b{beta}-{t}.json"));
-                let prep = || finetune(&path, &data[t.as_str()], &adapter, &a);
+                let eval = run.eval_request(t, Some(&path), None);
+                run.cell(key(Setting::emulator(&label, Stage::Zs), t), eval, None)?;
+                let ft =
+                    run.finetune_request(&path, &data[t.as_str()], &format!("{m}-b{beta}-{t}"), &a);
+                let eval = run.eval_request(t, Some(&path), Some(&ft.out));
                 run.cell(
-                    &format!("{label}/emu-ft"),
-                    t,
-                    &["--emulator", &path, "--adapter", &adapter],
-                    Some(&prep),
+                    key(Setting::emulator(&label, Stage::Ft), t),
+                    eval,
+                    Some(&ft),
                 )?;
-                run.cell(
-                    &format!("{label}/plug-in"),
-                    t,
-                    &["--adapter", &adapter],
-                    None,
-                )?;
+                let eval = run.eval_request(t, None, Some(&ft.out));
+                run.cell(key(Setting::emulator(&label, Stage::PlugIn), t), eval, None)?;
             }
         }
     }
@@ -363,59 +529,13 @@ pub fn report(a: ReportArgs) -> Result<()> {
     Ok(())
 }
 
-/// Builds an emulator bundle unless it exists; records its size.
-fn build_emulator(
-    run: &mut Runner,
-    label: &str,
-    path: &str,
-    method_args: &[&str],
-    a: &ReportArgs,
-    beta: f64,
-) -> Result<()> {
-    let mut args = argv(&["--adapters", &a.adapters, "--out", path]);
-    args.extend(method_args.iter().map(|s| s.to_string()));
-    args.extend(model_args(a));
-    if beta < 1.0 {
-        args.extend(["--beta".to_string(), beta.to_string()]);
-        args.extend(["--src-projections".to_string(), a.src_projections.clone()]);
-    }
-    let start = Instant::now();
-    if !Path::new(path).exists() {
-        eprintln!("== report: emulator {label}");
-        crate::build_emulator::emulator(parse(&args)?)?;
-    }
-    let manifest: scaleot::emulator::EmulatorManifest =
-        serde_json::from_slice(&std::fs::read(path)?)?;
-    run.results
-        .emulators
-        .entry(label.to_string())
-        .or_insert_with(|| EmulatorInfo {
-            method: manifest.method.clone(),
-            beta,
-            params: manifest.emulator_params,
-            full_params: manifest.full_params,
-            bytes: manifest.weights_bytes,
-            plan: manifest
-                .plan
-                .iter()
-                .map(|k| format!("{k:?}").to_lowercase())
-                .collect(),
-            build_seconds: start.elapsed().as_secs_f64(),
-            command: format!("scaleot emulator {}", args.join(" ")),
-        });
-    run.save()
-}
-
 fn mean(xs: &[f64]) -> Option<f64> {
     (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64)
 }
 
 /// The average accuracy of a setting over the tasks that have it.
-fn average(r: &Results, setting: &str, tasks: &[String]) -> Option<f64> {
-    let v: Vec<f64> = tasks
-        .iter()
-        .filter_map(|t| r.cells.get(&format!("{setting}/{t}")).map(|c| c.acc))
-        .collect();
+fn average(r: &Results, setting: &Setting, tasks: &[String]) -> Option<f64> {
+    let v: Vec<f64> = tasks.iter().filter_map(|t| r.acc(setting, t)).collect();
     (v.len() == tasks.len()).then(|| mean(&v)).flatten()
 }
 
@@ -433,7 +553,7 @@ struct OwnerCost {
 /// The importance run and any distillation among the emulators, from their own records.
 fn owner_costs(
     importance: Option<&Path>,
-    emulators: &[(String, String)],
+    emulators: &[(String, PathBuf)],
 ) -> Result<Vec<OwnerCost>> {
     let mut costs = Vec::new();
     if let Some(path) = importance {
@@ -495,11 +615,14 @@ fn write_outputs(
     model: &str,
 ) -> Result<()> {
     let pct = |x: Option<f64>| x.map_or("–".to_string(), |v| format!("{:.1}", 100.0 * v));
-    let cell = |key: &str, t: &str| r.cells.get(&format!("{key}/{t}")).map(|c| c.acc);
     let docs: Vec<String> = tasks
         .iter()
         .map(|t| {
-            let n = r.cells.get(&format!("full-zs/{t}")).map_or(0, |c| c.docs);
+            let key = CellKey {
+                setting: Setting::FullZs,
+                task: t.clone(),
+            };
+            let n = r.cells.get(&key).map_or(0, |c| c.docs);
             format!("{t} {n}")
         })
         .collect();
@@ -514,20 +637,20 @@ fn write_outputs(
     );
     md += &"---|".repeat(tasks.len() + 1);
     md += "\n";
-    let mut row = |name: &str, size: &str, key: &str| {
-        let vals: Vec<String> = tasks.iter().map(|t| pct(cell(key, t))).collect();
+    let mut row = |name: &str, size: &str, key: &Setting| {
+        let vals: Vec<String> = tasks.iter().map(|t| pct(r.acc(key, t))).collect();
         md += &format!(
             "| {name} | {size} | {} | {} |\n",
             vals.join(" | "),
             pct(average(r, key, tasks))
         );
     };
-    row("Full ZS", "100%", "full-zs");
+    row("Full ZS", "100%", &Setting::FullZs);
     if full_ft {
         row(
             "Full FT (adapters tuned on the full model)",
             "100%",
-            "full-ft",
+            &Setting::FullFt,
         );
     }
     for l in labels {
@@ -539,13 +662,18 @@ fn write_outputs(
                 e.bytes as f64 / 1048576.0
             )
         });
-        row(&format!("{l}: Emulator ZS"), &size, &format!("{l}/emu-zs"));
-        row(&format!("{l}: Emulator FT"), &size, &format!("{l}/emu-ft"));
-        row(&format!("{l}: Plug-in"), &size, &format!("{l}/plug-in"));
+        for (stage, name) in [
+            (Stage::Zs, "Emulator ZS"),
+            (Stage::Ft, "Emulator FT"),
+            (Stage::PlugIn, "Plug-in"),
+        ] {
+            row(&format!("{l}: {name}"), &size, &Setting::emulator(l, stage));
+        }
     }
     md += "\n## Targets (task averages, points of accuracy)\n\n";
-    let avg = |k: &str| average(r, k, tasks).map(|v| 100.0 * v);
-    let plug = |l: &str| avg(&format!("{l}/plug-in"));
+    let avg = |k: &Setting| average(r, k, tasks).map(|v| 100.0 * v);
+    let stage = |l: &str, stage: Stage| avg(&Setting::emulator(l, stage));
+    let plug = |l: &str| stage(l, Stage::PlugIn);
     // (what, measured, target, met)
     let mut targets: Vec<(String, f64, &str, bool)> = Vec::new();
     let base_of = |m: &str| labels.iter().find(|l| *l == &format!("{m} b=1"));
@@ -561,7 +689,7 @@ fn write_outputs(
         ));
     }
     for l in labels {
-        if let (Some(p), Some(f)) = (plug(l), avg("full-ft")) {
+        if let (Some(p), Some(f)) = (plug(l), avg(&Setting::FullFt)) {
             let d = p - f;
             targets.push((
                 format!("{l}: Plug-in − Full FT"),
@@ -570,7 +698,7 @@ fn write_outputs(
                 d.abs() <= 1.5,
             ));
         }
-        if let (Some(p), Some(e)) = (plug(l), avg(&format!("{l}/emu-ft"))) {
+        if let (Some(p), Some(e)) = (plug(l), stage(l, Stage::Ft)) {
             targets.push((
                 format!("{l}: Plug-in − Emulator FT"),
                 p - e,
@@ -586,9 +714,8 @@ fn write_outputs(
             continue;
         }
         let plain = format!("{method} b=1");
-        for (what, key) in [("Emulator ZS", "emu-zs"), ("Emulator FT", "emu-ft")] {
-            if let (Some(x), Some(y)) = (avg(&format!("{l}/{key}")), avg(&format!("{plain}/{key}")))
-            {
+        for (what, st) in [("Emulator ZS", Stage::Zs), ("Emulator FT", Stage::Ft)] {
+            if let (Some(x), Some(y)) = (stage(l, st), stage(&plain, st)) {
                 targets.push((format!("{l}: SRC change of {what}"), x - y, "< 0", x < y));
             }
         }
@@ -646,12 +773,12 @@ fn plot(path: &Path, r: &Results, tasks: &[String], labels: &[String]) -> Result
     let points: Vec<(String, f64, f64)> = labels
         .iter()
         .filter_map(|l| {
-            let x = average(r, &format!("{l}/emu-ft"), tasks)?;
-            let y = average(r, &format!("{l}/plug-in"), tasks)?;
+            let x = average(r, &Setting::emulator(l, Stage::Ft), tasks)?;
+            let y = average(r, &Setting::emulator(l, Stage::PlugIn), tasks)?;
             Some((l.clone(), 100.0 * x, 100.0 * y))
         })
         .collect();
-    let refs: Vec<(&str, f64)> = [("Full ZS", "full-zs"), ("Full FT", "full-ft")]
+    let refs: Vec<(&str, f64)> = [("Full ZS", Setting::FullZs), ("Full FT", Setting::FullFt)]
         .iter()
         .filter_map(|(n, k)| average(r, k, tasks).map(|v| (*n, 100.0 * v)))
         .collect();
@@ -709,4 +836,71 @@ fn plot(path: &Path, r: &Results, tasks: &[String], labels: &[String]) -> Result
         .draw()?;
     root.present()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    /// Parses `scaleot CMD ARGS` into `T` as the binary would.
+    fn parse<T: clap::Args>(args: &[String]) -> T {
+        #[derive(Parser)]
+        struct Wrap<A: clap::Args> {
+            #[command(flatten)]
+            inner: A,
+        }
+        let argv = std::iter::once("scaleot".to_string()).chain(args.iter().cloned());
+        Wrap::<T>::try_parse_from(argv).unwrap().inner
+    }
+
+    #[test]
+    fn requests_start_at_the_flags_defaults_and_their_command_lines_say_exactly_what_runs() {
+        let emu = EmulatorArgs::new(Method::UniformDrop, "e.json".into());
+        assert_eq!(emu, parse(&["--out".into(), "e.json".into()]));
+        let ft = FinetuneArgs::new("e.json".into(), "d.jsonl".into(), "adapter.json".into());
+        let required = ["--emulator", "e.json", "--data", "d.jsonl"].map(String::from);
+        assert_eq!(ft, parse(&required));
+        assert_eq!(EvalArgs::new("arc_easy,piqa"), parse(&[]));
+
+        // The report's requests, as it changes them, read back from their command lines.
+        let mut emu = EmulatorArgs::new(Method::Scaleot, "out dir/e.json".into());
+        emu.importance = Some("imp.json".into());
+        emu.beta = 0.5;
+        emu.src_projections = "q,k".into();
+        emu.distill.distill = true;
+        emu.distill.distill_steps = 7;
+        emu.distill.device = DeviceArgs {
+            device: crate::device::DeviceChoice::Gpu,
+        };
+        assert_eq!(emu, parse(emu.command_line().args()));
+        let mut ft = FinetuneArgs::new("e.json".into(), "d.jsonl".into(), "a.json".into());
+        (ft.steps, ft.lr, ft.truncate, ft.lora_rank, ft.held_out) = (3, 5e-4, true, 8, 0.05);
+        assert_eq!(ft, parse(ft.command_line().args()));
+        let mut eval = EvalArgs::new("piqa");
+        eval.limit = Some(4);
+        eval.target.emulator = Some("e.json".into());
+        eval.target.adapter = Some("a.json".into());
+        assert_eq!(eval, parse(eval.command_line().args()));
+        assert!(
+            emu.command_line()
+                .to_string()
+                .contains("--out 'out dir/e.json'")
+        );
+    }
+
+    #[test]
+    fn cell_keys_read_back_from_their_names() {
+        for name in [
+            "full-zs/arc_easy",
+            "full-ft/piqa",
+            "scaleot b=0.5/plug-in/openbookqa",
+            "uniform-drop-distill b=1/emu-zs/sciq",
+        ] {
+            let key: CellKey = name.parse().unwrap();
+            assert_eq!(key.to_string(), name);
+        }
+        assert!("scaleot b=1/nonsense/piqa".parse::<CellKey>().is_err());
+        assert!("piqa".parse::<CellKey>().is_err());
+    }
 }

@@ -11,71 +11,125 @@ use scaleot::session::{Checkpoint, RunClock, Session, Settings};
 use scaleot::train::{TrainConfig, Trainer};
 use serde_json::json;
 
+use crate::command_line::CommandLine;
 use crate::device::DeviceArgs;
 use crate::model_files::{
     default_model, mib, read, read_model, read_pair, replace_file, weights_beside, write_file,
 };
 use crate::progress;
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Debug, PartialEq)]
 pub struct FinetuneArgs {
     /// The emulator manifest (its .safetensors beside it).
     #[arg(long)]
-    emulator: PathBuf,
+    pub(crate) emulator: PathBuf,
     #[command(flatten)]
-    device: DeviceArgs,
+    pub(crate) device: DeviceArgs,
     /// Private data: .txt, or .jsonl with text / prompt+completion / messages / multiple-choice.
     #[arg(long)]
-    data: PathBuf,
+    pub(crate) data: PathBuf,
     #[arg(long, default_value_t = 100)]
-    steps: usize,
+    pub(crate) steps: usize,
     #[arg(long, default_value_t = 8)]
-    batch_size: usize,
+    pub(crate) batch_size: usize,
     #[arg(long, default_value_t = 1)]
-    grad_accum: usize,
+    pub(crate) grad_accum: usize,
     #[arg(long, default_value_t = 1e-4)]
-    lr: f64,
+    pub(crate) lr: f64,
     #[arg(long, default_value_t = 10)]
-    warmup: usize,
+    pub(crate) warmup: usize,
     #[arg(long, default_value_t = 0.0)]
-    weight_decay: f32,
+    pub(crate) weight_decay: f32,
     /// Clip the gradient norm (0 disables).
     #[arg(long, default_value_t = 1.0)]
-    clip: f32,
+    pub(crate) clip: f32,
     /// Longest training sequence in tokens.
     #[arg(long, default_value_t = 256)]
-    seq_len: usize,
+    pub(crate) seq_len: usize,
     /// Share of the data held out for before/after evaluation.
     #[arg(long, default_value_t = 0.1)]
-    held_out: f64,
+    pub(crate) held_out: f64,
     /// Cut over-long examples from the start (keeping the learned end) instead of refusing them.
     #[arg(long)]
-    truncate: bool,
+    pub(crate) truncate: bool,
     #[arg(long, default_value_t = 0)]
-    seed: u64,
+    pub(crate) seed: u64,
     /// Output adapter manifest; weights go beside it as .safetensors.
     #[arg(long, default_value = "adapter.json")]
-    out: PathBuf,
+    pub(crate) out: PathBuf,
     /// Save a checkpoint (OUT with extension .ckpt) every N steps (0: never).
     #[arg(long, default_value_t = 50)]
-    checkpoint_every: usize,
+    pub(crate) checkpoint_every: usize,
     /// Continue from the .ckpt file of an earlier run with the same settings.
     #[arg(long)]
-    resume: Option<PathBuf>,
+    pub(crate) resume: Option<PathBuf>,
     /// Tune LoRA factors of this rank on the adapter layers' projections (0: whole layers).
     #[arg(long, default_value_t = 0)]
-    lora_rank: usize,
+    pub(crate) lora_rank: usize,
     /// LoRA alpha; updates are scaled by alpha / rank (default: 2 × rank).
     #[arg(long)]
-    lora_alpha: Option<f64>,
+    pub(crate) lora_alpha: Option<f64>,
     /// Projections that get LoRA: `all`, or a list such as q_proj,v_proj.
     #[arg(long, default_value = "all")]
-    lora_targets: String,
+    pub(crate) lora_targets: String,
+}
+
+impl FinetuneArgs {
+    /// `scaleot finetune --emulator E --data D --out O` with every other flag at its default.
+    pub fn new(emulator: PathBuf, data: PathBuf, out: PathBuf) -> Self {
+        Self {
+            emulator,
+            device: DeviceArgs::default(),
+            data,
+            steps: 100,
+            batch_size: 8,
+            grad_accum: 1,
+            lr: 1e-4,
+            warmup: 10,
+            weight_decay: 0.0,
+            clip: 1.0,
+            seq_len: 256,
+            held_out: 0.1,
+            truncate: false,
+            seed: 0,
+            out,
+            checkpoint_every: 50,
+            resume: None,
+            lora_rank: 0,
+            lora_alpha: None,
+            lora_targets: "all".into(),
+        }
+    }
+
+    /// The command line of this run.
+    pub fn command_line(&self) -> CommandLine {
+        CommandLine::new("finetune")
+            .path("emulator", &self.emulator)
+            .device(self.device)
+            .path("data", &self.data)
+            .arg("steps", self.steps)
+            .arg("batch-size", self.batch_size)
+            .arg("grad-accum", self.grad_accum)
+            .arg("lr", self.lr)
+            .arg("warmup", self.warmup)
+            .arg("weight-decay", self.weight_decay)
+            .arg("clip", self.clip)
+            .arg("seq-len", self.seq_len)
+            .arg("held-out", self.held_out)
+            .switch("truncate", self.truncate)
+            .arg("seed", self.seed)
+            .arg("checkpoint-every", self.checkpoint_every)
+            .opt_path("resume", self.resume.as_deref())
+            .arg("lora-rank", self.lora_rank)
+            .opt("lora-alpha", self.lora_alpha)
+            .arg("lora-targets", &self.lora_targets)
+            .path("out", &self.out)
+    }
 }
 
 /// The page's training session (`scaleot::session`), driven from the command line: flags in,
 /// progress on the terminal, checkpoints and the adapter as files.
-pub fn finetune(a: FinetuneArgs) -> Result<()> {
+pub fn finetune(a: &FinetuneArgs) -> Result<()> {
     let (manifest_json, weights) = read_pair(&a.emulator, "emulator")?;
     let device = a.device.open_autodiff()?;
     let emu = Emulator::load(&manifest_json, &weights, &device)?;

@@ -169,7 +169,8 @@ pub fn full_param_count(cfg: &LlamaConfig) -> u64 {
         cfg.vocab_size as u64,
     );
     let kv = (cfg.num_key_value_heads * cfg.head_dim()) as u64;
-    let layer = 2 * h * h + 2 * h * kv + 3 * h * f + 2 * h;
+    let q = cfg.attention_width() as u64;
+    let layer = 2 * h * q + 2 * h * kv + 3 * h * f + 2 * h;
     let head = if cfg.tie_word_embeddings { 0 } else { v * h };
     v * h + cfg.num_hidden_layers as u64 * layer + h + head
 }

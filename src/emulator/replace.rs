@@ -343,13 +343,7 @@ impl LayerReplace {
     }
 
     fn rope(model: &Llama, tokens: &Tensor<2, Int>) -> Rope {
-        Rope::new(
-            model.rope_theta,
-            model.head_dim,
-            0,
-            tokens.dims()[1],
-            &tokens.device(),
-        )
+        model.rope(0, tokens.dims()[1], &tokens.device())
     }
 
     /// One harmonizer step on `rows` (equal lengths) with the configured

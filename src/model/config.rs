@@ -17,11 +17,61 @@ pub struct LlamaConfig {
     pub rms_norm_eps: f64,
     pub max_position_embeddings: usize,
     pub tie_word_embeddings: bool,
+    /// The attention head width when it is not `hidden_size / num_attention_heads` (the query
+    /// and output projections are then `[heads · head_dim, hidden]` and its transpose).
+    #[serde(default, rename = "head_dim", skip_serializing_if = "Option::is_none")]
+    pub explicit_head_dim: Option<usize>,
+    /// Llama 3.1's long-context RoPE frequency scaling, when the checkpoint asks for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_scaling: Option<Llama3RopeScaling>,
+}
+
+/// Llama 3.1's RoPE scaling (transformers' `rope_type: "llama3"`): frequencies whose
+/// wavelength exceeds `original_max_position_embeddings / low_freq_factor` are divided by
+/// `factor`, those below `original / high_freq_factor` kept, the band between interpolated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Llama3RopeScaling {
+    pub factor: f64,
+    pub low_freq_factor: f64,
+    pub high_freq_factor: f64,
+    pub original_max_position_embeddings: f64,
 }
 
 impl LlamaConfig {
+    /// The attention head width.
     pub fn head_dim(&self) -> usize {
-        self.hidden_size / self.num_attention_heads
+        self.explicit_head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+    }
+
+    /// Width of the query (and attention output) projection: heads × head width.
+    pub fn attention_width(&self) -> usize {
+        self.num_attention_heads * self.head_dim()
+    }
+
+    /// RoPE's inverse frequencies `theta^(-2i/head_dim)`, `i < head_dim / 2`, with Llama 3's
+    /// scaling applied when the config has it (as transformers' `_compute_llama3_parameters`).
+    pub fn rope_inv_freq(&self) -> Vec<f64> {
+        let d = self.head_dim();
+        let base = (0..d / 2).map(|i| self.rope_theta.powf(-((2 * i) as f64) / d as f64));
+        let Some(s) = &self.rope_scaling else {
+            return base.collect();
+        };
+        let low_freq_wavelen = s.original_max_position_embeddings / s.low_freq_factor;
+        let high_freq_wavelen = s.original_max_position_embeddings / s.high_freq_factor;
+        base.map(|f| {
+            let wavelen = 2.0 * std::f64::consts::PI / f;
+            if wavelen < high_freq_wavelen {
+                f
+            } else if wavelen > low_freq_wavelen {
+                f / s.factor
+            } else {
+                let smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor)
+                    / (s.high_freq_factor - s.low_freq_factor);
+                (1.0 - smooth) * f / s.factor + smooth * f
+            }
+        })
+        .collect()
     }
 
     /// Checks the relations the model code relies on, so a bad config is an error, not a panic.
@@ -31,14 +81,15 @@ impl LlamaConfig {
             return bad("vocab, hidden size and layer count must be positive".into());
         }
         if self.num_attention_heads == 0
-            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
+            || (self.explicit_head_dim.is_none()
+                && !self.hidden_size.is_multiple_of(self.num_attention_heads))
         {
             return bad(format!(
                 "hidden size {} is not divisible by {} heads",
                 self.hidden_size, self.num_attention_heads
             ));
         }
-        if !self.head_dim().is_multiple_of(2) {
+        if self.head_dim() == 0 || !self.head_dim().is_multiple_of(2) {
             return bad(format!(
                 "head dim {} must be even for RoPE",
                 self.head_dim()
@@ -53,6 +104,19 @@ impl LlamaConfig {
                 "{} attention heads are not a multiple of {} key/value heads",
                 self.num_attention_heads, self.num_key_value_heads
             ));
+        }
+        if let Some(s) = &self.rope_scaling {
+            let ok = |x: f64| x.is_finite() && x > 0.0;
+            if !(ok(s.factor)
+                && ok(s.low_freq_factor)
+                && ok(s.original_max_position_embeddings)
+                && s.high_freq_factor.is_finite()
+                && s.high_freq_factor > s.low_freq_factor)
+            {
+                return bad(format!(
+                    "llama3 rope scaling needs positive factors with high_freq_factor > low_freq_factor, not {s:?}"
+                ));
+            }
         }
         Ok(())
     }
@@ -87,9 +151,34 @@ impl LlamaConfig {
         };
         let heads = num("attention.head_count")? as usize;
         let tied = g.tensor_info("output.weight").is_none();
+        // Llama 3.1 GGUFs carry their RoPE scaling as per-frequency factors; other scalings
+        // are named in metadata. Neither is implemented for GGUF: refuse rather than misread.
+        let scaling = g
+            .get(&format!("{arch}.rope.scaling.type"))
+            .and_then(MetaValue::as_str)
+            .unwrap_or("none");
+        if g.tensor_info("rope_freqs.weight").is_some() || scaling != "none" {
+            return Err(Error::Invalid(format!(
+                "this GGUF uses RoPE frequency scaling ({}), which is not implemented for GGUF: load the model's Hugging Face checkpoint (config.json with rope_scaling) instead",
+                if scaling == "none" {
+                    "rope_freqs"
+                } else {
+                    scaling
+                }
+            )));
+        }
+        let hidden = num("embedding_length")? as usize;
+        let head_dim = num("attention.key_length").ok().map(|v| v as usize);
+        if let Some(value) = num("attention.value_length").ok().map(|v| v as usize)
+            && Some(value) != head_dim
+        {
+            return Err(Error::Invalid(format!(
+                "this GGUF's key and value head widths differ ({head_dim:?} and {value}), which LLaMA does not have"
+            )));
+        }
         let cfg = Self {
             vocab_size,
-            hidden_size: num("embedding_length")? as usize,
+            hidden_size: hidden,
             intermediate_size: num("feed_forward_length")? as usize,
             num_hidden_layers: num("block_count")? as usize,
             num_attention_heads: heads,
@@ -98,6 +187,8 @@ impl LlamaConfig {
             rms_norm_eps: num("attention.layer_norm_rms_epsilon")?,
             max_position_embeddings: num("context_length").map_or(2048, |v| v as usize),
             tie_word_embeddings: tied,
+            explicit_head_dim: head_dim.filter(|&d| heads == 0 || d != hidden / heads),
+            rope_scaling: None,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -105,7 +196,7 @@ impl LlamaConfig {
 
     /// A Hugging Face `config.json` for this model (what plug-in writes next to the weights).
     pub fn to_hf_json(&self) -> serde_json::Value {
-        serde_json::json!({
+        let mut json = serde_json::json!({
             "architectures": ["LlamaForCausalLM"],
             "model_type": "llama",
             "vocab_size": self.vocab_size,
@@ -123,7 +214,15 @@ impl LlamaConfig {
             "attention_bias": false,
             "mlp_bias": false,
             "torch_dtype": "float32"
-        })
+        });
+        if let Some(s) = &self.rope_scaling {
+            json["rope_scaling"] = serde_json::json!({
+                "rope_type": "llama3", "factor": s.factor, "low_freq_factor": s.low_freq_factor,
+                "high_freq_factor": s.high_freq_factor,
+                "original_max_position_embeddings": s.original_max_position_embeddings,
+            });
+        }
+        json
     }
 
     /// From a Hugging Face `config.json` (LlamaForCausalLM and relatives).
@@ -142,6 +241,18 @@ impl LlamaConfig {
             rope_theta: f64,
             #[serde(default)]
             rope_parameters: Option<serde_json::Value>,
+            #[serde(default)]
+            rope_scaling: Option<serde_json::Value>,
+            #[serde(default)]
+            head_dim: Option<usize>,
+            #[serde(default)]
+            hidden_act: Option<String>,
+            #[serde(default)]
+            attention_bias: bool,
+            #[serde(default)]
+            mlp_bias: bool,
+            #[serde(default)]
+            partial_rotary_factor: Option<f64>,
             #[serde(default = "default_eps")]
             rms_norm_eps: f64,
             #[serde(default = "default_ctx")]
@@ -167,13 +278,33 @@ impl LlamaConfig {
         {
             return Err(Error::Architecture(t.to_owned()));
         }
-        // transformers ≥ 5 moves rope_theta into `rope_parameters`.
+        // What this decoder does not implement is refused, never silently ignored.
+        let unsupported = |what: String| {
+            Err(Error::Invalid(format!(
+                "config.json: {what} is not supported (LLaMA-family decoders with SiLU MLPs, no biases, full rotary embeddings)"
+            )))
+        };
+        if let Some(act) = hf.hidden_act.as_deref().filter(|a| *a != "silu") {
+            return unsupported(format!("hidden_act `{act}`"));
+        }
+        if hf.attention_bias || hf.mlp_bias {
+            return unsupported("a projection bias (attention_bias / mlp_bias)".into());
+        }
+        if let Some(f) = hf.partial_rotary_factor.filter(|f| *f != 1.0) {
+            return unsupported(format!("partial_rotary_factor {f}"));
+        }
+        // transformers ≥ 5 moves rope_theta and the scaling into `rope_parameters`.
         let rope_theta = hf
             .rope_parameters
             .as_ref()
             .and_then(|p| p.get("rope_theta"))
             .and_then(serde_json::Value::as_f64)
             .unwrap_or(hf.rope_theta);
+        let rope_scaling = match (&hf.rope_scaling, &hf.rope_parameters) {
+            (Some(s), _) if !s.is_null() => rope_scaling(s)?,
+            (_, Some(p)) => rope_scaling(p)?,
+            _ => None,
+        };
         let cfg = Self {
             vocab_size: hf.vocab_size,
             hidden_size: hf.hidden_size,
@@ -185,8 +316,43 @@ impl LlamaConfig {
             rms_norm_eps: hf.rms_norm_eps,
             max_position_embeddings: hf.max_position_embeddings,
             tie_word_embeddings: hf.tie_word_embeddings,
+            explicit_head_dim: hf.head_dim.filter(|&d| {
+                hf.num_attention_heads == 0 || d != hf.hidden_size / hf.num_attention_heads
+            }),
+            rope_scaling,
         };
         cfg.validate()?;
         Ok(cfg)
+    }
+}
+
+/// A config's RoPE scaling (`rope_scaling`, or transformers 5's `rope_parameters`): none for
+/// the default type, Llama 3's, or a refusal naming the type.
+fn rope_scaling(v: &serde_json::Value) -> Result<Option<Llama3RopeScaling>> {
+    let kind = v
+        .get("rope_type")
+        .or_else(|| v.get("type"))
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or("default");
+    match kind {
+        "default" => Ok(None),
+        "llama3" => {
+            let num = |key: &str| {
+                v.get(key)
+                    .and_then(serde_json::Value::as_f64)
+                    .ok_or_else(|| {
+                        Error::Invalid(format!("config.json: llama3 rope scaling lacks `{key}`"))
+                    })
+            };
+            Ok(Some(Llama3RopeScaling {
+                factor: num("factor")?,
+                low_freq_factor: num("low_freq_factor")?,
+                high_freq_factor: num("high_freq_factor")?,
+                original_max_position_embeddings: num("original_max_position_embeddings")?,
+            }))
+        }
+        other => Err(Error::Invalid(format!(
+            "config.json: RoPE scaling `{other}` is not supported (only llama3): the model's positions would be misread"
+        ))),
     }
 }

@@ -24,14 +24,13 @@ pub struct Rope {
 }
 
 impl Rope {
-    pub fn new(theta: f64, head_dim: usize, start: usize, len: usize, device: &Device) -> Self {
-        let half = head_dim / 2;
+    /// `inv_freq`: the `head_dim / 2` inverse frequencies (`LlamaConfig::rope_inv_freq`).
+    pub fn new(inv_freq: &[f64], start: usize, len: usize, device: &Device) -> Self {
+        let head_dim = 2 * inv_freq.len();
         let mut cos = Vec::with_capacity(len * head_dim);
         let mut sin = Vec::with_capacity(len * head_dim);
         for p in start..start + len {
-            let row: Vec<f64> = (0..half)
-                .map(|i| p as f64 * theta.powf(-((2 * i) as f64) / head_dim as f64))
-                .collect();
+            let row: Vec<f64> = inv_freq.iter().map(|f| p as f64 * f).collect();
             for _ in 0..2 {
                 cos.extend(row.iter().map(|a| a.cos() as f32));
                 sin.extend(row.iter().map(|a| a.sin() as f32));
@@ -245,8 +244,8 @@ pub struct Llama {
     pub norm: RmsNorm,
     /// `[hidden, vocab]`; `None` when tied to the embedding.
     pub lm_head: Option<Linear>,
-    pub rope_theta: f64,
-    pub head_dim: usize,
+    /// RoPE's inverse frequencies (`head_dim / 2` of them, Llama 3 scaling applied).
+    pub rope_inv_freq: Vec<f64>,
     /// For each stack position, the index of the layer in the full model it came from.
     pub layer_index: Vec<usize>,
 }
@@ -298,6 +297,7 @@ impl Llama {
             )));
         }
         let (h, f, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim());
+        let q = cfg.attention_width();
         let fetch = |name: &str, shape: &[usize]| -> Result<HostTensor> {
             let t = src
                 .tensor(name)?
@@ -343,10 +343,10 @@ impl Llama {
             layers.push(LayerSlot::Decoder(DecoderLayer {
                 input_layernorm: norm(&names::input_norm(i))?,
                 self_attn: Attention {
-                    q_proj: proj(&p("q_proj"), h, h)?,
+                    q_proj: proj(&p("q_proj"), q, h)?,
                     k_proj: proj(&p("k_proj"), kv, h)?,
                     v_proj: proj(&p("v_proj"), kv, h)?,
-                    o_proj: proj(&p("o_proj"), h, h)?,
+                    o_proj: proj(&p("o_proj"), h, q)?,
                     n_heads: cfg.num_attention_heads,
                     n_kv_heads: cfg.num_key_value_heads,
                     head_dim: hd,
@@ -375,10 +375,14 @@ impl Llama {
             layers,
             norm: norm(names::FINAL_NORM)?,
             lm_head,
-            rope_theta: cfg.rope_theta,
-            head_dim: hd,
+            rope_inv_freq: cfg.rope_inv_freq(),
             layer_index,
         })
+    }
+
+    /// Rotary tables for positions `start..start + len`.
+    pub fn rope(&self, start: usize, len: usize, device: &Device) -> Rope {
+        Rope::new(&self.rope_inv_freq, start, len, device)
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -403,7 +407,7 @@ impl Llama {
     /// position 0 (no cache): the building block of layer-wise distillation.
     pub fn run_layers(&self, x: Tensor<3>, range: std::ops::Range<usize>) -> Tensor<3> {
         let [_, t, _] = x.dims();
-        let rope = Rope::new(self.rope_theta, self.head_dim, 0, t, &x.device());
+        let rope = self.rope(0, t, &x.device());
         self.layers[range]
             .iter()
             .fold(x, |h, layer| layer.forward(h, &rope, None))
@@ -413,7 +417,7 @@ impl Llama {
     pub fn hidden(&self, tokens: Tensor<2, Int>, mut cache: Option<&mut KvCache>) -> Tensor<3> {
         let [_, t] = tokens.dims();
         let start = cache.as_ref().map_or(0, |c| c.len);
-        let rope = Rope::new(self.rope_theta, self.head_dim, start, t, &tokens.device());
+        let rope = self.rope(start, t, &tokens.device());
         let mut x = self.embed(tokens);
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);

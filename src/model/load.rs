@@ -178,6 +178,23 @@ mod tests {
     }
 
     #[test]
+    fn gguf_head_width_is_honoured_and_rope_scaling_refused() {
+        let mut meta = llama_meta();
+        meta.push(("llama.attention.key_length", MetaValue::UInt(6)));
+        meta.push(("llama.attention.value_length", MetaValue::UInt(6)));
+        let cfg = LlamaConfig::from_gguf(&Gguf::parse(&write_gguf(&meta, &[])).unwrap()).unwrap();
+        assert_eq!((cfg.head_dim(), cfg.attention_width()), (6, 12));
+        meta.push(("llama.rope.scaling.type", MetaValue::Str("yarn".into())));
+        let err = LlamaConfig::from_gguf(&Gguf::parse(&write_gguf(&meta, &[])).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("yarn") && err.contains("not implemented"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn foreign_architecture_is_refused() {
         let mut meta = llama_meta();
         meta[0].1 = MetaValue::Str("bert".into());

@@ -57,6 +57,8 @@ pub fn tiny_config() -> LlamaConfig {
         rms_norm_eps: 1e-5,
         max_position_embeddings: 128,
         tie_word_embeddings: true,
+        explicit_head_dim: None,
+        rope_scaling: None,
     }
 }
 

@@ -6,10 +6,12 @@ Test tooling only (never a runtime dependency). Writes the committed goldens und
   tests/golden/logits.json        per-token log-probs, top-5 next tokens, greedy continuation
   tests/fixtures/tiny-llama/      a tiny random LLaMA checkpoint (config.json + model.safetensors)
                                   with its logits, to test the safetensors loader independently
+  tests/fixtures/tiny-llama3/     the same for a Llama-3-style config: head_dim wider than
+                                  hidden/heads, rope_theta 500000, llama3 RoPE scaling
   tests/fixtures/smollm2-tokenizer.json.gz   the HF tokenizer.json, to test that loader
 
-Usage: tools/reference/setup-venv.sh && .venv-ref/bin/python tools/reference/make_goldens.py [chat]
-("chat" regenerates only the chat goldens)
+Usage: tools/reference/setup-venv.sh && .venv-ref/bin/python tools/reference/make_goldens.py [chat|tiny-llama3]
+("chat" regenerates only the chat goldens, "tiny-llama3" only that checkpoint)
 """
 import gzip, json, os, sys
 
@@ -68,7 +70,36 @@ def chat_goldens(tok):
         json.dump({"source": "transformers apply_chat_template (gguf_file=%s)" % GGUF, "cases": cases}, f, indent=1, ensure_ascii=False)
 
 
+def tiny_checkpoint(name, ids, **config):
+    """A tiny random checkpoint written by transformers itself, with its logits on `ids`."""
+    torch.manual_seed(0)
+    tiny = LlamaForCausalLM(LlamaConfig(**config)).eval()
+    for p in tiny.parameters():  # norms start at 1: perturb so a wrong loader shows
+        p.data.add_(torch.randn_like(p) * 0.05)
+    d = os.path.join(ROOT, "tests/fixtures", name)
+    tiny.save_pretrained(d, safe_serialization=True)
+    with torch.no_grad():
+        logits = tiny(torch.tensor(ids)).logits
+    with open(os.path.join(d, "golden.json"), "w") as f:
+        json.dump({"ids": ids, "logits": logits.reshape(-1).tolist()}, f)
+
+
+def tiny_llama3():
+    # Llama 3's shape of config: a head wider than hidden/heads, a large rope_theta and the
+    # llama3 frequency scaling, its bands placed so that a 16-wide head has frequencies kept,
+    # interpolated and divided; 40 positions so that slow frequencies matter.
+    ids = [[(7 * i + 3) % 96 for i in range(40)], [(11 * i + 5) % 96 for i in range(40)]]
+    tiny_checkpoint("tiny-llama3", ids, vocab_size=96, hidden_size=32, intermediate_size=56,
+                    num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                    rms_norm_eps=1e-5, max_position_embeddings=256, tie_word_embeddings=False,
+                    rope_theta=500000.0,
+                    rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                  "high_freq_factor": 4.0, "original_max_position_embeddings": 64})
+
+
 def main():
+    if sys.argv[1:] == ["tiny-llama3"]:
+        return tiny_llama3()
     tok = AutoTokenizer.from_pretrained(MODEL_DIR, gguf_file=GGUF)
     chat_goldens(tok)
     if sys.argv[1:] == ["chat"]:
@@ -103,20 +134,11 @@ def main():
                    "cases": out}, f, indent=1, ensure_ascii=False)
 
     # A tiny checkpoint in Hugging Face's own format, written by transformers itself.
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=56, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, rope_theta=10000.0, rms_norm_eps=1e-5,
-                      max_position_embeddings=64, tie_word_embeddings=False)
-    tiny = LlamaForCausalLM(cfg).eval()
-    for p in tiny.parameters():  # norms start at 1: perturb so a wrong loader shows
-        p.data.add_(torch.randn_like(p) * 0.05)
-    d = os.path.join(ROOT, "tests/fixtures/tiny-llama")
-    tiny.save_pretrained(d, safe_serialization=True)
-    ids = [[1, 5, 9, 33, 77, 2, 64, 10], [3, 3, 95, 0, 18, 41, 7, 60]]
-    with torch.no_grad():
-        logits = tiny(torch.tensor(ids)).logits
-    with open(os.path.join(d, "golden.json"), "w") as f:
-        json.dump({"ids": ids, "logits": logits.reshape(-1).tolist()}, f)
+    tiny_checkpoint("tiny-llama", [[1, 5, 9, 33, 77, 2, 64, 10], [3, 3, 95, 0, 18, 41, 7, 60]],
+                    vocab_size=96, hidden_size=32, intermediate_size=56, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=2, rope_theta=10000.0, rms_norm_eps=1e-5,
+                    max_position_embeddings=64, tie_word_embeddings=False)
+    tiny_llama3()
     print("goldens written")
 
 
