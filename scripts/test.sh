@@ -77,7 +77,7 @@ refused "$ot/r1.log" "belongs to another run" "$bin" importance "${imp_opts[@]}"
   --resume "$ot/imp.ckpt" --out "$ot/imp-other.json"
 refused "$ot/r2.log" "same split" "$bin" emulator --method scaleot --importance "$ot/imp.json" \
   --adapters 3+3 --alpha 0.5 --out "$ot/x.json"
-refused "$ot/r4.log" "rl-every and loss-stride must be at least 1" "$bin" importance --rl-every 0 \
+refused "$ot/r4.log" "rl-every 0: must be at least 1" "$bin" importance --rl-every 0 \
   --out "$ot/imp-other.json"
 refused "$ot/r5.log" "built without CUDA" "$bin" importance --device cuda --out "$ot/imp-other.json"
 refused "$ot/r6.log" "loss weights must be finite, not negative" "$bin" emulator --adapters 2+2 \

@@ -78,8 +78,10 @@ pub fn load(bytes: &[u8], name: &str, tok: &Tokenizer, opts: &DataOptions) -> Re
         )));
     }
     if opts.max_len < 2 {
-        return Err(Error::Invalid(
-            "the sequence length must be at least 2 tokens".into(),
+        return Err(Error::setting(
+            "seq_len",
+            opts.max_len,
+            "must be at least 2 tokens",
         ));
     }
     let eos = tok

@@ -59,16 +59,17 @@ impl Default for TrainConfig {
 
 impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
-        if self.steps == 0 || self.batch_size == 0 || self.grad_accum == 0 {
-            return Err(Error::Invalid(
-                "steps, batch size and gradient accumulation must all be at least 1".into(),
-            ));
+        for (field, value) in [
+            ("steps", self.steps),
+            ("batch_size", self.batch_size),
+            ("grad_accum", self.grad_accum),
+        ] {
+            if value == 0 {
+                return Err(Error::setting(field, 0, "must be at least 1"));
+            }
         }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
-            return Err(Error::Invalid(format!(
-                "learning rate {} must be positive",
-                self.lr
-            )));
+            return Err(Error::setting("lr", self.lr, "must be positive"));
         }
         Ok(())
     }

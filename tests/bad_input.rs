@@ -62,3 +62,57 @@ fn hf_config_that_disagrees_with_weights_is_named() {
     .unwrap();
     assert!(err.to_string().contains("download it again"), "{err}");
 }
+
+#[test]
+fn settings_out_of_range_name_their_field_without_cli_flags() {
+    use scaleot::model::LoraConfig;
+    use scaleot::train::TrainConfig;
+    let field_of = |e: Error| match e {
+        Error::Setting { field, reason, .. } => {
+            assert!(
+                !reason.contains("--"),
+                "a library message names a flag: {reason}"
+            );
+            field
+        }
+        other => panic!("expected a setting error, got {other}"),
+    };
+    let train = TrainConfig::default();
+    for (bad, field) in [
+        (
+            TrainConfig {
+                steps: 0,
+                ..train.clone()
+            },
+            "steps",
+        ),
+        (
+            TrainConfig {
+                batch_size: 0,
+                ..train.clone()
+            },
+            "batch_size",
+        ),
+        (
+            TrainConfig {
+                lr: -1.0,
+                ..train.clone()
+            },
+            "lr",
+        ),
+    ] {
+        assert_eq!(field_of(bad.validate().unwrap_err()), field);
+    }
+    assert_eq!(
+        field_of(LoraConfig::new(0, 16.0, "all").unwrap_err()),
+        "lora_rank"
+    );
+    assert_eq!(
+        field_of(LoraConfig::new(8, 0.0, "all").unwrap_err()),
+        "lora_alpha"
+    );
+    assert_eq!(
+        field_of(LoraConfig::new(8, 16.0, "qq_proj").unwrap_err()),
+        "lora_targets"
+    );
+}

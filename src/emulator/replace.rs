@@ -115,17 +115,21 @@ pub struct ReplaceConfig {
 
 impl ReplaceConfig {
     pub fn validate(&self) -> Result<()> {
-        if self.rank == 0
-            || self.group < 2
-            || self.candidates < 2
-            || self.steps == 0
-            || self.rl_every == 0
-            || self.loss_stride == 0
-        {
-            return Err(Error::Invalid(
-                "harmonizer rank, steps, rl-every and loss-stride must be at least 1, groups and candidates at least 2"
-                    .into(),
-            ));
+        for (field, value, least) in [
+            ("rank", self.rank, 1),
+            ("group", self.group, 2),
+            ("candidates", self.candidates, 2),
+            ("steps", self.steps, 1),
+            ("rl_every", self.rl_every, 1),
+            ("loss_stride", self.loss_stride, 1),
+        ] {
+            if value < least {
+                return Err(Error::setting(
+                    field,
+                    value,
+                    format!("must be at least {least}"),
+                ));
+            }
         }
         if self.rl_steps == Some(0) {
             return Err(Error::setting(
@@ -141,8 +145,10 @@ impl ReplaceConfig {
                 "makes no LM pass for candidates scored on training batches to reuse: score on validation",
             ));
         }
-        if !(self.lr > 0.0 && self.eta > 0.0) {
-            return Err(Error::Invalid("learning rates must be positive".into()));
+        for (field, value) in [("lr", self.lr), ("eta", self.eta)] {
+            if !(value > 0.0 && value.is_finite()) {
+                return Err(Error::setting(field, value, "must be positive"));
+            }
         }
         Ok(())
     }

@@ -49,24 +49,27 @@ impl LoraConfig {
 
     pub fn validate(&self) -> Result<()> {
         if self.rank == 0 {
-            return Err(Error::Invalid("LoRA rank must be at least 1".into()));
+            return Err(Error::setting("lora_rank", 0, "must be at least 1"));
         }
         if !(self.alpha > 0.0 && self.alpha.is_finite()) {
-            return Err(Error::Invalid(format!(
-                "LoRA alpha {} must be positive",
-                self.alpha
-            )));
+            return Err(Error::setting("lora_alpha", self.alpha, "must be positive"));
         }
         if self.targets.is_empty() {
-            return Err(Error::Invalid(
-                "LoRA needs at least one target module".into(),
+            return Err(Error::setting(
+                "lora_targets",
+                "",
+                "name at least one target module",
             ));
         }
         if let Some(bad) = self.targets.iter().find(|t| !TARGETS.contains(&t.as_str())) {
-            return Err(Error::Invalid(format!(
-                "`{bad}` is not a LoRA target; choose from {} or `all`",
-                TARGETS.join(", ")
-            )));
+            return Err(Error::setting(
+                "lora_targets",
+                bad,
+                format!(
+                    "not a LoRA target; choose from {} or `all`",
+                    TARGETS.join(", ")
+                ),
+            ));
         }
         Ok(())
     }

@@ -57,6 +57,29 @@ fn post(scope: &DedicatedWorkerGlobalScope, msg: &FromWorker) {
     let _ = scope.post_message(&to_js(msg));
 }
 
+/// A library error as the page says it: a setting out of range names the page's control
+/// (the library names its config field).
+fn for_page(e: Error) -> String {
+    let Error::Setting {
+        field,
+        value,
+        reason,
+    } = &e
+    else {
+        return e.to_string();
+    };
+    let control = match *field {
+        "steps" => "Steps",
+        "batch_size" => "Batch size",
+        "lr" => "Learning rate",
+        "seq_len" => "Sequence length",
+        "lora_rank" => "LoRA rank",
+        "held_out" => "Held-out share",
+        _ => return e.to_string(),
+    };
+    format!("{control} {value}: {reason}")
+}
+
 fn fail(scope: &DedicatedWorkerGlobalScope, message: impl Into<String>) {
     post(
         scope,
@@ -256,7 +279,7 @@ async fn load_served_emulator(state: &Shared) -> Result<(), String> {
         .map_err(describe)?
         .as_string()
         .unwrap_or_default();
-    let expected = Emulator::read_manifest(&text).map_err(|e| e.to_string())?;
+    let expected = Emulator::read_manifest(&text).map_err(for_page)?;
     check_fits(state, &expected)?;
     let weights = fetch(&scope, "emulator.safetensors").await?;
     if !weights.ok() {
@@ -301,12 +324,12 @@ async fn load_served_emulator(state: &Shared) -> Result<(), String> {
 }
 
 fn check_fits(state: &Shared, m: &crate::emulator::EmulatorManifest) -> Result<(), String> {
-    crate::session::check_fits(m, state.borrow().max_buffer).map_err(|e| e.to_string())
+    crate::session::check_fits(m, state.borrow().max_buffer).map_err(for_page)
 }
 
 fn install_emulator(state: &Shared, json: &str, weights: Vec<u8>) -> Result<(), String> {
     let scope = state.borrow().scope.clone();
-    let manifest = Emulator::read_manifest(json).map_err(|e| e.to_string())?;
+    let manifest = Emulator::read_manifest(json).map_err(for_page)?;
     check_fits(state, &manifest)?;
     post(
         &scope,
@@ -317,7 +340,7 @@ fn install_emulator(state: &Shared, json: &str, weights: Vec<u8>) -> Result<(), 
         },
     );
     let device = state.borrow().device.clone();
-    let emulator = Emulator::load(json, &weights, &device).map_err(|e| e.to_string())?;
+    let emulator = Emulator::load(json, &weights, &device).map_err(for_page)?;
     let m = &emulator.manifest;
     let info = EmulatorInfo {
         method: m.method.clone(),
@@ -360,7 +383,7 @@ async fn prepare(state: &Shared, settings: &Settings) -> Result<(), String> {
         let s = state.borrow();
         let emu = s.emulator.as_ref().ok_or("load the emulator first")?;
         let (name, bytes) = s.data.as_ref().ok_or("choose a data file first")?;
-        Session::new(&emu.emulator, bytes, name, settings).map_err(|e| e.to_string())?
+        Session::new(&emu.emulator, bytes, name, settings).map_err(for_page)?
     };
     let estimate = session.estimate();
     let warning =
@@ -399,7 +422,7 @@ async fn train(state: &Shared, settings: Settings, resume: bool) -> Result<(), S
         let bytes = storage::load(&slot)
             .await?
             .ok_or("there is no stored checkpoint to resume")?;
-        Some(Checkpoint::from_bytes(bytes).map_err(|e| e.to_string())?)
+        Some(Checkpoint::from_bytes(bytes).map_err(for_page)?)
     } else {
         None
     };
@@ -443,9 +466,9 @@ async fn run_steps(
             .as_ref()
             .ok_or("load the emulator first")?
             .weights;
-        session.resume(weights, ckpt).map_err(|e| e.to_string())?;
+        session.resume(weights, ckpt).map_err(for_page)?;
     }
-    let before = session.held_out_loss().await.map_err(|e| e.to_string())?;
+    let before = session.held_out_loss().await.map_err(for_page)?;
     let phase = if stored.is_some() {
         "at resume"
     } else {
@@ -499,13 +522,13 @@ async fn run_steps(
                     "training diverged at step {step} (loss {loss}): the adapters were rolled back to the last good step and saved. Lower the learning rate (e.g. by 10x) and train again, or download what was learned so far"
                 ));
             }
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(for_page(e)),
         }
         // Let the page's messages (pause, stop) in between steps, also on the CPU backend.
         gloo_timers::future::TimeoutFuture::new(0).await;
     }
     save_checkpoint(session, slot, &scope).await?;
-    let after = session.held_out_loss().await.map_err(|e| e.to_string())?;
+    let after = session.held_out_loss().await.map_err(for_page)?;
     post(
         &scope,
         &FromWorker::Evaluated {
@@ -533,7 +556,7 @@ async fn save_checkpoint(
     slot: &str,
     scope: &DedicatedWorkerGlobalScope,
 ) -> Result<(), String> {
-    let ckpt = session.checkpoint().await.map_err(|e| e.to_string())?;
+    let ckpt = session.checkpoint().await.map_err(for_page)?;
     storage::save(slot, &ckpt.bytes).await?;
     post(
         scope,
@@ -554,7 +577,7 @@ async fn download(state: &Shared) -> Result<(), String> {
     );
     let bytes = session.adapter_file(&metrics).await;
     state.borrow_mut().session = Some(session);
-    let bytes = bytes.map_err(|e| e.to_string())?;
+    let bytes = bytes.map_err(for_page)?;
     let msg = to_js(&FromWorker::Adapter {
         file_name,
         size: bytes.len(),
