@@ -8,12 +8,17 @@ cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PWD/tools/web/node_modules/.bin:$PATH"
 export CHROMEDRIVER=/usr/bin/chromedriver
 out=target/page-test; rm -rf "$out"; mkdir -p "$out"
+t=$SECONDS
+part() { echo "[stage]   $1: $((SECONDS - t))s" >&2; t=$SECONDS; }
 
 echo "==> wasm-bindgen-test in headless Chromium (WebGPU on SwiftShader)"
-WASM_BINDGEN_TEST_TIMEOUT=900 cargo test --target wasm32-unknown-unknown --test web_session
+# Release, like Trunk's build below: the wasm32 dependencies are compiled once for both.
+WASM_BINDGEN_TEST_TIMEOUT=900 cargo test --release --target wasm32-unknown-unknown --test web_session
+part "wasm-bindgen-test (build + run)"
 
 echo "==> build the page (trunk)"
 trunk build --release --offline 2>&1 | tail -3
+part "trunk build"
 wasm=dist/scaleot_bg.wasm
 echo "wasm: $(stat -c %s "$wasm") bytes, $(gzip -9c "$wasm" | wc -c) gzipped" | tee "$out/wasm-size.txt"
 
@@ -38,6 +43,7 @@ serve serve-page; page_only=$served
 
 echo "==> page test at $url (and $page_only without an emulator)"
 node tests/page/page-test.mjs "$url" tests/fixtures/notes-sample.jsonl "$out" "$page_only" "$out/emu.json"
+part "page test"
 # The servers saw only reads of their own files.
 if cat "$out"/serve*.log | grep -v -E '^(GET|HEAD) ' | grep -E '^[A-Z]+ /'; then
   echo "a server received a non-GET request" >&2; exit 1

@@ -13,6 +13,10 @@ TRUNK_VERSION=0.22.1
 BINARYEN_VERSION=132.0.0
 PLAYWRIGHT_VERSION=1.58.2  # keep equal to tools/web/package.json
 JOBS="${CARGO_BUILD_JOBS:-2}"
+# The tools are built without optimisation (`cargo install --debug`, no debug info): they only
+# orchestrate (trunk) or rewrite one wasm file (wasm-bindgen), and an unoptimised build takes
+# about half the time of a release one on a fresh 2-core machine.
+export CARGO_PROFILE_DEV_DEBUG=0
 log() { printf '==> %s\n' "$*" >&2; }
 
 need=()
@@ -33,13 +37,13 @@ fi
 if ! wasm-bindgen --version 2>/dev/null | grep -qx "wasm-bindgen $WASM_BINDGEN_VERSION"; then
   log "cargo install wasm-bindgen-cli $WASM_BINDGEN_VERSION (~8 min on 2 cores)"
   # No --locked: its lock pins a webpki-roots version the registry lacks.
-  cargo +stable install wasm-bindgen-cli --version "$WASM_BINDGEN_VERSION" --force -j "$JOBS"
+  cargo +stable install wasm-bindgen-cli --version "$WASM_BINDGEN_VERSION" --force --debug -j "$JOBS"
 fi
 
 if ! trunk --version 2>/dev/null | grep -q "trunk $TRUNK_VERSION\b"; then
   # trunk 0.22 needs rustc >= 1.96.1: build it with nightly (~18 min on 2 cores).
   rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
   log "cargo +nightly install trunk $TRUNK_VERSION"
-  cargo +nightly install trunk --version "$TRUNK_VERSION" --locked --force -j "$JOBS"
+  cargo +nightly install trunk --version "$TRUNK_VERSION" --locked --force --debug -j "$JOBS"
 fi
 log "web toolchain: $(wasm-bindgen --version), $(trunk --version), wasm-opt $(tools/web/node_modules/.bin/wasm-opt --version), $(chromium --version 2>/dev/null)"

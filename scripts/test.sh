@@ -1,27 +1,51 @@
 #!/usr/bin/env bash
 # The test command: sets up what is missing, fetches the real model and data, then runs
-# formatting and lint checks, all native tests, a short real evaluation, and the browser tests.
+# formatting, import and lint checks, all native tests, CLI smoke runs on the real model, the
+# lm-evaluation-harness parity, and the browser tests. Each stage's time is printed as it ends
+# and all of them at the end (also in target/ci-stages.txt).
+# Every crate is compiled once per target and profile: clippy checks (native, wasm32), the
+# native release build (tests, binary, examples; nothing rebuilds later) and the wasm32 release
+# build that the browser test and Trunk share.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-trap 'echo "[test.sh] $((SECONDS / 60))m$((SECONDS % 60))s elapsed" >&2' EXIT
 export PATH="$HOME/.cargo/bin:$PATH"
-bash scripts/setup.sh
-bash scripts/setup-web.sh
-bash scripts/fetch-assets.sh
+stages=() stage_name="" stage_start=$SECONDS
+stage() { # stage NAME: ends the running stage (recording its time) and starts NAME
+  if [[ -n $stage_name ]]; then
+    stages+=("$(printf '%5ds  %s' $((SECONDS - stage_start)) "$stage_name")")
+    echo "[stage] $stage_name: $((SECONDS - stage_start))s" >&2
+  fi
+  stage_name=$1 stage_start=$SECONDS
+  [[ -n $1 ]] && echo "==> $1"
+  return 0
+}
+report_stages() {
+  stage ""
+  mkdir -p target
+  { echo "[test.sh] stage times:"; printf '%s\n' "${stages[@]}"
+    echo "[test.sh] $((SECONDS / 60))m$((SECONDS % 60))s in all"; } | tee target/ci-stages.txt >&2
+}
+trap report_stages EXIT
+stage "setup: toolchain"; bash scripts/setup.sh
+stage "setup: web toolchain"; bash scripts/setup-web.sh
+stage "setup: model, data, corpus"; bash scripts/fetch-assets.sh
 
-echo "==> cargo fmt --check"; cargo fmt --all -- --check
-echo "==> clippy"; cargo clippy --release --workspace --all-targets -- -D warnings
-echo "==> clippy (wasm32: the browser app)"
+stage "cargo fmt --check"; cargo fmt --all -- --check
+stage "import structure"; python3 tools/check_imports.py
+stage "clippy (native)"; cargo clippy --release --workspace --all-targets -- -D warnings
+stage "clippy (wasm32: the browser app)"
 cargo clippy --target wasm32-unknown-unknown -p scaleot --lib --test web_session -- -D warnings
-echo "==> native tests"; cargo test --release --workspace
-echo "==> CLI smoke: generate, perplexity, every task's data loader"
-cargo build --release -p scaleot-owner
+stage "native build (tests, binary, examples)"
+cargo test --release --workspace --no-run
+cargo build --release --workspace --bins --examples
+stage "native tests"; cargo test --release --workspace
+stage "CLI smoke: generate, perplexity, every task's data loader"
 bin=target/release/scaleot
 "$bin" generate "The capital of France is" --max-tokens 4 | tee target/ci-generate.txt
 grep -q "Paris" target/ci-generate.txt
 "$bin" perplexity README.md --max-tokens 300 --window 128 --stride 64
 "$bin" eval --tasks arc_challenge,sciq,openbookqa,hellaswag --limit 8
-echo "==> offsite-tuning smoke on the real model: emulator, finetune, plug-in, evaluate"
+stage "offsite-tuning smoke on the real model: emulator, finetune, plug-in, evaluate"
 ot=target/ci-ot; rm -rf "$ot"; mkdir -p "$ot"
 "$bin" emulator --adapters 2+2 --keep 13 --out "$ot/emu.json"
 "$bin" task-data --task arc_easy --out "$ot/arc_easy.jsonl"
@@ -40,7 +64,7 @@ grep -q "belongs to another run" "$ot/refuse.log"
 "$bin" eval --tasks arc_easy --limit 8 --adapter "$ot/adapter.json"
 "$bin" plugin --adapter "$ot/adapter.json" --out "$ot/plugged"
 "$bin" eval --tasks arc_easy --limit 8 --model "$ot/plugged"
-echo "==> LoRA on chat data (the model's chat template), merged plug-in; distilled emulator"
+stage "LoRA on chat data (the model's chat template), merged plug-in; distilled emulator"
 "$bin" finetune --emulator "$ot/emu.json" --data tests/fixtures/chat-sample.jsonl --steps 2 \
   --batch-size 2 --held-out 0.2 --lora-rank 4 --out "$ot/lora.json"
 "$bin" plugin --adapter "$ot/lora.json" --out "$ot/plugged-lora" | tee "$ot/plugin-lora.log"
@@ -48,7 +72,7 @@ grep -q "LoRA r=4" "$ot/plugin-lora.log"
 "$bin" eval --tasks arc_easy --limit 8 --model "$ot/plugged-lora"
 "$bin" emulator --adapters 2+2 --keep 13 --distill --distill-steps 2 --distill-batch 2 \
   --out "$ot/emu-distilled.json"
-echo "==> ScaleOT smoke: importance (checkpoint + resume), scaleot emulator with SRC, report"
+stage "ScaleOT smoke: importance (checkpoint + resume), scaleot emulator with SRC, report"
 imp_opts=(--steps 3 --batch 2 --val-batch 2 --candidates 3 --rl-every 2 --loss-stride 2)
 "$bin" importance "${imp_opts[@]}" --checkpoint-every 2 --out "$ot/imp.json"
 "$bin" importance "${imp_opts[@]}" --resume "$ot/imp.ckpt" --out "$ot/imp.json" 2>&1 | tee "$ot/imp.log"
@@ -96,8 +120,8 @@ grep -q "| ScaleOT importance.*| 3 | 2 x 128 (+2 scored) |" "$ot/report/report.m
 grep -q "| Offsite-Tuning distillation (uniform-drop-distill b=1) | 1 |" "$ot/report/report.md"
 test -s "$ot/report/privacy-utility.svg"
 rm -rf "$ot"
-echo "==> lm-evaluation-harness parity: full ARC-Easy and PIQA (about 7 minutes)"
+stage "lm-evaluation-harness parity: full ARC-Easy and PIQA"
 bash tools/reference/eval_parity.sh
-echo "==> browser: WebGPU training parity (wasm-bindgen-test), the page end to end, privacy"
+stage "browser: WebGPU training parity (wasm-bindgen-test), the page end to end, privacy"
 bash scripts/page-test.sh
 echo "all checks passed"
