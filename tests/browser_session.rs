@@ -162,3 +162,66 @@ fn a_diverging_run_stops_with_a_clear_error() {
         .to_string();
     assert!(err.contains("diverged"), "{err}");
 }
+
+#[test]
+fn the_run_policy_and_native_checkpoints_continue_exactly() {
+    use scaleot::session::{RunClock, Settings};
+    let device = Device::flex().autodiff();
+    let (emu, weights) = loaded_tiny_emulator(&device);
+    let settings = Settings {
+        checkpoint_every: 2,
+        ..settings()
+    };
+    let session = || Session::new(&emu, DATA.as_bytes(), "notes.jsonl", &settings).unwrap();
+
+    // The uninterrupted run, on a clock where the first step takes 10 s (kernel compilation)
+    // and every later one 1 s.
+    let mut whole = session();
+    let mut clock = RunClock::start(&whole, 0.0);
+    let (mut now, mut due, mut progress) = (0.0, Vec::new(), Vec::new());
+    while !whole.finished() {
+        if let Some(r) = block_on(whole.step()).unwrap() {
+            now += if r.step == 1 { 10.0 } else { 1.0 };
+            progress.push(clock.progress(&r, now));
+            if whole.checkpoint_due(r.step) {
+                due.push(r.step);
+            }
+        }
+    }
+    assert_eq!(due, [2, 4], "every 2 steps, not after the last");
+    assert_eq!(progress[0].first_step_seconds, Some(10.0));
+    assert!(progress[1..].iter().all(|p| p.first_step_seconds.is_none()));
+    // Rate and ETA come from the steps after the first: 1 s a step, 3 steps left after step 3.
+    assert!(
+        (progress[2].eta_seconds - 3.0).abs() < 1e-9,
+        "{:?}",
+        progress[2]
+    );
+    assert!(progress[5].eta_seconds == 0.0 && progress[5].tokens_per_second > 0.0);
+    let metrics = clock.metrics(&whole, now, Some(2.0), Some(1.0));
+    assert_eq!(metrics.steps_done, 6);
+    assert_eq!(metrics.train_losses.len(), 6);
+    assert_eq!(metrics.seconds, 15.0);
+
+    // Stopped after step 2 with a native checkpoint (the optimizer's state inside), the run
+    // continues exactly as if it had not stopped.
+    let mut first = session();
+    first.optimizer_in_checkpoints = true;
+    while first.trainer.state.step < 2 {
+        block_on(first.step()).unwrap();
+    }
+    let saved = block_on(first.checkpoint()).unwrap();
+    let restored = Checkpoint::from_bytes(saved.bytes).unwrap();
+    assert!(restored.optimizer.is_some());
+    let mut second = session();
+    second.resume(&weights, &restored).unwrap();
+    while !second.finished() {
+        block_on(second.step()).unwrap();
+    }
+    let (a, b) = (
+        logits(&whole.trainer.model.valid(), &device),
+        logits(&second.trainer.model.valid(), &device),
+    );
+    assert!(max_abs_diff(&a, &b) < 1e-6, "{}", max_abs_diff(&a, &b));
+    assert_eq!(second.trainer.state.losses, whole.trainer.state.losses);
+}

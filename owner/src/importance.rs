@@ -5,12 +5,14 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use scaleot::emulator::AdapterSplit;
 use scaleot::emulator::importance::{
     Checkpoint, RunRecord, checkpoint_files, resume, write_importance,
 };
-use scaleot::emulator::replace::{HarmonizerLoss, LayerReplace, ReplaceConfig, Reward, ScoreOn};
+use scaleot::emulator::replace::{
+    HarmonizerLoss, LayerReplace, ReplaceConfig, ReplaceData, Reward, ScoreOn,
+};
 use scaleot::model::Llama;
 
 use crate::build_emulator::read_corpus;
@@ -156,20 +158,8 @@ pub fn importance(a: ImportanceArgs) -> Result<()> {
         seed: a.seed,
     };
     cfg.validate()?;
-    let (mut rows, corpus) = read_corpus(&a.corpus, &opened.tokenizer, a.seq_len, a.seed)?;
-    let val_batch = match cfg.score_on {
-        ScoreOn::Validation => a.val_batch,
-        ScoreOn::Training => 0,
-    };
-    if rows.len() < a.batch + val_batch {
-        bail!(
-            "the corpus gives {} sequences of {} tokens; need at least {} (--batch + --val-batch)",
-            rows.len(),
-            a.seq_len,
-            a.batch + val_batch
-        );
-    }
-    let val = rows.split_off(rows.len() - val_batch);
+    let (rows, corpus) = read_corpus(&a.corpus, &opened.tokenizer, a.seq_len, a.seed)?;
+    let data = ReplaceData::split(rows, a.batch, a.val_batch, cfg.score_on)?;
     let device = a.device.open_autodiff()?;
     let model = Llama::load(&opened.config, opened.source.as_ref(), &device)?;
     let middle = cfg.adapters.middle(opened.config.num_hidden_layers)?;
@@ -188,18 +178,18 @@ pub fn importance(a: ImportanceArgs) -> Result<()> {
         cfg.group,
         cfg.candidates,
         cfg.steps,
-        rows.len()
+        data.train.len()
     );
     let pb = progress::bar(cfg.steps as u64, "importance", "steps");
     pb.set_position(run.state.step as u64);
     let start = Instant::now();
-    let batches: Vec<&[Vec<u32>]> = rows.chunks_exact(a.batch).collect();
-    while !run.finished() {
-        let batch = batches[run.state.step % batches.len()];
-        let settling = run.state.settled_at.is_none();
-        let (lm, val_loss) = run.iterate(batch, &val)?;
+    let mut settled = run.state.settled_at;
+    run.run(&data, &mut |run, lm, val_loss| {
         let step = run.state.step;
-        if settling && let Some(at) = run.state.settled_at {
+        if settled.is_none()
+            && let Some(at) = run.state.settled_at
+        {
+            settled = Some(at);
             pb.suspend(|| {
                 eprintln!(
                     "the ranking settled at iteration {}: scoring stops, the harmonizers train on",
@@ -209,14 +199,17 @@ pub fn importance(a: ImportanceArgs) -> Result<()> {
         }
         pb.set_position(step as u64);
         let line = format!("harmonizer loss {lm:.3} candidates {val_loss:.3}");
-        if pb.is_hidden() && (step % 10 == 0 || step == cfg.steps) {
+        if pb.is_hidden() && (step.is_multiple_of(10) || step == cfg.steps) {
             eprintln!("step {step}/{} {line}", cfg.steps);
         }
         pb.set_message(line);
-        if a.checkpoint_every > 0 && step % a.checkpoint_every == 0 && !run.finished() {
-            crate::model_files::write_atomically(&ckpt, &checkpoint_files(&run, &corpus)?)?;
+        if a.checkpoint_every > 0 && step.is_multiple_of(a.checkpoint_every) && !run.finished() {
+            let files = checkpoint_files(run, &corpus)?;
+            crate::model_files::write_atomically(&ckpt, &files)
+                .map_err(|e| scaleot::Error::Invalid(format!("{e:#}")))?;
         }
-    }
+        Ok(())
+    })?;
     pb.finish_and_clear();
     let secs = start.elapsed().as_secs_f64();
     let record = RunRecord {
@@ -225,7 +218,7 @@ pub fn importance(a: ImportanceArgs) -> Result<()> {
         seconds: secs,
         peak_rss_mib: crate::commands::peak_rss_mib(),
         batch: a.batch,
-        val_batch,
+        val_batch: data.val.len(),
         seq_len: a.seq_len,
     };
     let (weights, manifest) = write_importance(&run, record)?;

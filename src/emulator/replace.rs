@@ -664,6 +664,68 @@ impl LayerReplace {
     }
 }
 
+/// The owner's corpus rows as a run uses them: training rows taken `batch` at a time in turn,
+/// and the last `val_batch` rows held out to score candidates on (none when they are scored
+/// on the training batches).
+pub struct ReplaceData {
+    pub train: Vec<Vec<u32>>,
+    pub val: Vec<Vec<u32>>,
+    pub batch: usize,
+}
+
+impl ReplaceData {
+    pub fn split(
+        mut rows: Vec<Vec<u32>>,
+        batch: usize,
+        val_batch: usize,
+        score_on: ScoreOn,
+    ) -> Result<Self> {
+        let val_batch = match score_on {
+            ScoreOn::Validation => val_batch,
+            ScoreOn::Training => 0,
+        };
+        if batch == 0 {
+            return Err(Error::setting("batch", 0, "must be at least 1"));
+        }
+        if rows.len() < batch + val_batch {
+            return Err(Error::Invalid(format!(
+                "the corpus gives {} sequences; need at least {} (a batch of {batch} and {val_batch} held out)",
+                rows.len(),
+                batch + val_batch
+            )));
+        }
+        let val = rows.split_off(rows.len() - val_batch);
+        Ok(Self {
+            train: rows,
+            val,
+            batch,
+        })
+    }
+
+    /// The training batch of iteration `step` (the batches in turn, cycling).
+    pub fn batch_at(&self, step: usize) -> &[Vec<u32>] {
+        let batches = self.train.len() / self.batch;
+        let k = step % batches.max(1);
+        &self.train[k * self.batch..(k + 1) * self.batch]
+    }
+}
+
+impl LayerReplace {
+    /// Runs the remaining iterations on `data`; `after_each(run, harmonizer loss, candidate
+    /// loss)` follows every one (progress, checkpoints).
+    pub fn run(
+        &mut self,
+        data: &ReplaceData,
+        after_each: &mut dyn FnMut(&LayerReplace, f32, f64) -> Result<()>,
+    ) -> Result<()> {
+        while !self.finished() {
+            let (lm, val_loss) = self.iterate(data.batch_at(self.state.step), &data.val)?;
+            after_each(self, lm, val_loss)?;
+        }
+        Ok(())
+    }
+}
+
 fn optimizer() -> ModuleOptimizer {
     crate::optim::adamw(0.0, Some(1.0))
 }

@@ -2,7 +2,7 @@
 //! Hugging Face folder, so that the browser page test can build a tiny emulator with the real
 //! owner binary: `cargo run --release --example tiny_model -- OUT_DIR`.
 
-#[path = "../tests/common/tiny.rs"]
+#[path = "../common/tiny.rs"]
 mod tiny;
 
 use scaleot::model::ModelBytes;
