@@ -41,6 +41,14 @@ pub struct AdapterManifest {
     pub weights_sha256: String,
 }
 
+impl crate::manifest::Manifest for AdapterManifest {
+    const WHAT: &'static str = "adapter";
+    const FORMAT: &'static str = FORMAT;
+    fn format(&self) -> &str {
+        &self.format
+    }
+}
+
 /// Header key under which a single-file adapter carries its manifest.
 pub const EMBEDDED_MANIFEST_KEY: &str = "scaleot_adapter";
 
@@ -221,17 +229,7 @@ impl<'a> Adapter<'a> {
 
     /// Reads an adapter from its manifest and weights file, checking one against the other.
     pub fn load(manifest_json: &str, weights: &'a [u8]) -> Result<Self> {
-        let manifest: AdapterManifest =
-            serde_json::from_str(manifest_json).map_err(|source| Error::Json {
-                what: "adapter manifest".into(),
-                source,
-            })?;
-        if manifest.format != FORMAT {
-            return Err(Error::Invalid(format!(
-                "adapter format `{}` is not supported (expected {FORMAT})",
-                manifest.format
-            )));
-        }
+        let manifest: AdapterManifest = crate::manifest::parse(manifest_json)?;
         let actual = weights_digest(weights).map_err(|e| {
             Error::Invalid(format!(
                 "the adapter weights are corrupted or truncated ({e}): ask for the file again"

@@ -8,6 +8,7 @@ pub mod emulator;
 pub mod error;
 pub mod eval;
 pub mod generate;
+pub mod manifest;
 pub mod model;
 pub mod names;
 pub mod optim;

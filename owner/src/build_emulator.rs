@@ -22,7 +22,8 @@ use crate::model_files::{
 };
 use crate::progress;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Method {
     /// Offsite-Tuning's uniform LayerDrop: keep middle layers evenly spaced.
     UniformDrop,
@@ -32,13 +33,15 @@ pub enum Method {
     Scaleot,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Precision {
     F16,
     F32,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Select {
     /// The alpha share of all middle layers with the lowest scores.
     Global,
@@ -46,7 +49,7 @@ pub enum Select {
     Group,
 }
 
-#[derive(clap::Args, Debug, PartialEq)]
+#[derive(clap::Args, Debug, PartialEq, serde::Serialize)]
 pub struct EmulatorArgs {
     /// Base model (.gguf or HF folder); default: the fetched SmolLM2-135M.
     #[arg(long)]
@@ -83,17 +86,19 @@ pub struct EmulatorArgs {
     #[arg(long, default_value = "emulator.json")]
     pub(crate) out: PathBuf,
     #[command(flatten)]
+    #[serde(flatten)]
     pub(crate) distill: DistillArgs,
 }
 
 /// Offsite-Tuning's emulator distillation on the owner's public corpus.
-#[derive(clap::Args, Debug, PartialEq)]
+#[derive(clap::Args, Debug, PartialEq, serde::Serialize)]
 pub struct DistillArgs {
     /// Distill the kept middle layers towards the full model's middle block.
     #[arg(long)]
     pub(crate) distill: bool,
     /// Where the distillation computes.
     #[command(flatten)]
+    #[serde(flatten)]
     pub(crate) device: DeviceArgs,
     /// Public text files (.txt) to distill on; default: the fetched WordNet glosses.
     #[arg(long, num_args = 1..)]
@@ -114,13 +119,6 @@ pub struct DistillArgs {
     pub(crate) distill_kd_weight: f64,
     #[arg(long, default_value_t = 0)]
     pub(crate) seed: u64,
-}
-
-/// A clap value's command-line name (`ScaleOt` → `scaleot`).
-fn value_name(v: impl ValueEnum) -> String {
-    v.to_possible_value()
-        .map(|p| p.get_name().to_owned())
-        .unwrap_or_default()
 }
 
 impl EmulatorArgs {
@@ -153,36 +151,9 @@ impl EmulatorArgs {
         }
     }
 
-    /// The command line of this build.
+    /// The command line of this request.
     pub fn command_line(&self) -> CommandLine {
-        let d = &self.distill;
-        let line = CommandLine::new("emulator")
-            .opt_path("model", self.model.as_deref())
-            .arg("method", value_name(self.method))
-            .arg("adapters", &self.adapters)
-            .opt("keep", self.keep)
-            .arg("alpha", self.alpha)
-            .arg("beta", self.beta)
-            .arg("src-projections", &self.src_projections)
-            .opt_path("importance", self.importance.as_deref())
-            .arg("select", value_name(self.select))
-            .arg("frozen-dtype", value_name(self.frozen_dtype))
-            .switch("distill", d.distill);
-        let line = match d.distill {
-            false => line,
-            true => d
-                .corpus
-                .iter()
-                .fold(line.device(d.device), |l, c| l.path("corpus", c))
-                .arg("distill-steps", d.distill_steps)
-                .arg("distill-batch", d.distill_batch)
-                .arg("distill-seq-len", d.distill_seq_len)
-                .arg("distill-lr", d.distill_lr)
-                .arg("distill-lm-weight", d.distill_lm_weight)
-                .arg("distill-kd-weight", d.distill_kd_weight)
-                .arg("seed", d.seed),
-        };
-        line.path("out", &self.out)
+        CommandLine::of("emulator", self)
     }
 }
 

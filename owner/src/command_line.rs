@@ -1,60 +1,57 @@
-//! Command lines built from typed requests: what `report` records for every cell it runs, so
-//! that each recorded command is exactly the request that ran (no argv is parsed back).
+//! Command lines of typed requests: what `report` records for every cell it runs. A request
+//! is a command's own argument struct (`EvalArgs`, `FinetuneArgs`, `EmulatorArgs`), built
+//! directly; its command line is read off the struct's fields with the flag names clap gives
+//! them, so the recorded line is exactly the request that ran (nothing is parsed back).
 
 use std::fmt::Display;
-use std::path::Path;
 
-use crate::device::DeviceArgs;
+use serde::Serialize;
+use serde_json::Value;
 
-/// `scaleot CMD --flag value ...`, built flag by flag.
+/// `scaleot CMD --flag value ...`
 #[derive(Debug, Clone)]
 pub struct CommandLine(Vec<String>);
 
 impl CommandLine {
-    pub fn new(command: &str) -> Self {
-        Self(vec!["scaleot".into(), command.into()])
-    }
-
-    pub fn arg(mut self, flag: &str, value: impl Display) -> Self {
-        self.0.push(format!("--{flag}"));
-        self.0.push(value.to_string());
-        self
-    }
-
-    pub fn opt(self, flag: &str, value: Option<impl Display>) -> Self {
-        match value {
-            Some(v) => self.arg(flag, v),
-            None => self,
+    /// The command line of `args`: every flag of `T` with its value (defaults included, unset
+    /// options and false switches left out). Fields are matched to flags by their names; a
+    /// flattened group of flags must be `#[serde(flatten)]` too.
+    pub fn of<T: clap::Args + Serialize>(command: &str, args: &T) -> Self {
+        let fields = serde_json::to_value(args).unwrap_or(Value::Null);
+        let mut words = vec!["scaleot".to_string(), command.to_string()];
+        let flags = T::augment_args(clap::Command::new("scaleot"));
+        for arg in flags.get_arguments() {
+            let (Some(long), Some(value)) = (arg.get_long(), fields.get(arg.get_id().as_str()))
+            else {
+                continue;
+            };
+            let flag = format!("--{long}");
+            match value {
+                Value::Null | Value::Bool(false) => {}
+                Value::Bool(true) => words.push(flag),
+                Value::Array(items) => {
+                    for item in items {
+                        words.extend([flag.clone(), plain(item)]);
+                    }
+                }
+                other => words.extend([flag, plain(other)]),
+            }
         }
+        Self(words)
     }
 
-    pub fn path(self, flag: &str, path: &Path) -> Self {
-        self.arg(flag, path.display())
-    }
-
-    pub fn opt_path(self, flag: &str, path: Option<&Path>) -> Self {
-        self.opt(flag, path.map(Path::display))
-    }
-
-    pub fn switch(mut self, flag: &str, on: bool) -> Self {
-        if on {
-            self.0.push(format!("--{flag}"));
-        }
-        self
-    }
-
-    /// `--device` unless it is the default CPU.
-    pub fn device(mut self, device: DeviceArgs) -> Self {
-        self.0.extend(device.cli_args());
-        self
-    }
-}
-
-impl CommandLine {
     /// The words after `scaleot CMD`, as a shell would split the printed line.
     #[cfg(test)]
     pub fn args(&self) -> &[String] {
         &self.0[2..]
+    }
+}
+
+/// A JSON scalar as a command-line word (strings without their quotes).
+fn plain(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
     }
 }
 

@@ -11,6 +11,7 @@ use scaleot::eval::{self, Task, TaskResult, encode_pair, score_all};
 use scaleot::generate::{Sampling, generate as run_generate};
 use scaleot::model::{LoadedModel, token_tensor};
 use scaleot::tokenizer::Tokenizer;
+use serde::Serialize;
 use serde_json::json;
 
 use crate::command_line::CommandLine;
@@ -226,9 +227,10 @@ pub fn perplexity(a: PerplexityArgs) -> Result<()> {
     Ok(())
 }
 
-#[derive(clap::Args, Debug, PartialEq)]
+#[derive(clap::Args, Debug, PartialEq, Serialize)]
 pub struct EvalArgs {
     #[command(flatten)]
+    #[serde(flatten)]
     pub(crate) target: ScoredModelArgs,
     /// Comma-separated: arc_easy,arc_challenge,piqa,sciq,openbookqa,hellaswag
     #[arg(long, default_value = "arc_easy,piqa")]
@@ -246,9 +248,10 @@ pub struct EvalArgs {
 
 /// The model a measurement scores text with: full, emulator, emulator + adapter, or full +
 /// adapter.
-#[derive(clap::Args, Debug, PartialEq)]
+#[derive(clap::Args, Debug, PartialEq, Serialize)]
 pub struct ScoredModelArgs {
     #[command(flatten)]
+    #[serde(flatten)]
     pub(crate) model: ModelArgs,
     /// Score with this emulator (its manifest) instead of the full model.
     #[arg(long)]
@@ -256,16 +259,6 @@ pub struct ScoredModelArgs {
     /// Tuned adapters: on the emulator with --emulator, else plugged into the full model.
     #[arg(long)]
     pub(crate) adapter: Option<PathBuf>,
-}
-
-impl ScoredModelArgs {
-    /// Adds this target's flags to a command line.
-    pub fn add_to(&self, line: CommandLine) -> CommandLine {
-        line.opt_path("model", self.model.model.as_deref())
-            .device(self.model.device)
-            .opt_path("emulator", self.emulator.as_deref())
-            .opt_path("adapter", self.adapter.as_deref())
-    }
 }
 
 impl EvalArgs {
@@ -287,14 +280,9 @@ impl EvalArgs {
         }
     }
 
-    /// The command line of this evaluation.
+    /// The command line of this request.
     pub fn command_line(&self) -> CommandLine {
-        let line = CommandLine::new("eval")
-            .arg("tasks", &self.tasks)
-            .opt("limit", self.limit)
-            .arg("batch-tokens", self.batch_tokens)
-            .switch("json", self.json);
-        self.target.add_to(line)
+        CommandLine::of("eval", self)
     }
 }
 

@@ -6,7 +6,8 @@ use burn::tensor::Device;
 use clap::ValueEnum;
 
 /// Where tensors are computed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum DeviceChoice {
     /// Pure-Rust CPU backend (burn flex: gemm + rayon).
     Cpu,
@@ -19,7 +20,7 @@ pub enum DeviceChoice {
 }
 
 /// `--device`, flattened into every command that computes with the model.
-#[derive(clap::Args, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(clap::Args, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct DeviceArgs {
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceChoice,
@@ -62,17 +63,6 @@ impl DeviceArgs {
     /// The same device with automatic differentiation, for training.
     pub fn open_autodiff(self) -> Result<Device> {
         Ok(self.open()?.autodiff())
-    }
-
-    /// The `--device` arguments that pass this choice on to a sub-command (none for the default).
-    pub fn cli_args(self) -> Vec<String> {
-        let name = match self.device {
-            DeviceChoice::Cpu => return Vec::new(),
-            DeviceChoice::Gpu => "gpu",
-            DeviceChoice::Cuda => "cuda",
-            DeviceChoice::Ndarray => "ndarray",
-        };
-        vec!["--device".into(), name.into()]
     }
 
     /// burn's name for the backend, for benchmark output.

@@ -30,13 +30,14 @@ struct Cli {
 }
 
 /// Options every model-using command shares.
-#[derive(clap::Args, Clone, Debug, PartialEq)]
+#[derive(clap::Args, Clone, Debug, PartialEq, serde::Serialize)]
 pub struct ModelArgs {
     /// A .gguf file or a Hugging Face folder (config.json, tokenizer.json, *.safetensors).
     /// Default: the SmolLM2-135M-Instruct GGUF fetched by scripts/fetch-assets.sh.
     #[arg(long)]
     pub model: Option<PathBuf>,
     #[command(flatten)]
+    #[serde(flatten)]
     pub device: DeviceArgs,
 }
 

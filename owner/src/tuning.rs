@@ -18,12 +18,13 @@ use crate::model_files::{
 };
 use crate::progress;
 
-#[derive(clap::Args, Debug, PartialEq)]
+#[derive(clap::Args, Debug, PartialEq, serde::Serialize)]
 pub struct FinetuneArgs {
     /// The emulator manifest (its .safetensors beside it).
     #[arg(long)]
     pub(crate) emulator: PathBuf,
     #[command(flatten)]
+    #[serde(flatten)]
     pub(crate) device: DeviceArgs,
     /// Private data: .txt, or .jsonl with text / prompt+completion / messages / multiple-choice.
     #[arg(long)]
@@ -101,29 +102,9 @@ impl FinetuneArgs {
         }
     }
 
-    /// The command line of this run.
+    /// The command line of this request.
     pub fn command_line(&self) -> CommandLine {
-        CommandLine::new("finetune")
-            .path("emulator", &self.emulator)
-            .device(self.device)
-            .path("data", &self.data)
-            .arg("steps", self.steps)
-            .arg("batch-size", self.batch_size)
-            .arg("grad-accum", self.grad_accum)
-            .arg("lr", self.lr)
-            .arg("warmup", self.warmup)
-            .arg("weight-decay", self.weight_decay)
-            .arg("clip", self.clip)
-            .arg("seq-len", self.seq_len)
-            .arg("held-out", self.held_out)
-            .switch("truncate", self.truncate)
-            .arg("seed", self.seed)
-            .arg("checkpoint-every", self.checkpoint_every)
-            .opt_path("resume", self.resume.as_deref())
-            .arg("lora-rank", self.lora_rank)
-            .opt("lora-alpha", self.lora_alpha)
-            .arg("lora-targets", &self.lora_targets)
-            .path("out", &self.out)
+        CommandLine::of("finetune", self)
     }
 }
 

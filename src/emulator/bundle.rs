@@ -41,6 +41,15 @@ pub struct EmulatorManifest {
     pub chat_template: Option<String>,
 }
 
+impl crate::manifest::Manifest for EmulatorManifest {
+    const WHAT: &'static str = "emulator";
+    const FORMAT: &'static str = FORMAT;
+    const HINT: &'static str = "; ask the model owner for a current bundle";
+    fn format(&self) -> &str {
+        &self.format
+    }
+}
+
 /// Storage precision of frozen (non-adapter) weights in the bundle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FrozenDtype {
@@ -185,16 +194,7 @@ pub struct Emulator {
 impl Emulator {
     /// Parses the manifest; needs no weights (for showing sizes before a download).
     pub fn read_manifest(json: &str) -> Result<EmulatorManifest> {
-        let m: EmulatorManifest = serde_json::from_str(json).map_err(|source| Error::Json {
-            what: "emulator manifest".into(),
-            source,
-        })?;
-        if m.format != FORMAT {
-            return Err(Error::Invalid(format!(
-                "emulator format `{}` is not supported (expected {FORMAT}); ask the model owner for a current bundle",
-                m.format
-            )));
-        }
+        let m: EmulatorManifest = crate::manifest::parse(json)?;
         Ok(m)
     }
 

@@ -50,6 +50,14 @@ pub struct ImportanceManifest {
     pub weights_sha256: String,
 }
 
+impl crate::manifest::Manifest for ImportanceManifest {
+    const WHAT: &'static str = "importance";
+    const FORMAT: &'static str = FORMAT;
+    fn format(&self) -> &str {
+        &self.format
+    }
+}
+
 /// How a finished run was fed and what it cost: the parts of the manifest the run itself
 /// does not know.
 pub struct RunRecord {
@@ -106,17 +114,7 @@ pub struct ImportanceFile {
 impl ImportanceFile {
     /// From the manifest's text and the weights file's bytes.
     pub fn parse(manifest_json: &str, weights: Vec<u8>) -> Result<Self> {
-        let manifest: ImportanceManifest =
-            serde_json::from_str(manifest_json).map_err(|source| Error::Json {
-                what: "importance manifest".into(),
-                source,
-            })?;
-        if manifest.format != FORMAT {
-            return Err(Error::Invalid(format!(
-                "importance format `{}` is not supported (expected {FORMAT})",
-                manifest.format
-            )));
-        }
+        let manifest: ImportanceManifest = crate::manifest::parse(manifest_json)?;
         let sha256 = sha256_hex(&[&weights]);
         if sha256 != manifest.weights_sha256 {
             return Err(Error::Invalid(
