@@ -417,6 +417,40 @@ impl Session {
         )
     }
 
+    /// Trains until the run is finished or the user stops it, the one loop of the page and
+    /// the CLI: before each step the host's [`Control`] (a pause saves a checkpoint and waits),
+    /// after it the progress line and, when due, a checkpoint. A divergence saves the rolled-back
+    /// weights and ends with [`Error::Diverged`]. Returns true when stopped early.
+    pub async fn run<H: RunHost>(&mut self, host: &mut H, clock: &mut RunClock) -> Result<bool> {
+        while !self.finished() {
+            match host.control() {
+                Control::Stop => return Ok(true),
+                Control::Pause => {
+                    host.save(self.checkpoint().await?).await?;
+                    host.paused(self.trainer.state.step).await;
+                    continue;
+                }
+                Control::Run => {}
+            }
+            match self.step().await {
+                Ok(Some(r)) => {
+                    host.progress(&clock.progress(&r, host.now()));
+                    if self.checkpoint_due(r.step) {
+                        host.save(self.checkpoint().await?).await?;
+                    }
+                }
+                Ok(None) => {}
+                Err(e @ Error::Diverged { .. }) => {
+                    host.save(self.checkpoint().await?).await?;
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            }
+            host.between_steps().await;
+        }
+        Ok(false)
+    }
+
     /// Whether a checkpoint is due after optimizer step `step` (every
     /// [`Settings::checkpoint_every`] steps, not after the last: the adapter is written then).
     pub fn checkpoint_due(&self, step: usize) -> bool {
@@ -462,6 +496,35 @@ impl Session {
             .filter(|&i| self.manifest.plan[i] == LayerKind::Adapter)
             .collect()
     }
+}
+
+/// What the user wants of a run in progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    Run,
+    Pause,
+    Stop,
+}
+
+/// The world [`Session::run`] lives in: a clock, the user's controls, storage for
+/// checkpoints and a display. The page's worker and `scaleot finetune` each implement it.
+#[allow(async_fn_in_trait)] // used with concrete hosts only, on one thread
+pub trait RunHost {
+    /// Seconds on the host's clock.
+    fn now(&self) -> f64;
+    /// What the user wants now (asked before every step).
+    fn control(&self) -> Control {
+        Control::Run
+    }
+    /// Keeps a checkpoint (browser storage, a file).
+    async fn save(&mut self, checkpoint: Checkpoint) -> Result<()>;
+    /// A finished optimizer step.
+    fn progress(&mut self, progress: &Progress);
+    /// The run paused after `step` (its checkpoint saved): returns when the user continues
+    /// or stops.
+    async fn paused(&mut self, _step: usize) {}
+    /// Between steps: lets the host's own events in (the page's messages).
+    async fn between_steps(&mut self) {}
 }
 
 /// What an adapter's manifest records of the run that made it (`metrics`), in the CLI and in

@@ -225,3 +225,67 @@ fn the_run_policy_and_native_checkpoints_continue_exactly() {
     assert!(max_abs_diff(&a, &b) < 1e-6, "{}", max_abs_diff(&a, &b));
     assert_eq!(second.trainer.state.losses, whole.trainer.state.losses);
 }
+
+/// A host that pauses once after step 3 and stops after step 5, on a clock that ticks one
+/// second per reading.
+struct Scripted {
+    clock: std::cell::Cell<f64>,
+    steps: Vec<usize>,
+    saved: Vec<usize>,
+    pauses: Vec<usize>,
+}
+
+impl scaleot::session::RunHost for Scripted {
+    fn now(&self) -> f64 {
+        self.clock.set(self.clock.get() + 1.0);
+        self.clock.get()
+    }
+
+    fn control(&self) -> scaleot::session::Control {
+        use scaleot::session::Control;
+        match self.steps.last() {
+            Some(5) => Control::Stop,
+            Some(3) if self.pauses.is_empty() => Control::Pause,
+            _ => Control::Run,
+        }
+    }
+
+    async fn save(&mut self, checkpoint: Checkpoint) -> scaleot::Result<()> {
+        self.saved.push(checkpoint.state.step);
+        Ok(())
+    }
+
+    fn progress(&mut self, p: &scaleot::session::Progress) {
+        self.steps.push(p.step);
+    }
+
+    async fn paused(&mut self, step: usize) {
+        self.pauses.push(step);
+    }
+}
+
+#[test]
+fn the_run_loop_checkpoints_when_due_pauses_and_stops() {
+    use scaleot::session::{RunClock, Settings};
+    let device = Device::flex().autodiff();
+    let (emu, _) = loaded_tiny_emulator(&device);
+    let settings = Settings {
+        checkpoint_every: 2,
+        ..settings()
+    };
+    let mut session = Session::new(&emu, DATA.as_bytes(), "notes.jsonl", &settings).unwrap();
+    let mut host = Scripted {
+        clock: std::cell::Cell::new(0.0),
+        steps: Vec::new(),
+        saved: Vec::new(),
+        pauses: Vec::new(),
+    };
+    let mut clock = RunClock::start(&session, 0.0);
+    let stopped = block_on(session.run(&mut host, &mut clock)).unwrap();
+    assert!(stopped, "stopped after step 5 of 6");
+    assert_eq!(host.steps, [1, 2, 3, 4, 5]);
+    assert_eq!(host.pauses, [3]);
+    // Due at 2 and 4; the pause after step 3 saves one too.
+    assert_eq!(host.saved, [2, 3, 4]);
+    assert_eq!(session.trainer.state.step, 5);
+}

@@ -1,13 +1,13 @@
 //! The data owner's side natively: fine-tune adapters on an emulator; and the owner's plug-in.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Result, bail};
 use futures_lite::future::block_on;
 use scaleot::data;
 use scaleot::emulator::Emulator;
-use scaleot::session::{Checkpoint, RunClock, Session, Settings};
+use scaleot::session::{Checkpoint, Progress, RunClock, RunHost, Session, Settings};
 use scaleot::train::{TrainConfig, Trainer};
 use serde_json::json;
 
@@ -108,6 +108,40 @@ impl FinetuneArgs {
     }
 }
 
+/// `scaleot finetune`'s world for the training loop: a progress bar (or a line every 10 steps
+/// without a terminal) and checkpoints in a file, replaced whole.
+struct Terminal<'a> {
+    start: Instant,
+    pb: &'a indicatif::ProgressBar,
+    checkpoint: &'a Path,
+}
+
+impl RunHost for Terminal<'_> {
+    fn now(&self) -> f64 {
+        self.start.elapsed().as_secs_f64()
+    }
+
+    async fn save(&mut self, checkpoint: Checkpoint) -> scaleot::Result<()> {
+        replace_file(self.checkpoint, &checkpoint.bytes)
+            .map_err(|e| scaleot::Error::Invalid(format!("{e:#}")))
+    }
+
+    fn progress(&mut self, p: &Progress) {
+        self.pb.set_position(p.step as u64);
+        let line = format!(
+            "loss {:.4} lr {:.2e} {:.0} tok/s",
+            p.loss, p.lr, p.tokens_per_second
+        );
+        if self.pb.is_hidden() && (p.step.is_multiple_of(10) || p.step == p.steps) {
+            eprintln!(
+                "step {}/{} {line} ETA {:.0}s",
+                p.step, p.steps, p.eta_seconds
+            );
+        }
+        self.pb.set_message(line);
+    }
+}
+
 /// The page's training session (`scaleot::session`), driven from the command line: flags in,
 /// progress on the terminal, checkpoints and the adapter as files.
 pub fn finetune(a: &FinetuneArgs) -> Result<()> {
@@ -135,7 +169,7 @@ pub fn finetune(a: &FinetuneArgs) -> Result<()> {
         lora_targets: a.lora_targets.clone(),
         seed: a.seed,
         truncate: a.truncate,
-        eval_examples: usize::MAX,
+        eval_examples: u32::MAX as usize, // all of them (and still a valid wasm32 usize)
         checkpoint_every: a.checkpoint_every,
     };
     let mut session = Session::new(&emu, &data_bytes, &name, &settings)?;
@@ -157,42 +191,20 @@ pub fn finetune(a: &FinetuneArgs) -> Result<()> {
     }
     let pb = progress::bar(settings.steps as u64, "finetune", "steps");
     pb.set_position(session.trainer.state.step as u64);
-    let start = Instant::now();
-    let now = || start.elapsed().as_secs_f64();
-    let mut clock = RunClock::start(&session, now());
-    let mut diverged = None;
-    while !session.finished() {
-        match block_on(session.step()) {
-            Ok(Some(r)) => {
-                let p = clock.progress(&r, now());
-                pb.set_position(p.step as u64);
-                let line = format!(
-                    "loss {:.4} lr {:.2e} {:.0} tok/s",
-                    p.loss, p.lr, p.tokens_per_second
-                );
-                // Without a terminal the bar is hidden: log a line every 10 steps instead.
-                if pb.is_hidden() && (p.step.is_multiple_of(10) || p.step == p.steps) {
-                    eprintln!(
-                        "step {}/{} {line} ETA {:.0}s",
-                        p.step, p.steps, p.eta_seconds
-                    );
-                }
-                pb.set_message(line);
-                if session.checkpoint_due(p.step) {
-                    replace_file(&ckpt, &block_on(session.checkpoint())?.bytes)?;
-                }
-            }
-            Ok(None) => {}
-            Err(e @ scaleot::Error::Diverged { .. }) => {
-                diverged = Some(e.to_string());
-                break;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
+    let mut host = Terminal {
+        start: Instant::now(),
+        pb: &pb,
+        checkpoint: &ckpt,
+    };
+    let mut clock = RunClock::start(&session, host.now());
+    let diverged = match block_on(session.run(&mut host, &mut clock)) {
+        Ok(_) => None,
+        Err(e @ scaleot::Error::Diverged { .. }) => Some(e.to_string()),
+        Err(e) => return Err(e.into()),
+    };
     pb.finish_and_clear();
     let after = block_on(session.held_out_loss())?;
-    let mut metrics = clock.metrics(&session, now(), before, after);
+    let mut metrics = clock.metrics(&session, host.now(), before, after);
     metrics.diverged = diverged.clone();
     metrics.backend = Some(format!("{:?}", a.device.device).to_lowercase());
     let (w, m) = block_on(session.adapter(&metrics))?;

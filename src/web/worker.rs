@@ -20,14 +20,9 @@ use super::protocol::{
 use super::storage::{self, describe};
 use crate::emulator::{Emulator, LayerKind};
 use crate::error::Error;
-use crate::session::{Checkpoint, Metrics, RunClock, Session, Settings};
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Control {
-    Run,
-    Pause,
-    Stop,
-}
+use crate::session::{
+    Checkpoint, Control, Metrics, Progress, RunClock, RunHost, Session, Settings,
+};
 
 struct Loaded {
     emulator: Emulator,
@@ -486,48 +481,22 @@ async fn run_steps(
         None => before,
     };
     let mut clock = RunClock::start(session, now_seconds());
-    let mut stopped_early = false;
-    while !session.finished() {
-        match control.get() {
-            Control::Stop => {
-                stopped_early = true;
-                break;
-            }
-            Control::Pause => {
-                save_checkpoint(session, slot, &scope).await?;
-                post(
-                    &scope,
-                    &FromWorker::Paused {
-                        step: session.trainer.state.step,
-                    },
-                );
-                while control.get() == Control::Pause {
-                    gloo_timers::future::TimeoutFuture::new(100).await;
-                }
-                continue;
-            }
-            Control::Run => {}
+    let mut host = Page {
+        scope: scope.clone(),
+        control,
+        slot,
+    };
+    let stopped_early = match session.run(&mut host, &mut clock).await {
+        Ok(stopped) => stopped,
+        Err(Error::Diverged { step, loss }) => {
+            return Err(format!(
+                "training diverged at step {step} (loss {loss}): the adapters were rolled back to the last good step and saved. Lower the learning rate (e.g. by 10x) and train again, or download what was learned so far"
+            ));
         }
-        match session.step().await {
-            Ok(Some(r)) => {
-                post(&scope, &FromWorker::Step(clock.progress(&r, now_seconds())));
-                if session.checkpoint_due(r.step) {
-                    save_checkpoint(session, slot, &scope).await?;
-                }
-            }
-            Ok(None) => {}
-            Err(Error::Diverged { step, loss }) => {
-                save_checkpoint(session, slot, &scope).await?;
-                return Err(format!(
-                    "training diverged at step {step} (loss {loss}): the adapters were rolled back to the last good step and saved. Lower the learning rate (e.g. by 10x) and train again, or download what was learned so far"
-                ));
-            }
-            Err(e) => return Err(for_page(e)),
-        }
-        // Let the page's messages (pause, stop) in between steps, also on the CPU backend.
-        gloo_timers::future::TimeoutFuture::new(0).await;
-    }
-    save_checkpoint(session, slot, &scope).await?;
+        Err(e) => return Err(for_page(e)),
+    };
+    let ckpt = session.checkpoint().await.map_err(for_page)?;
+    save_checkpoint(&ckpt, slot, &scope).await?;
     let after = session.held_out_loss().await.map_err(for_page)?;
     post(
         &scope,
@@ -551,12 +520,51 @@ async fn run_steps(
     Ok(())
 }
 
+/// The worker's world for the training loop: messages to the page, the page's pause and
+/// stop, checkpoints in the browser's storage.
+struct Page<'a> {
+    scope: DedicatedWorkerGlobalScope,
+    control: Rc<Cell<Control>>,
+    slot: &'a str,
+}
+
+impl RunHost for Page<'_> {
+    fn now(&self) -> f64 {
+        now_seconds()
+    }
+
+    fn control(&self) -> Control {
+        self.control.get()
+    }
+
+    async fn save(&mut self, checkpoint: Checkpoint) -> crate::error::Result<()> {
+        save_checkpoint(&checkpoint, self.slot, &self.scope)
+            .await
+            .map_err(Error::Invalid)
+    }
+
+    fn progress(&mut self, progress: &Progress) {
+        post(&self.scope, &FromWorker::Step(progress.clone()));
+    }
+
+    async fn paused(&mut self, step: usize) {
+        post(&self.scope, &FromWorker::Paused { step });
+        while self.control.get() == Control::Pause {
+            gloo_timers::future::TimeoutFuture::new(100).await;
+        }
+    }
+
+    async fn between_steps(&mut self) {
+        // Lets the page's messages (pause, stop) in between steps, also on the CPU backend.
+        gloo_timers::future::TimeoutFuture::new(0).await;
+    }
+}
+
 async fn save_checkpoint(
-    session: &Session,
+    ckpt: &Checkpoint,
     slot: &str,
     scope: &DedicatedWorkerGlobalScope,
 ) -> Result<(), String> {
-    let ckpt = session.checkpoint().await.map_err(for_page)?;
     storage::save(slot, &ckpt.bytes).await?;
     post(
         scope,
