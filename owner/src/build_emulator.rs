@@ -198,10 +198,12 @@ pub fn emulator(a: &EmulatorArgs) -> Result<()> {
         let (cfg, distilled, run) = distill(&opened, &assembly.plan, recipe.adapters, &a.distill)?;
         assembly.add_distilled(&recipe, &cfg, distilled, run)?;
     }
-    let svds = matrix_count(&assembly.plan, &recipe.src_projections);
-    let pb = progress::bar(svds as u64, "SVD", "matrices");
-    assembly.compress(&recipe, &opened, &mut || pb.inc(1))?;
-    pb.finish_and_clear();
+    if recipe.beta < 1.0 {
+        let svds = matrix_count(&assembly.plan, &recipe.src_projections);
+        let pb = progress::bar(svds as u64, "SVD", "matrices");
+        assembly.compress(&recipe, &opened, &mut || pb.inc(1))?;
+        pb.finish_and_clear();
+    }
     let (weights, manifest) = assembly.write(&recipe, &opened)?;
     write_file(&weights_beside(&a.out), &weights)?;
     write_file(&a.out, serde_json::to_string_pretty(&manifest)?.as_bytes())?;
@@ -283,14 +285,6 @@ fn distill(
 )> {
     let device = a.device.open_autodiff()?;
     let (rows, corpus) = read_corpus(&a.corpus, &opened.tokenizer, a.distill_seq_len, a.seed)?;
-    if rows.len() < a.distill_batch {
-        bail!(
-            "the corpus gives {} sequences of {} tokens; distillation needs at least a batch of {}",
-            rows.len(),
-            a.distill_seq_len,
-            a.distill_batch
-        );
-    }
     let cfg = DistillConfig {
         steps: a.distill_steps,
         batch_size: a.distill_batch,
