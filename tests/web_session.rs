@@ -1,6 +1,6 @@
 //! In headless Chromium on WebGPU (SwiftShader where there is no GPU): the browser's training
 //! session gives the native CPU backend's losses within 1e-3 (tests/golden/tiny_session.json,
-//! checked natively by tests/browser_session.rs), and its steps lower the loss.
+//! checked natively by tests/native/browser_session.rs), and its steps lower the loss.
 //! Run: `CHROMEDRIVER=/usr/bin/chromedriver cargo test --target wasm32-unknown-unknown --test web_session`.
 #![cfg(target_arch = "wasm32")]
 

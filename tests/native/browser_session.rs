@@ -2,7 +2,7 @@
 //! that the WebGPU run in headless Chromium (tests/web_session.rs) must match; checkpoints
 //! continue the run and refuse another; the single-file adapter is what the owner plugs in.
 
-mod common;
+use crate::common;
 
 use burn::module::Module;
 use burn::tensor::Device;

@@ -1,7 +1,7 @@
 //! Token ids must equal Hugging Face's (goldens from tools/reference/make_goldens.py),
 //! both for the tokenizer built from GGUF metadata and from a tokenizer.json.
 
-mod common;
+use crate::common;
 
 use std::io::Read;
 

@@ -2,7 +2,7 @@
 //! ScaleOT's Dynamic LayerReplace (harmonizers + RL importance), and bundles holding
 //! harmonizer and low-rank layers.
 
-mod common;
+use crate::common;
 
 use burn::tensor::Device;
 use common::tiny::{all_weights, logits, max_abs_diff, tiny_model_bytes, tiny_model_bytes_with};

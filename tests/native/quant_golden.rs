@@ -1,6 +1,6 @@
 //! ggml block dequantization must equal gguf-py's (llama.cpp's Python reference) on random blocks.
 
-mod common;
+use crate::common;
 
 use scaleot::weights::quant::{GgmlType, dequantize};
 

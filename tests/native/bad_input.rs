@@ -1,6 +1,6 @@
 //! Broken or foreign files get errors that say what is wrong, never a panic.
 
-mod common;
+use crate::common;
 
 use burn::tensor::Device;
 use scaleot::Error;

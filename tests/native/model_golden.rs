@@ -1,7 +1,7 @@
 //! Logits of the real SmolLM2-135M and of a tiny Hugging Face checkpoint must match
 //! PyTorch/transformers (goldens from tools/reference/make_goldens.py).
 
-mod common;
+use crate::common;
 
 use burn::tensor::Device;
 use burn::tensor::activation::log_softmax;

@@ -1,7 +1,7 @@
 //! The data owner's loop on a tiny random LLaMA: emulator bundle, training, adapter file,
 //! plug-in, checkpoint/resume, and the refusals that protect each step.
 
-mod common;
+use crate::common;
 
 use common::tiny::{all_weights, bundle, logits, max_abs_diff, tiny_model_bytes};
 
