@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::plan::{AdapterSplit, LayerKind, load_plan};
 use crate::error::{Error, Result};
-use crate::model::{LayerSlot, Llama, OpenedModel, read_scalar, read_vec, token_tensor};
+use crate::model::{LayerSlot, Llama, OpenedModel, read_named, read_scalar, token_tensor};
 use crate::weights::HostTensor;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -217,10 +217,7 @@ pub fn distill(
         if plan[orig] != LayerKind::Raw {
             continue;
         }
-        for (name, shape, t) in layer.hf_tensors(orig) {
-            let data = read_vec(t)?;
-            tensors.insert(name, HostTensor { shape, data });
-        }
+        tensors.extend(read_named(layer.hf_tensors(orig))?);
     }
     Ok(Distilled {
         tensors,

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::plan::AdapterSplit;
 use super::replace::{Harmonizers, LayerReplace, ReplaceConfig, ReplaceState};
 use crate::error::{Error, Result};
-use crate::model::{Harmonizer, Llama, read_vec};
+use crate::model::{Harmonizer, Llama, read_named};
 use crate::sha256_hex;
 use crate::weights::safetensors::write_tensors;
 use crate::weights::{HostTensor, SafetensorsSource, WeightSource};
@@ -166,15 +166,7 @@ impl ImportanceFile {
 fn harmonizer_tensors(h: &Harmonizers, middle_start: usize) -> Result<Vec<(String, HostTensor)>> {
     let mut out = Vec::new();
     for (k, harmonizer) in h.list.iter().enumerate() {
-        for (name, shape, t) in harmonizer.hf_tensors(middle_start + k) {
-            out.push((
-                name,
-                HostTensor {
-                    shape,
-                    data: read_vec(t)?,
-                },
-            ));
-        }
+        out.extend(read_named(harmonizer.hf_tensors(middle_start + k))?);
     }
     Ok(out)
 }

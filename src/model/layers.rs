@@ -124,6 +124,25 @@ pub fn read_vec<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
         .map_err(|e| Error::Device(format!("reading a tensor back: {e:?}")))
 }
 
+/// Reads named device tensors (`hf_tensors` of a layer or harmonizer) back to the host,
+/// blocking.
+pub fn read_named(
+    tensors: Vec<(String, Vec<usize>, Tensor<1>)>,
+) -> Result<Vec<(String, HostTensor)>> {
+    tensors
+        .into_iter()
+        .map(|(name, shape, t)| {
+            Ok((
+                name,
+                HostTensor {
+                    shape,
+                    data: read_vec(t)?,
+                },
+            ))
+        })
+        .collect()
+}
+
 /// Reads a one-element tensor (a loss) back to the host, blocking.
 pub fn read_scalar(t: Tensor<1>) -> Result<f32> {
     read_vec(t)?
