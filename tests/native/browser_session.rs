@@ -289,3 +289,34 @@ fn the_run_loop_checkpoints_when_due_pauses_and_stops() {
     assert_eq!(host.saved, [2, 3, 4]);
     assert_eq!(session.trainer.state.step, 5);
 }
+
+#[test]
+fn a_checkpoint_with_a_damaged_optimizer_state_is_refused_clearly() {
+    use scaleot::session::OPTIMIZER_TENSOR;
+    let device = Device::flex().autodiff();
+    let (emu, weights) = loaded_tiny_emulator(&device);
+    let mut first = Session::new(&emu, DATA.as_bytes(), "notes.jsonl", &settings()).unwrap();
+    first.optimizer_in_checkpoints = true;
+    block_on(first.step()).unwrap();
+    let saved = block_on(first.checkpoint()).unwrap().bytes;
+    // The same file with garbage where the optimizer's record was.
+    let (meta, _) = scaleot::weights::safetensors::header_and_data(&saved).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&saved).unwrap();
+    let items: Vec<_> = file
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let (shape, data) = match name == OPTIMIZER_TENSOR {
+                true => (vec![23], b"not an optimizer record".to_vec()),
+                false => (view.shape().to_vec(), view.data().to_vec()),
+            };
+            (name, view.dtype(), shape, data)
+        })
+        .collect();
+    let meta: Vec<(&str, &str)> = meta.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let damaged = scaleot::weights::safetensors::encode_with(&items, &meta).unwrap();
+    let ckpt = Checkpoint::from_bytes(damaged).unwrap();
+    let mut second = Session::new(&emu, DATA.as_bytes(), "notes.jsonl", &settings()).unwrap();
+    let err = second.resume(&weights, &ckpt).unwrap_err().to_string();
+    assert!(err.contains("optimizer state is unreadable"), "{err}");
+}
