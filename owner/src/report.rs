@@ -362,12 +362,8 @@ impl Runner {
         }
         let manifest: scaleot::emulator::EmulatorManifest =
             serde_json::from_slice(&std::fs::read(&path)?)?;
-        let stale = self
-            .results
-            .emulators
-            .get(label)
-            .is_some_and(|e| e.command != command);
-        if stale || !self.results.emulators.contains_key(label) {
+        let recorded = self.results.emulators.get(label);
+        if recorded.is_none_or(|e| e.command != command) {
             self.results.emulators.insert(
                 label.to_string(),
                 EmulatorInfo {
