@@ -69,7 +69,6 @@ fn for_page(e: Error) -> String {
         "lr" => "Learning rate",
         "seq_len" => "Sequence length",
         "lora_rank" => "LoRA rank",
-        "held_out" => "Held-out share",
         _ => return e.to_string(),
     };
     format!("{control} {value}: {reason}")
