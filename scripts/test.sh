@@ -3,9 +3,10 @@
 # formatting, import and lint checks, all native tests, CLI smoke runs on the real model, the
 # lm-evaluation-harness parity, and the browser tests. Each stage's time is printed as it ends
 # and all of them at the end (also in target/ci-stages.txt).
-# Every crate is compiled once per target and profile: clippy checks (native, wasm32), the
-# native release build (tests, binary, examples; nothing rebuilds later) and the wasm32 release
-# build that the browser test and Trunk share.
+# Every crate is compiled once per target: the native release build (tests, binary, examples;
+# nothing rebuilds later) and the wasm32 release build that the browser test and Trunk share.
+# Clippy lints our own crates while those builds compile them, so no dependency is compiled a
+# second time just to be checked.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -32,12 +33,16 @@ stage "setup: model, data, corpus"; bash scripts/fetch-assets.sh
 
 stage "cargo fmt --check"; cargo fmt --all -- --check
 stage "import structure"; python3 tools/check_imports.py
-stage "clippy (native)"; cargo clippy --release --workspace --all-targets -- -D warnings
-stage "clippy (wasm32: the browser app)"
-cargo clippy --target wasm32-unknown-unknown -p scaleot --lib --test web_session -- -D warnings
-stage "native build (tests, binary, examples)"
+# `cargo clippy` is `cargo check` with clippy-driver as the workspace's rustc wrapper; the same
+# wrapper on the real builds lints the same targets (every native target; the wasm32 library
+# and its browser test) with -D warnings, and every later cargo call here (Trunk's too) sees it.
+RUSTC_WORKSPACE_WRAPPER=$(rustup which clippy-driver)
+export RUSTC_WORKSPACE_WRAPPER CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
+stage "native build + clippy (tests, binary, examples)"
 cargo test --release --workspace --no-run
 cargo build --release --workspace --bins --examples
+stage "wasm32 build + clippy (the browser app and its test)"
+cargo test --release --target wasm32-unknown-unknown --test web_session --no-run
 stage "native tests"; cargo test --release --workspace
 stage "CLI smoke: generate, perplexity, every task's data loader"
 bin=target/release/scaleot

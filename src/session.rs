@@ -114,8 +114,11 @@ pub struct Estimate {
     pub emulator_params: u64,
     /// f32 weights on the device.
     pub weight_bytes: u64,
-    /// Activations kept for the backward pass of one micro-batch, and the logits.
+    /// Activations kept for the backward pass of one micro-batch, and one chunk of logits.
     pub activation_bytes: u64,
+    /// The largest single activation of a micro-batch (attention scores, the MLP's inner
+    /// width, or a chunk of logits): what must fit one GPU buffer.
+    pub largest_buffer_bytes: u64,
     pub tokens_per_step: usize,
     /// Arithmetic of the whole run: forward + backward ≈ 6 × parameters × tokens per step
     /// (the gradient flows back through every layer above the first adapter).
@@ -167,13 +170,14 @@ pub fn check_fits(manifest: &EmulatorManifest, max_buffer: Option<f64>) -> Resul
     Ok(())
 }
 
-/// A warning when a micro-batch's logits would not fit one GPU buffer of `max_buffer` bytes.
-pub fn batch_warning(manifest: &EmulatorManifest, e: &Estimate, max_buffer: f64) -> Option<String> {
-    let logits = (e.tokens_per_step * manifest.config.vocab_size * 4) as f64;
-    (logits > max_buffer).then(|| {
+/// A warning when a micro-batch's largest activation would not fit one GPU buffer of
+/// `max_buffer` bytes.
+pub fn batch_warning(e: &Estimate, max_buffer: f64) -> Option<String> {
+    let largest = e.largest_buffer_bytes as f64;
+    (largest > max_buffer).then(|| {
         format!(
-            "a batch's logits need {:.0} MiB in one buffer, over this GPU's {:.0} MiB limit: lower the batch size or the sequence length",
-            mib(logits),
+            "a batch's largest activation needs {:.0} MiB in one buffer, over this GPU's {:.0} MiB limit: lower the batch size or the sequence length",
+            mib(largest),
             mib(max_buffer)
         )
     })
@@ -302,13 +306,20 @@ impl Session {
                 .map(|e| e.ids.len())
                 .max()
                 .unwrap_or(0);
+        let longest = tokens / self.trainer.cfg.batch_size.max(1);
         let layers = self.trainer.model.layers.len() as u64;
         let per_token_layer = (12 * c.hidden_size + 4 * c.intermediate_size) as u64 * 4;
-        let logits = 3 * c.vocab_size as u64 * 4;
+        // The head runs in chunks of rows (`Llama::head_loss`): logits, exponentials and
+        // their gradient for one chunk at a time.
+        let logit_chunk =
+            tokens.min(self.trainer.model.head_chunk_rows()) as u64 * c.vocab_size as u64 * 4;
+        let attention_scores = (tokens * c.num_attention_heads * longest) as u64 * 4;
+        let mlp = (tokens * c.intermediate_size) as u64 * 4;
         Estimate {
             emulator_params: self.manifest.emulator_params,
             weight_bytes: self.manifest.emulator_params * 4,
-            activation_bytes: tokens as u64 * (layers * per_token_layer + logits),
+            activation_bytes: tokens as u64 * layers * per_token_layer + 3 * logit_chunk,
+            largest_buffer_bytes: logit_chunk.max(attention_scores).max(mlp),
             tokens_per_step: tokens,
             total_flops: 6.0
                 * self.manifest.emulator_params as f64

@@ -254,10 +254,10 @@ impl Trainer {
             return Err(Error::Invalid("a batch without any target tokens".into()));
         }
         self.state.tokens_seen += batch.n_targets();
-        let loss = batch.token_logprobs(&self.model).mean().neg();
-        let grads = GradientsParams::from_grads(loss.backward(), &self.model);
+        let loss = batch.training_loss(&self.model);
+        let grads = GradientsParams::from_grads(loss.surrogate.backward(), &self.model);
         self.accum.accumulate(&self.model, grads);
-        Ok(loss.detach())
+        Ok(loss.mean)
     }
 
     /// Takes the micro-batch's loss (read back by the caller). Non-finite loss stops training

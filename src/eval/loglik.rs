@@ -1,12 +1,11 @@
 //! Log-likelihood of a continuation given a context, computed exactly as
 //! lm-evaluation-harness's `HFLM.loglikelihood` does (encoding, truncation, summation).
 
-use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor, TensorData};
 
 use crate::data::Example;
 use crate::error::{Error, Result};
-use crate::model::Llama;
+use crate::model::{HeadLoss, Llama};
 use crate::tokenizer::Tokenizer;
 
 /// One scoring request, already tokenized.
@@ -134,8 +133,9 @@ impl ScoringBatch {
         self.targets.len()
     }
 
-    /// Per-token log-probabilities of the targets, on the device: `[n_scored]`.
-    pub fn token_logprobs(&self, model: &Llama) -> Tensor<1> {
+    /// The final hidden states at the scored positions `[n_scored, hidden]` and their targets:
+    /// only these go through the (large) vocabulary head.
+    fn scored_hidden(&self, model: &Llama) -> (Tensor<2>, Tensor<1, Int>) {
         let device = model.device();
         let tokens = crate::model::token_tensor(&self.inputs, &device);
         let [b, t] = tokens.dims();
@@ -144,12 +144,21 @@ impl ScoringBatch {
         let n = self.positions.len();
         let pos =
             Tensor::<1, Int>::from_data(TensorData::new(self.positions.clone(), [n]), &device);
-        // Only scored positions go through the (large) vocabulary head.
-        let picked = hidden.reshape([b * t, d]).select(0, pos).reshape([1, n, d]);
-        let logp = log_softmax(model.head(picked).reshape([n, model.vocab_size()]), 1);
         let targets =
-            Tensor::<2, Int>::from_data(TensorData::new(self.targets.clone(), [n, 1]), &device);
-        logp.gather(1, targets).reshape([n])
+            Tensor::<1, Int>::from_data(TensorData::new(self.targets.clone(), [n]), &device);
+        (hidden.reshape([b * t, d]).select(0, pos), targets)
+    }
+
+    /// Per-token log-probabilities of the targets, on the device: `[n_scored]`.
+    pub fn token_logprobs(&self, model: &Llama) -> Tensor<1> {
+        let (hidden, targets) = self.scored_hidden(model);
+        model.head_logprobs(hidden, targets)
+    }
+
+    /// The mean cross-entropy over the targets, for training (see [`Llama::head_loss`]).
+    pub fn training_loss(&self, model: &Llama) -> HeadLoss {
+        let (hidden, targets) = self.scored_hidden(model);
+        model.head_loss(hidden, targets)
     }
 
     /// Sums per-token log-probs back into one value per request.

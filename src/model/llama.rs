@@ -8,7 +8,7 @@ use burn::module::{Module, Param};
 use burn::tensor::activation::silu;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use burn::tensor::{Bool, Device, IndexingUpdateOp, Int, Tensor, TensorData};
 
 use super::config::LlamaConfig;
 use super::harmonizer::Harmonizer;
@@ -16,6 +16,20 @@ use super::layers::{Linear, RmsNorm, check_shape, hf_flat, named_param};
 use crate::error::{Error, Result};
 use crate::names;
 use crate::weights::{HostTensor, WeightSource};
+
+/// Logits alive at once when the head runs chunk by chunk (16 MiB of f32; 85 rows of
+/// SmolLM2's 49,152-token vocabulary).
+pub const HEAD_CHUNK_LOGITS: usize = 4 << 20;
+
+/// A training loss through the frozen vocabulary head ([`Llama::head_loss`]).
+pub struct HeadLoss {
+    /// The mean cross-entropy, detached: what to report.
+    pub mean: Tensor<1>,
+    /// `Σ hidden · ∂mean/∂hidden` with the gradient held constant: its backward gives every
+    /// tensor upstream of the hidden states exactly the gradient of `mean`. Its value means
+    /// nothing.
+    pub surrogate: Tensor<1>,
+}
 
 /// Rotary tables for positions `start..start+len`: `cos`, `sin` of shape `[len, head_dim]`.
 pub struct Rope {
@@ -440,6 +454,106 @@ impl Llama {
                     .matmul(self.embed_tokens.val().transpose())
                     .reshape([b, t, self.vocab_size()])
             }
+        }
+    }
+
+    /// The vocabulary head as one `[hidden, vocab]` matrix (the tied embedding, transposed,
+    /// or the untied head's weight; the head never carries LoRA).
+    fn head_matrix(&self) -> Tensor<2> {
+        match &self.lm_head {
+            Some(head) => head.weight.val(),
+            None => self.embed_tokens.val().transpose(),
+        }
+    }
+
+    /// Rows of hidden states per vocabulary chunk: at most [`HEAD_CHUNK_LOGITS`] logits exist
+    /// at once, whatever the batch.
+    pub fn head_chunk_rows(&self) -> usize {
+        (HEAD_CHUNK_LOGITS / self.vocab_size().max(1)).max(1)
+    }
+
+    /// Log-probabilities of `targets` (`[n]`) given final hidden states `[n, hidden]`,
+    /// computed chunk by chunk over the rows so the full `[n, vocab]` logits never exist.
+    pub fn head_logprobs(&self, hidden: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1> {
+        self.head_logprobs_in_chunks(hidden, targets, self.head_chunk_rows())
+    }
+
+    /// [`Self::head_logprobs`] with `chunk_rows` rows per chunk.
+    pub fn head_logprobs_in_chunks(
+        &self,
+        hidden: Tensor<2>,
+        targets: Tensor<1, Int>,
+        chunk_rows: usize,
+    ) -> Tensor<1> {
+        let [n, _] = hidden.dims();
+        let head = self.head_matrix();
+        let chunk_rows = chunk_rows.max(1);
+        let chunks: Vec<Tensor<1>> = (0..n)
+            .step_by(chunk_rows)
+            .map(|start| {
+                let end = (start + chunk_rows).min(n);
+                let logits = hidden
+                    .clone()
+                    .narrow(0, start, end - start)
+                    .matmul(head.clone());
+                let target = targets
+                    .clone()
+                    .narrow(0, start, end - start)
+                    .reshape([end - start, 1]);
+                burn::tensor::activation::log_softmax(logits, 1)
+                    .gather(1, target)
+                    .reshape([end - start])
+            })
+            .collect();
+        Tensor::cat(chunks, 0)
+    }
+
+    /// Mean cross-entropy of `targets` (`[n]`) given final hidden states `[n, hidden]`, for
+    /// training. The head is frozen, so backward only needs the gradient with respect to
+    /// `hidden`: each chunk's logits give it at once (softmax − one-hot, times the head) and
+    /// are dropped, so neither the forward nor the autodiff graph ever holds `[n, vocab]`
+    /// logits (201 MB for SmolLM2 at 8 × 128 tokens). See [`HeadLoss`].
+    pub fn head_loss(&self, hidden: Tensor<2>, targets: Tensor<1, Int>) -> HeadLoss {
+        self.head_loss_in_chunks(hidden, targets, self.head_chunk_rows())
+    }
+
+    /// [`Self::head_loss`] with `chunk_rows` rows per chunk.
+    pub fn head_loss_in_chunks(
+        &self,
+        hidden: Tensor<2>,
+        targets: Tensor<1, Int>,
+        chunk_rows: usize,
+    ) -> HeadLoss {
+        let [n, d] = hidden.dims();
+        let chunk_rows = chunk_rows.max(1);
+        let device = hidden.device();
+        let head = self.head_matrix().detach();
+        let rows = hidden.clone().detach();
+        let mut nll_sum = Tensor::<1>::zeros([1], &device);
+        let mut grads = Vec::new();
+        for start in (0..n).step_by(chunk_rows) {
+            let end = (start + chunk_rows).min(n);
+            let c = end - start;
+            let logits = rows.clone().narrow(0, start, c).matmul(head.clone());
+            let target = targets.clone().narrow(0, start, c).reshape([c, 1]);
+            let max = logits.clone().max_dim(1);
+            let exp = (logits.clone() - max.clone()).exp();
+            let total = exp.clone().sum_dim(1);
+            let log_z = max + total.clone().log();
+            nll_sum = nll_sum + (log_z - logits.gather(1, target.clone())).sum();
+            let d_logits = (exp / total).scatter(
+                1,
+                target,
+                Tensor::full([c, 1], -1.0, &device),
+                IndexingUpdateOp::Add,
+            );
+            grads.push(d_logits.matmul(head.clone().transpose()));
+        }
+        let d_hidden = Tensor::cat(grads, 0).div_scalar(n.max(1) as f64);
+        debug_assert_eq!(d_hidden.dims(), [n, d]);
+        HeadLoss {
+            mean: nll_sum.div_scalar(n.max(1) as f64),
+            surrogate: (hidden * d_hidden).sum(),
         }
     }
 

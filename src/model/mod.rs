@@ -10,6 +10,8 @@ pub mod lora;
 pub use config::LlamaConfig;
 pub use harmonizer::Harmonizer;
 pub use layers::{Linear, Lora, RmsNorm, read_named, read_scalar, read_vec};
-pub use llama::{KvCache, LayerSlot, LayerSource, Llama, token_tensor};
+pub use llama::{
+    HEAD_CHUNK_LOGITS, HeadLoss, KvCache, LayerSlot, LayerSource, Llama, token_tensor,
+};
 pub use load::{LoadedModel, ModelBytes, OpenedModel, write_checkpoint};
 pub use lora::LoraConfig;

@@ -380,8 +380,7 @@ async fn prepare(state: &Shared, settings: &Settings) -> Result<(), String> {
         Session::new(&emu.emulator, bytes, name, settings).map_err(for_page)?
     };
     let estimate = session.estimate();
-    let warning =
-        max_buffer.and_then(|l| crate::session::batch_warning(&session.manifest, &estimate, l));
+    let warning = max_buffer.and_then(|l| crate::session::batch_warning(&estimate, l));
     let slot = checkpoint_slot(state).ok_or("load an emulator and a data file first")?;
     let checkpoint = match storage::load(&slot).await? {
         Some(bytes) => Checkpoint::from_bytes(bytes)

@@ -129,8 +129,8 @@ fn settings_and_estimates_are_sane() {
     huge.weights_bytes = 7_000_000_000;
     let err = check_fits(&huge, None).unwrap_err().to_string();
     assert!(err.contains("too large for a browser tab"), "{err}");
-    assert!(batch_warning(&s.manifest, &e, 1e9).is_none());
-    let warn = batch_warning(&s.manifest, &e, 64.0 * 1024.0).unwrap();
+    assert!(batch_warning(&e, 1e9).is_none());
+    let warn = batch_warning(&e, 64.0 * 1024.0).unwrap();
     assert!(warn.contains("lower the batch size"), "{warn}");
     // Empty data is refused with a clear message.
     let err = Session::new(&emu, b"", "notes.jsonl", &settings())

@@ -474,3 +474,67 @@ fn bundles_and_adapters_refuse_the_wrong_partner() {
             .is_none()
     );
 }
+
+/// The head's chunked losses equal the plain ones over the full logits: log-probabilities
+/// chunk by chunk, and the training loss's value and every trainable tensor's gradient (from
+/// its surrogate) as autodiff gives them through `log_softmax` of all logits at once.
+#[test]
+fn chunked_head_loss_matches_autodiff_through_the_full_logits() {
+    use burn::tensor::activation::log_softmax;
+    use burn::tensor::{Int, Tensor, TensorData};
+    let device = Device::flex().autodiff();
+    let (weights, manifest) = bundle(&tiny_model_bytes(), 2);
+    let model = load_emulator(&weights, &manifest, &device)
+        .model
+        .with_trainable_layers(&[0, 1, 2, 3]);
+    let rows = vec![
+        vec![5u32, 80, 100, 3, 250, 17, 42, 9, 33],
+        vec![7u32, 7, 120, 64, 2, 199, 18, 77, 260],
+    ];
+    let hidden = |model: &Llama| {
+        let h = model.hidden(token_tensor(&rows, &device), None);
+        let [b, t, d] = h.dims();
+        h.slice([0..b, 0..t - 1]).reshape([b * (t - 1), d])
+    };
+    let next: Vec<i64> = rows
+        .iter()
+        .flat_map(|r| r[1..].iter().map(|&x| x as i64))
+        .collect();
+    let n = next.len();
+    let targets = Tensor::<1, Int>::from_data(TensorData::new(next, [n]), &device);
+
+    let full = log_softmax(
+        hidden(&model).matmul(model.embed_tokens.val().transpose()),
+        1,
+    )
+    .gather(1, targets.clone().reshape([n, 1]))
+    .reshape([n]);
+    let chunked = model.head_logprobs_in_chunks(hidden(&model), targets.clone(), 5);
+    let host = |t: Tensor<1>| -> Vec<f32> { t.into_data().try_into_vec().unwrap() };
+    assert!(max_abs_diff(&host(full.clone().detach()), &host(chunked)) < 1e-5);
+
+    let want = full.mean().neg();
+    let want_grads = want.backward();
+    let got = model.head_loss_in_chunks(hidden(&model), targets, 5);
+    let got_grads = got.surrogate.backward();
+    let (want, got) = (host(want.detach())[0], host(got.mean)[0]);
+    assert!((want - got).abs() < 1e-5, "loss {want} vs {got}");
+    let mut compared = 0;
+    for (slot, &orig) in model.layers.iter().zip(&model.layer_index) {
+        let scaleot::model::LayerSlot::Decoder(layer) = slot else {
+            continue;
+        };
+        for (name, proj) in layer.projections(orig) {
+            let grad = |g| -> Vec<f32> {
+                let t: Tensor<2> = proj.weight.val().grad(g).expect("a trainable weight");
+                t.into_data().try_into_vec().unwrap()
+            };
+            let (w, g) = (grad(&want_grads), grad(&got_grads));
+            let scale = w.iter().fold(0f32, |m, x| m.max(x.abs()));
+            assert!(scale > 0.0, "{name}: no gradient");
+            assert!(max_abs_diff(&w, &g) < 1e-4 * scale, "{name}");
+            compared += 1;
+        }
+    }
+    assert!(compared >= 14, "{compared} projections compared");
+}
