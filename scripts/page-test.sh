@@ -2,7 +2,8 @@
 # Browser tests: the wasm-bindgen test (WebGPU training = native CPU losses) and the page
 # test (a whole session in headless Chromium against `scaleot serve`, privacy checks, then the
 # native binary plugs in the downloaded adapter). Needs scripts/setup-web.sh and the owner
-# binary (cargo build --release -p scaleot-owner).
+# binary (cargo build --release -p scaleot-owner). `--page-built`: dist/ is already built by
+# scripts/build-page.sh (test.sh builds it beside the native stages).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PWD/tools/web/node_modules/.bin:$PATH"
@@ -16,11 +17,11 @@ echo "==> wasm-bindgen-test in headless Chromium (WebGPU on SwiftShader)"
 WASM_BINDGEN_TEST_TIMEOUT=900 cargo test --release --target wasm32-unknown-unknown --test web_session
 part "wasm-bindgen-test (build + run)"
 
-echo "==> build the page (trunk)"
-trunk build --release --offline 2>&1 | tail -3
-part "trunk build"
-wasm=dist/scaleot_bg.wasm
-echo "wasm: $(stat -c %s "$wasm") bytes, $(gzip -9c "$wasm" | wc -c) gzipped" | tee "$out/wasm-size.txt"
+if [[ ${1:-} != --page-built ]]; then
+  echo "==> build the page (trunk)"
+  bash scripts/build-page.sh
+  part "trunk build"
+fi
 
 echo "==> tiny emulator, served"
 bin=target/release/scaleot

@@ -26,10 +26,32 @@ report_stages() {
   { echo "[test.sh] stage times:"; printf '%s\n' "${stages[@]}"
     echo "[test.sh] $((SECONDS / 60))m$((SECONDS % 60))s in all"; } | tee target/ci-stages.txt >&2
 }
-trap report_stages EXIT
+# Jobs that run beside the stages, where a stage leaves a core idle or waits on the network:
+# each in its own process group (a failing run stops it and what it started), output in
+# target/NAME.log, shown when a later stage awaits it.
+declare -A beside_pids=()
+beside() { # beside NAME CMD...
+  local name=$1; shift
+  mkdir -p target
+  setsid "$@" > "target/$name.log" 2>&1 & beside_pids[$name]=$!
+}
+await() { # await NAME: waits for the job, shows its output, fails if it failed
+  local status=0
+  wait "${beside_pids[$1]}" || status=$?
+  unset "beside_pids[$1]"
+  cat "target/$1.log"
+  ((status == 0)) || { echo "$1 failed (exit $status)" >&2; exit 1; }
+}
+on_exit() {
+  for pid in "${beside_pids[@]}"; do kill -- "-$pid" 2>/dev/null || true; done
+  report_stages
+}
+trap on_exit EXIT
 stage "setup: toolchain"; bash scripts/setup.sh
-stage "setup: web toolchain"; bash scripts/setup-web.sh
-stage "setup: model, data, corpus"; bash scripts/fetch-assets.sh
+beside fetch-assets bash scripts/fetch-assets.sh
+stage "setup: web toolchain (model, data and corpus downloading beside it)"
+bash scripts/setup-web.sh
+stage "setup: model, data, corpus"; await fetch-assets
 
 stage "cargo fmt --check"; cargo fmt --all -- --check
 stage "import structure"; python3 tools/check_imports.py
@@ -43,6 +65,9 @@ cargo test --release --workspace --no-run
 cargo build --release --workspace --bins --examples
 stage "wasm32 build + clippy (the browser app and its test)"
 cargo test --release --target wasm32-unknown-unknown --test web_session --no-run
+# Trunk's last pass (wasm-opt -Oz) is single-threaded for minutes: the page is built beside
+# the native stages below.
+beside build-page bash scripts/build-page.sh
 stage "native tests"; cargo test --release --workspace
 stage "CLI smoke: generate, perplexity, every task's data loader"
 bin=target/release/scaleot
@@ -128,5 +153,6 @@ rm -rf "$ot"
 stage "lm-evaluation-harness parity: full ARC-Easy and PIQA"
 bash tools/reference/eval_parity.sh
 stage "browser: WebGPU training parity (wasm-bindgen-test), the page end to end, privacy"
-bash scripts/page-test.sh
+await build-page
+bash scripts/page-test.sh --page-built
 echo "all checks passed"
