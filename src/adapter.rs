@@ -299,8 +299,8 @@ impl<'a> Adapter<'a> {
         if self.manifest.emulator_sha256 != emulator.weights_sha256 {
             return Err(Error::Invalid(format!(
                 "these adapters were trained on emulator {}…, not on this one ({}…): use the emulator they were tuned on",
-                &self.manifest.emulator_sha256[..12.min(self.manifest.emulator_sha256.len())],
-                &emulator.weights_sha256[..12.min(emulator.weights_sha256.len())]
+                crate::short_hash(&self.manifest.emulator_sha256, 12),
+                crate::short_hash(&emulator.weights_sha256, 12)
             )));
         }
         Ok(())
@@ -311,8 +311,8 @@ impl<'a> Adapter<'a> {
         if self.manifest.base_model_sha256 != base_sha256 {
             return Err(Error::Invalid(format!(
                 "these adapters belong to base model {}…, not to this one ({}…): plug them into the model the emulator was made from",
-                &self.manifest.base_model_sha256[..12.min(self.manifest.base_model_sha256.len())],
-                &base_sha256[..12.min(base_sha256.len())]
+                crate::short_hash(&self.manifest.base_model_sha256, 12),
+                crate::short_hash(base_sha256, 12)
             )));
         }
         Ok(())

@@ -19,6 +19,12 @@ pub mod weights;
 
 pub use error::{Error, Result};
 
+/// The first `n` characters of a hash, for messages and file names. Hashes read from files
+/// are user input: any string, so never sliced by bytes.
+pub fn short_hash(hash: &str, n: usize) -> String {
+    hash.chars().take(n).collect()
+}
+
 /// Hex sha256 of byte parts taken in order: the identity of weight files, bundles, adapters.
 pub fn sha256_hex(parts: &[&[u8]]) -> String {
     use sha2::{Digest, Sha256};

@@ -184,17 +184,16 @@ pub fn batch_warning(e: &Estimate, max_buffer: f64) -> Option<String> {
 }
 
 /// A training checkpoint: the adapter weights so far with the run's identity, the loop's
-/// state and the settings in the safetensors header — one file, so that storage that writes
-/// files atomically (OPFS) never holds half a checkpoint — and, where the backend can read it
-/// (natively), the optimizer's state as the byte tensor [`OPTIMIZER_TENSOR`]. WebGPU cannot
-/// read burn's optimizer record (it reads synchronously), so a browser run resumes with fresh
-/// Adam moments (the weights, the step, the data order and the schedule continue exactly).
+/// state and the settings in the safetensors header, and the optimizer's state (Adam's moments,
+/// read back asynchronously like the weights, so in a browser too) as the byte tensor
+/// [`OPTIMIZER_TENSOR`] — one file, so that storage that writes files atomically (OPFS) never
+/// holds half a checkpoint. A resumed run continues exactly as if it had not stopped.
 #[derive(Debug, Clone)]
 pub struct Checkpoint {
     pub identity: RunIdentity,
     pub state: TrainState,
     pub settings: Settings,
-    /// burn's optimizer record, when the checkpoint has one.
+    /// The optimizer's state ([`crate::optim::encode_state`]), when the checkpoint has one.
     pub optimizer: Option<Vec<u8>>,
     /// The whole file (safetensors).
     pub bytes: Vec<u8>,
@@ -247,9 +246,6 @@ pub struct Session {
     adapters: Vec<usize>,
     pad: u32,
     settings: Settings,
-    /// Put the optimizer's state into checkpoints: only where the backend reads it back
-    /// synchronously (native, the wasm CPU backend), never on WebGPU.
-    pub optimizer_in_checkpoints: bool,
 }
 
 impl Session {
@@ -290,7 +286,6 @@ impl Session {
             lora,
             adapters,
             settings: settings.clone(),
-            optimizer_in_checkpoints: false,
         })
     }
 
@@ -376,20 +371,25 @@ impl Session {
             json(serde_json::to_string(&self.trainer.state))?,
         );
         let settings = json(serde_json::to_string(&self.settings))?;
-        let optimizer = match self.optimizer_in_checkpoints {
-            true => Some(self.trainer.optimizer_record()?),
-            false => None,
-        };
-        let mut items = crate::weights::safetensors::f32_items(&tensors);
-        if let Some(record) = &optimizer {
-            let len = record.len();
-            items.push((
-                OPTIMIZER_TENSOR.into(),
-                safetensors::Dtype::U8,
-                vec![len],
-                record.clone(),
+        let optimizer = self.trainer.optimizer().device_state();
+        let mut host = Vec::with_capacity(optimizer.tensors.len());
+        for (name, shape, t) in optimizer.tensors {
+            host.push((
+                name,
+                HostTensor {
+                    shape,
+                    data: read_vec(t).await?,
+                },
             ));
         }
+        let optimizer = crate::optim::encode_state(&host, &optimizer.times)?;
+        let mut items = crate::weights::safetensors::f32_items(&tensors);
+        items.push((
+            OPTIMIZER_TENSOR.into(),
+            safetensors::Dtype::U8,
+            vec![optimizer.len()],
+            optimizer.clone(),
+        ));
         let bytes = crate::weights::safetensors::encode_with(
             &items,
             &[
@@ -403,7 +403,7 @@ impl Session {
             identity: self.identity.clone(),
             state: self.trainer.state.clone(),
             settings: self.settings.clone(),
-            optimizer,
+            optimizer: Some(optimizer),
             bytes,
         })
     }

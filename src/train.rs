@@ -11,7 +11,7 @@
 //! ```
 
 use burn::module::Module;
-use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer};
+use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::Tensor;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -22,6 +22,7 @@ use crate::data::Example;
 use crate::error::{Error, Result};
 use crate::eval::loglik::ScoringBatch;
 use crate::model::Llama;
+use crate::optim::AdamW;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TrainConfig {
@@ -164,7 +165,7 @@ pub struct Trainer {
     pub model: Llama,
     pub cfg: TrainConfig,
     pub state: TrainState,
-    optim: ModuleOptimizer,
+    optim: AdamW,
     accum: GradientsAccumulator<Llama>,
     /// The model before the latest optimizer step: what a divergence rolls back to.
     last_good: Llama,
@@ -192,7 +193,7 @@ impl Trainer {
             ));
         }
         let model = model.with_trainable_layers(trainable);
-        let optim = crate::optim::adamw(cfg.weight_decay, cfg.clip_norm);
+        let optim = AdamW::new(cfg.weight_decay, cfg.clip_norm);
         let order = (0, epoch_order(cfg.seed, 0, n_examples));
         Ok(Self {
             last_good: model.clone(),
@@ -299,13 +300,13 @@ impl Trainer {
         }))
     }
 
-    /// The optimizer's state (Adam moments), for checkpoints.
-    pub fn optimizer_record(&self) -> Result<Vec<u8>> {
-        crate::optim::save(&self.optim)
+    /// The optimizer (its state goes into checkpoints).
+    pub fn optimizer(&self) -> &AdamW {
+        &self.optim
     }
 
     /// Restores a checkpoint: the model's adapter weights come in with `model`, the rest here.
-    /// Without `optimizer` state (browser checkpoints) Adam's moments start afresh.
+    /// Without `optimizer` state (a checkpoint that has none) Adam's moments start afresh.
     pub fn resume(
         &mut self,
         model: Llama,
@@ -313,12 +314,13 @@ impl Trainer {
         state: TrainState,
         optimizer: Option<&[u8]>,
     ) -> Result<()> {
-        let fresh = crate::optim::adamw(self.cfg.weight_decay, self.cfg.clip_norm);
-        self.optim = match optimizer {
-            Some(saved) => crate::optim::restore(fresh, saved)?,
-            None => fresh,
-        };
-        self.model = model.with_trainable_layers(trainable);
+        let model = model.with_trainable_layers(trainable);
+        let mut optim = AdamW::new(self.cfg.weight_decay, self.cfg.clip_norm);
+        if let Some(saved) = optimizer {
+            optim.load_state(saved, &model, &model.device())?;
+        }
+        self.optim = optim;
+        self.model = model;
         self.last_good = self.model.clone();
         self.state = state;
         self.accum = GradientsAccumulator::new();

@@ -173,7 +173,6 @@ pub fn finetune(a: &FinetuneArgs) -> Result<()> {
         checkpoint_every: a.checkpoint_every,
     };
     let mut session = Session::new(&emu, &data_bytes, &name, &settings)?;
-    session.optimizer_in_checkpoints = true;
     let summary = session.data_summary();
     eprintln!(
         "data: {:?}, {} train examples ({} target tokens), {} held out",

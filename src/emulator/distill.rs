@@ -11,13 +11,14 @@
 use std::collections::HashMap;
 
 use burn::module::Module;
-use burn::optim::{GradientsParams, ModuleOptimizer};
+use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::plan::{AdapterSplit, LayerKind, load_plan};
 use crate::error::{Error, Result};
 use crate::model::{LayerSlot, Llama, OpenedModel, read_named, read_scalar, token_tensor};
+use crate::optim::AdamW;
 use crate::weights::HostTensor;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -47,7 +48,7 @@ pub struct Distiller {
     pub student: Llama,
     split: AdapterSplit,
     cfg: DistillConfig,
-    optim: ModuleOptimizer,
+    optim: AdamW,
     pub step: usize,
 }
 
@@ -85,7 +86,7 @@ impl Distiller {
             teacher: teacher.freeze(),
             student,
             split,
-            optim: crate::optim::adamw(0.0, Some(1.0)),
+            optim: AdamW::new(0.0, Some(1.0)),
             cfg,
             step: 0,
         })

@@ -19,7 +19,7 @@
 //! replaced. The assembled emulator replaces the lowest-scored layers.
 
 use burn::module::Module;
-use burn::optim::{GradientsParams, ModuleOptimizer};
+use burn::optim::GradientsParams;
 use burn::tensor::{Device, Int, Tensor};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -29,6 +29,7 @@ use super::plan::AdapterSplit;
 use crate::error::{Error, Result};
 use crate::model::llama::Rope;
 use crate::model::{Harmonizer, Llama, token_tensor};
+use crate::optim::AdamW;
 
 /// How candidate losses become rewards.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -199,7 +200,7 @@ pub struct LayerReplace {
     pub harmonizers: Harmonizers,
     pub cfg: ReplaceConfig,
     pub state: ReplaceState,
-    optim: ModuleOptimizer,
+    optim: AdamW,
     /// Original indices of the middle layers.
     middle: std::ops::Range<usize>,
 }
@@ -654,7 +655,9 @@ impl LayerReplace {
                 "the checkpoint's scores do not match this model's middle layers".into(),
             ));
         }
-        self.optim = crate::optim::restore(optimizer(), saved_optimizer)?;
+        let mut optim = optimizer();
+        optim.load_state(saved_optimizer, &self.harmonizers, &self.model.device())?;
+        self.optim = optim;
         self.state = state;
         Ok(())
     }
@@ -726,8 +729,8 @@ impl LayerReplace {
     }
 }
 
-fn optimizer() -> ModuleOptimizer {
-    crate::optim::adamw(0.0, Some(1.0))
+fn optimizer() -> AdamW {
+    AdamW::new(0.0, Some(1.0))
 }
 
 fn check_rows(rows: &[Vec<u32>]) -> Result<()> {

@@ -439,6 +439,15 @@ fn on_worker_message(page: &Shared, data: JsValue) {
             page.borrow_mut().losses.push(loss);
             draw_losses(&doc, &page.borrow().losses);
         }
+        FromWorker::Resumed { step, losses } => {
+            set_text(
+                &doc,
+                "train-stats",
+                &format!("Continuing from the checkpoint at step {step}…"),
+            );
+            page.borrow_mut().losses = losses;
+            draw_losses(&doc, &page.borrow().losses);
+        }
         FromWorker::Checkpointed { step } => {
             set_text(
                 &doc,
@@ -498,7 +507,7 @@ fn emulator_loaded(page: &Shared, info: &EmulatorInfo) {
             info.total_layers,
             mib(info.bytes as f64),
             info.adapter_layers,
-            &info.sha256[..12.min(info.sha256.len())]
+            crate::short_hash(&info.sha256, 12)
         ),
     );
     let restarting = page.borrow().restarting;

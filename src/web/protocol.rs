@@ -92,6 +92,12 @@ pub enum FromWorker {
     Checkpointed {
         step: usize,
     },
+    /// Training continues from a checkpoint at `step`; `losses` are the steps' losses so far,
+    /// so the page's curve continues too.
+    Resumed {
+        step: usize,
+        losses: Vec<f32>,
+    },
     Paused {
         step: usize,
     },

@@ -460,6 +460,14 @@ async fn run_steps(
             .ok_or("load the emulator first")?
             .weights;
         session.resume(weights, ckpt).map_err(for_page)?;
+        let so_far = &session.trainer.state;
+        post(
+            &scope,
+            &FromWorker::Resumed {
+                step: so_far.step,
+                losses: so_far.losses.iter().map(|&(_, loss)| loss).collect(),
+            },
+        );
     }
     let before = session.held_out_loss().await.map_err(for_page)?;
     let phase = if stored.is_some() {
@@ -579,7 +587,7 @@ async fn download(state: &Shared) -> Result<(), String> {
     let metrics = state.borrow().metrics.clone();
     let file_name = format!(
         "adapter-{}.safetensors",
-        &session.manifest.weights_sha256[..8]
+        crate::short_hash(&session.manifest.weights_sha256, 8)
     );
     let bytes = session.adapter_file(&metrics).await;
     state.borrow_mut().session = Some(session);

@@ -5,7 +5,7 @@
 
 use burn::tensor::Device;
 use scaleot::emulator::Emulator;
-use scaleot::session::{Session, Settings};
+use scaleot::session::{Checkpoint, Session, Settings};
 
 use super::tiny::{bundle, tiny_model_bytes};
 
@@ -61,6 +61,39 @@ pub async fn run(device: &Device) -> (Session, Run) {
             losses,
         },
     )
+}
+
+/// The same run stopped after `stop_at` steps with a checkpoint (everything read back
+/// asynchronously), resumed from the checkpoint's bytes in a fresh session and finished: equal
+/// to an uninterrupted [`run`] when the checkpoint carries the whole state.
+pub async fn run_resumed(device: &Device, stop_at: usize) -> Run {
+    let (json, weights) = tiny_emulator();
+    let emu = Emulator::load(&json, &weights, device).unwrap();
+    let session = || Session::new(&emu, DATA.as_bytes(), "notes.jsonl", &settings()).unwrap();
+    let mut first = session();
+    let before = first.held_out_loss().await.unwrap().unwrap();
+    let mut losses = Vec::new();
+    while first.trainer.state.step < stop_at {
+        if let Some(r) = first.step().await.unwrap() {
+            losses.push(r.loss);
+        }
+    }
+    let saved = first.checkpoint().await.unwrap();
+    let restored = Checkpoint::from_bytes(saved.bytes).unwrap();
+    assert!(restored.optimizer.is_some());
+    let mut second = session();
+    second.resume(&weights, &restored).unwrap();
+    while !second.finished() {
+        if let Some(r) = second.step().await.unwrap() {
+            losses.push(r.loss);
+        }
+    }
+    let after = second.held_out_loss().await.unwrap().unwrap();
+    Run {
+        before,
+        after,
+        losses,
+    }
 }
 
 /// The golden run as (before, after, losses).

@@ -6,7 +6,7 @@ use crate::common;
 
 use burn::module::Module;
 use burn::tensor::Device;
-use common::session_run::{DATA, golden, max_diff, run, settings, tiny_emulator};
+use common::session_run::{DATA, golden, max_diff, run, run_resumed, settings, tiny_emulator};
 use common::tiny::{logits, max_abs_diff};
 use futures_lite::future::block_on;
 use scaleot::adapter::Adapter;
@@ -40,6 +40,13 @@ fn session_losses_match_the_golden_and_training_helps() {
     let want = golden(&std::fs::read_to_string(&path).unwrap());
     let diff = max_diff(&got, &want);
     assert!(diff < 1e-4, "native run differs from {GOLDEN} by {diff}");
+    // The scenario the WebGPU test runs too: stopped, resumed, equal to the whole run.
+    let resumed = block_on(run_resumed(&device, 3));
+    assert!(
+        max_diff(&got, &resumed) < 1e-6,
+        "{}",
+        max_diff(&got, &resumed)
+    );
 }
 
 #[test]
@@ -203,10 +210,9 @@ fn the_run_policy_and_native_checkpoints_continue_exactly() {
     assert_eq!(metrics.train_losses.len(), 6);
     assert_eq!(metrics.seconds, 15.0);
 
-    // Stopped after step 2 with a native checkpoint (the optimizer's state inside), the run
+    // Stopped after step 2 with a checkpoint (the optimizer's state inside), the run
     // continues exactly as if it had not stopped.
     let mut first = session();
-    first.optimizer_in_checkpoints = true;
     while first.trainer.state.step < 2 {
         block_on(first.step()).unwrap();
     }
@@ -296,7 +302,6 @@ fn a_checkpoint_with_a_damaged_optimizer_state_is_refused_clearly() {
     let device = Device::flex().autodiff();
     let (emu, weights) = loaded_tiny_emulator(&device);
     let mut first = Session::new(&emu, DATA.as_bytes(), "notes.jsonl", &settings()).unwrap();
-    first.optimizer_in_checkpoints = true;
     block_on(first.step()).unwrap();
     let saved = block_on(first.checkpoint()).unwrap().bytes;
     // The same file with garbage where the optimizer's record was.

@@ -228,7 +228,7 @@ fn assert_resume_is_exact(lora: Option<&LoraConfig>) {
     let (mut first, adapters) = fresh();
     run(&mut first, &data, 3);
     let saved = write_tensors(&read_adapter_tensors(&first.model, &manifest.plan), "ckpt").unwrap();
-    let optim = first.optimizer_record().unwrap();
+    let optim = scaleot::optim::save(first.optimizer()).unwrap();
     let state = serde_json::to_string(&first.state).unwrap();
     drop(first);
 
@@ -452,6 +452,19 @@ fn bundles_and_adapters_refuse_the_wrong_partner() {
     assert!(err.to_string().contains("trained on emulator"), "{err}");
     let err = adapter.check_base("0000").unwrap_err();
     assert!(err.to_string().contains("belong to base model"), "{err}");
+    // Hashes in a manifest are user input: crafted ones (non-ASCII, short) are refused with
+    // the message, never cut apart by byte (which panicked).
+    let mut crafted = am.clone();
+    crafted.emulator_sha256 = format!("a{}", "é".repeat(7));
+    crafted.base_model_sha256 = format!("x{}", "ü".repeat(7));
+    let crafted = Adapter::load(&serde_json::to_string(&crafted).unwrap(), &aw).unwrap();
+    let err = crafted.check_emulator(&manifest).unwrap_err();
+    assert!(err.to_string().contains("aééééééé…"), "{err}");
+    let err = crafted.check_base("ß").unwrap_err();
+    assert!(
+        err.to_string().contains("xüüüüüüü…, not to this one (ß…)"),
+        "{err}"
+    );
     let err = Adapter::load(&serde_json::to_string(&am).unwrap(), &aw[..aw.len() - 3])
         .err()
         .unwrap();

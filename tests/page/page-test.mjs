@@ -100,6 +100,8 @@ try {
   const stats = await text(page, '#train-stats');
   metrics.stats = stats;
   check(/Finished after 6 steps/.test(stats), `resumed from step ${pausedAt} and finished: ${stats}`);
+  const curve = (await page.getAttribute('#loss-line', 'points')).trim().split(/\s+/).length;
+  check(curve === 6, `the loss curve continues across the resume: ${curve} of 6 steps drawn`);
   const tps = /([\d.]+) tokens\/s/.exec(stats);
   metrics.tokens_per_second = tps ? Number(tps[1]) : null;
   await waitText(page, '#eval', /after/, 60_000);
