@@ -361,7 +361,7 @@ pub fn evaluate(a: &EvalArgs) -> Result<Vec<TaskResult>> {
         })
         .with_context(|| format!("scoring {}", task.name()))?;
         pb.finish_and_clear();
-        let r = eval::score_docs(task.name(), docs, &lls);
+        let r = eval::score_docs(task.name(), docs, &lls)?;
         eprintln!(
             "{}: {} docs, {} requests in {:.1}s",
             task.name(),

@@ -11,7 +11,7 @@ use serde::Serialize;
 pub use loglik::{LoglikRequest, encode_pair, score_all};
 pub use tasks::{McDoc, TARGET_DELIMITER, Task};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::tokenizer::Tokenizer;
 
 /// Flattens documents into scoring requests (one per choice), in document order.
@@ -73,14 +73,28 @@ fn argmax(xs: impl Iterator<Item = f64>) -> usize {
     best.0
 }
 
-/// Turns per-choice log-likelihoods (in `requests_for` order) into acc and acc_norm.
-pub fn score_docs(task: &str, docs: &[McDoc], logliks: &[f64]) -> TaskResult {
+/// Turns per-choice log-likelihoods (in `requests_for` order) into acc and acc_norm. A
+/// non-finite log-likelihood is refused: a broken model (NaN weights, a config it cannot run)
+/// must not get a score (NaN never wins an argmax, so every document would pick choice 0).
+pub fn score_docs(task: &str, docs: &[McDoc], logliks: &[f64]) -> Result<TaskResult> {
+    let choices: usize = docs.iter().map(|d| d.choices.len()).sum();
+    if logliks.len() != choices {
+        return Err(Error::Invalid(format!(
+            "{task}: {} log-likelihoods for {choices} choices",
+            logliks.len()
+        )));
+    }
     let mut acc = Vec::with_capacity(docs.len());
     let mut acc_norm = Vec::with_capacity(docs.len());
     let mut at = 0;
-    for d in docs {
+    for (i, d) in docs.iter().enumerate() {
         let ll = &logliks[at..at + d.choices.len()];
         at += d.choices.len();
+        if let Some((choice, x)) = ll.iter().enumerate().find(|(_, x)| !x.is_finite()) {
+            return Err(Error::Invalid(format!(
+                "{task}: document {i}, choice {choice} has log-likelihood {x}: the model gives non-finite scores (broken weights or a config it cannot run), so it cannot be evaluated"
+            )));
+        }
         let pred = argmax(ll.iter().copied());
         let pred_norm = argmax(
             ll.iter()
@@ -90,12 +104,12 @@ pub fn score_docs(task: &str, docs: &[McDoc], logliks: &[f64]) -> TaskResult {
         acc.push(f64::from(u8::from(pred == d.gold)));
         acc_norm.push(f64::from(u8::from(pred_norm == d.gold)));
     }
-    TaskResult {
+    Ok(TaskResult {
         task: task.to_owned(),
         docs: docs.len(),
         acc: Metric::from_samples(&acc),
         acc_norm: Metric::from_samples(&acc_norm),
-    }
+    })
 }
 
 #[cfg(test)]
@@ -117,9 +131,23 @@ mod tests {
             },
         ];
         // doc 0: raw argmax picks "a" (-2 > -6.5), per-char picks "longer answer" (-0.5 > -2).
-        let r = score_docs("t", &docs, &[-2.0, -6.5, -1.0, -1.0]);
+        let r = score_docs("t", &docs, &[-2.0, -6.5, -1.0, -1.0]).unwrap();
         assert_eq!(r.acc.value, 0.5); // doc 1 ties → first index, which is gold
         assert_eq!(r.acc_norm.value, 1.0);
         assert!((r.acc.stderr - 0.5).abs() < 1e-12); // std 0.7071 / sqrt 2
+    }
+
+    #[test]
+    fn a_model_with_non_finite_scores_is_refused_not_scored() {
+        let docs = vec![McDoc {
+            context: "q".into(),
+            choices: vec!["a".into(), "b".into()],
+            gold: 0,
+        }];
+        // All-NaN scores used to pick choice 0 for every document: accuracy 1.0 here.
+        let err = score_docs("t", &docs, &[f64::NAN, f64::NAN]).unwrap_err();
+        assert!(err.to_string().contains("non-finite"), "{err}");
+        assert!(score_docs("t", &docs, &[-1.0, f64::NEG_INFINITY]).is_err());
+        assert!(score_docs("t", &docs, &[-1.0]).is_err());
     }
 }

@@ -37,6 +37,13 @@ pub struct Llama3RopeScaling {
     pub original_max_position_embeddings: f64,
 }
 
+/// Most layers a config may declare (the largest open models have under 200).
+pub const MAX_LAYERS: usize = 1024;
+/// Widest hidden size a config may declare.
+pub const MAX_WIDTH: usize = 65_536;
+/// Largest vocabulary a config may declare.
+pub const MAX_VOCAB: usize = 1 << 22;
+
 impl LlamaConfig {
     /// The attention head width.
     pub fn head_dim(&self) -> usize {
@@ -103,6 +110,38 @@ impl LlamaConfig {
             return bad(format!(
                 "{} attention heads are not a multiple of {} key/value heads",
                 self.num_attention_heads, self.num_key_value_heads
+            ));
+        }
+        // Counts far beyond any real model are a damaged or crafted file: refused before
+        // anything is allocated for them.
+        if self.num_hidden_layers > MAX_LAYERS
+            || self.hidden_size > MAX_WIDTH
+            || self.intermediate_size > 4 * MAX_WIDTH
+            || self.num_attention_heads > self.hidden_size
+            || self.vocab_size > MAX_VOCAB
+        {
+            return bad(format!(
+                "{} layers, width {} (MLP {}), {} heads, {} vocabulary entries: beyond any model this can run (at most {MAX_LAYERS} layers, width {MAX_WIDTH}, {MAX_VOCAB} tokens)",
+                self.num_hidden_layers,
+                self.hidden_size,
+                self.intermediate_size,
+                self.num_attention_heads,
+                self.vocab_size
+            ));
+        }
+        if self.max_position_embeddings == 0 {
+            return bad("the context length must be positive".into());
+        }
+        if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps > 0.0) {
+            return bad(format!(
+                "the RMSNorm epsilon must be positive, not {}",
+                self.rms_norm_eps
+            ));
+        }
+        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
+            return bad(format!(
+                "the RoPE base (rope_theta) must be positive, not {}",
+                self.rope_theta
             ));
         }
         if let Some(s) = &self.rope_scaling {

@@ -116,3 +116,55 @@ fn settings_out_of_range_name_their_field_without_cli_flags() {
         "lora_targets"
     );
 }
+
+/// Config values that cannot be right are refused at load, naming the value, before anything
+/// is allocated for them (2^40 layers used to abort on allocation; context length 0 panicked
+/// in a reshape during eval).
+#[test]
+fn impossible_config_values_are_refused_at_load() {
+    let dir = common::root().join("tests/fixtures/tiny-llama");
+    let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    let weights = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let tok = r#"{"pre_tokenizer":{"type":"ByteLevel"},"model":{"type":"BPE","vocab":{"a":0},"merges":[]}}"#;
+    for (key, value, says) in [
+        (
+            "num_hidden_layers",
+            serde_json::json!(1u64 << 40),
+            "beyond any model",
+        ),
+        (
+            "vocab_size",
+            serde_json::json!(1u64 << 33),
+            "beyond any model",
+        ),
+        (
+            "max_position_embeddings",
+            serde_json::json!(0),
+            "context length",
+        ),
+        (
+            "rms_norm_eps",
+            serde_json::json!(0.0),
+            "epsilon must be positive",
+        ),
+        (
+            "rms_norm_eps",
+            serde_json::json!(-1e-5),
+            "epsilon must be positive",
+        ),
+        ("rope_theta", serde_json::json!(-10000.0), "rope_theta"),
+    ] {
+        let mut cfg: serde_json::Value = serde_json::from_str(&config).unwrap();
+        cfg[key] = value.clone();
+        if let Some(rope) = cfg
+            .get_mut("rope_parameters")
+            .filter(|_| key == "rope_theta")
+        {
+            rope[key] = value.clone(); // transformers ≥ 5 keeps it there
+        }
+        let err = LoadedModel::from_hf(&cfg.to_string(), tok, &[&weights], &Device::flex())
+            .err()
+            .unwrap_or_else(|| panic!("{key} = {value} was accepted"));
+        assert!(err.to_string().contains(says), "{key} = {value}: {err}");
+    }
+}
