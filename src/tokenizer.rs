@@ -78,6 +78,19 @@ impl Tokenizer {
         if tokens.is_empty() {
             return Err(tok_err("the vocabulary is empty"));
         }
+        let n = tokens.len();
+        for (what, id) in [("start", bos_id), ("end-of-text", eos_id)] {
+            if let Some(id) = id.filter(|&id| id as usize >= n) {
+                return Err(tok_err(format!(
+                    "the {what} token id {id} is outside the vocabulary of {n} tokens"
+                )));
+            }
+        }
+        if let Some((s, id)) = specials.iter().find(|(_, id)| *id as usize >= n) {
+            return Err(tok_err(format!(
+                "special token `{s}` has id {id}, outside the vocabulary of {n} tokens"
+            )));
+        }
         let vocab: HashMap<String, u32> = tokens
             .iter()
             .enumerate()
@@ -229,10 +242,20 @@ impl Tokenizer {
             tokens[id as usize] = tok.clone();
         }
         let mut specials = Vec::new();
+        let added = j["added_tokens"].as_array().map_or(0, Vec::len);
+        // Added tokens extend the vocabulary, by at most their own number of ids: a larger id
+        // is a damaged file (and would make the vocabulary that large).
+        let most = vocab.len() + added;
         for t in j["added_tokens"].as_array().into_iter().flatten() {
             let (Some(content), Some(id)) = (t["content"].as_str(), t["id"].as_u64()) else {
                 return Err(tok_err("an added token lacks `content` or `id`"));
             };
+            if id >= most as u64 {
+                return Err(tok_err(format!(
+                    "added token `{content}` has id {id}, beyond the {} vocabulary entries and {added} added tokens",
+                    vocab.len()
+                )));
+            }
             if id as usize >= tokens.len() {
                 tokens.resize(id as usize + 1, String::new());
             }
@@ -316,6 +339,18 @@ impl Tokenizer {
 
     pub fn vocab_size(&self) -> usize {
         self.id_to_token.len()
+    }
+
+    /// Refuses a tokenizer with ids the model's embedding (`model_vocab` rows) does not have:
+    /// they would index past it.
+    pub fn check_fits(&self, model_vocab: usize) -> Result<()> {
+        match self.vocab_size() <= model_vocab {
+            true => Ok(()),
+            false => Err(tok_err(format!(
+                "the tokenizer has {} tokens but the model's embedding only {model_vocab} rows: they do not belong together",
+                self.vocab_size()
+            ))),
+        }
     }
 
     pub fn token_to_id(&self, token: &str) -> Option<u32> {

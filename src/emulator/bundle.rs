@@ -223,6 +223,7 @@ impl Emulator {
         }
         SafeTensors::deserialize(weights).map_err(|e| Error::Safetensors(e.to_string()))?;
         let mut tokenizer = Tokenizer::from_hf_json(&manifest.tokenizer.to_string())?;
+        tokenizer.check_fits(manifest.config.vocab_size)?;
         tokenizer.chat_template = manifest.chat_template.clone();
         let stored = SafetensorsSource::new(&[weights])?;
         let model = build(&manifest, &Factored(&stored))?;

@@ -44,6 +44,7 @@ impl<'a> OpenedModel<'a> {
         let gguf = Gguf::parse(bytes)?;
         let config = LlamaConfig::from_gguf(&gguf)?;
         let tokenizer = Tokenizer::from_gguf(&gguf)?;
+        tokenizer.check_fits(config.vocab_size)?;
         let heads = (config.num_attention_heads, config.num_key_value_heads);
         Ok(Self {
             config,
@@ -71,6 +72,7 @@ impl<'a> OpenedModel<'a> {
                 })?;
             tokenizer.chat_template = v["chat_template"].as_str().map(str::to_owned);
         }
+        tokenizer.check_fits(config.vocab_size)?;
         Ok(Self {
             config,
             tokenizer,

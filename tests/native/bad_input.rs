@@ -168,3 +168,27 @@ fn impossible_config_values_are_refused_at_load() {
         assert!(err.to_string().contains(says), "{key} = {value}: {err}");
     }
 }
+
+/// Token ids from a file are checked against the vocabulary before use: an added token at id
+/// 10^9 used to grow the vocabulary to 10^9 entries, an end-of-text id past it panicked in eval
+/// and finetune, and a tokenizer larger than the model's embedding indexed past it.
+#[test]
+fn token_ids_outside_the_vocabulary_are_refused() {
+    use scaleot::tokenizer::Tokenizer;
+    let tok = common::tiny::tiny_tokenizer();
+    let mut json = tok.to_hf_json();
+    json["added_tokens"][0]["id"] = serde_json::json!(1_000_000_000u64);
+    let err = Tokenizer::from_hf_json(&json.to_string()).unwrap_err();
+    assert!(err.to_string().contains("beyond the"), "{err}");
+    let mut json = tok.to_hf_json();
+    json["scaleot"]["eos_id"] = serde_json::json!(5000);
+    let err = Tokenizer::from_hf_json(&json.to_string()).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("end-of-text token id 5000 is outside the vocabulary of 261 tokens"),
+        "{err}"
+    );
+    assert!(tok.check_fits(261).is_ok());
+    let err = tok.check_fits(200).unwrap_err();
+    assert!(err.to_string().contains("do not belong together"), "{err}");
+}
