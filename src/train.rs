@@ -314,6 +314,32 @@ impl Trainer {
         state: TrainState,
         optimizer: Option<&[u8]>,
     ) -> Result<()> {
+        let damaged = |why: String| {
+            Err(Error::Invalid(format!(
+                "the checkpoint's training state cannot belong to this run: {why}"
+            )))
+        };
+        if state.step > self.cfg.steps {
+            return damaged(format!(
+                "it is at step {}, beyond the run's {} steps",
+                state.step, self.cfg.steps
+            ));
+        }
+        if state.cursor > self.n_examples {
+            return damaged(format!(
+                "its data position {} is past the {} training examples",
+                state.cursor, self.n_examples
+            ));
+        }
+        if state.micro >= self.cfg.grad_accum || state.losses.len() > state.step {
+            return damaged(format!(
+                "{} micro-batches into a step of {}, {} losses for {} steps",
+                state.micro,
+                self.cfg.grad_accum,
+                state.losses.len(),
+                state.step
+            ));
+        }
         let model = model.with_trainable_layers(trainable);
         let mut optim = AdamW::new(self.cfg.weight_decay, self.cfg.clip_norm);
         if let Some(saved) = optimizer {

@@ -62,6 +62,22 @@ fn checkpoint_continues_the_run_and_refuses_another() {
     assert_eq!(restored.state.step, 3);
     assert_eq!(restored.settings, settings());
 
+    // A state the run cannot have reached (edited or crafted) is refused, not trained on.
+    for (edit, says) in [
+        (
+            Box::new(|c: &mut Checkpoint| c.state.step = 99) as Box<dyn Fn(&mut Checkpoint)>,
+            "beyond the run's 6 steps",
+        ),
+        (Box::new(|c| c.state.cursor = 10_000), "past the"),
+        (Box::new(|c| c.state.micro = 5), "micro-batches"),
+    ] {
+        let mut bad = restored.clone();
+        edit(&mut bad);
+        let mut s = Session::new(&emu, DATA.as_bytes(), "notes.jsonl", &settings()).unwrap();
+        let err = s.resume(&weights, &bad).unwrap_err().to_string();
+        assert!(err.contains(says), "{err}");
+    }
+
     let mut second = Session::new(&emu, DATA.as_bytes(), "notes.jsonl", &settings()).unwrap();
     second.resume(&weights, &restored).unwrap();
     assert_eq!(second.trainer.state.step, 3);
