@@ -202,10 +202,13 @@ pub struct Checkpoint {
 /// The checkpoint tensor (U8) that holds the optimizer's record.
 pub const OPTIMIZER_TENSOR: &str = "scaleot.optimizer";
 
+/// The checkpoint header field with the sha256 of its data section (every tensor's bytes).
+const TENSORS_HASH_KEY: &str = "tensors_sha256";
+
 impl Checkpoint {
     /// Reads a checkpoint file; anything else (or a damaged one) is a clear error.
     pub fn from_bytes(bytes: Vec<u8>) -> Result<Self> {
-        let (meta, _) = crate::weights::safetensors::header_and_data(&bytes)?;
+        let (meta, data) = crate::weights::safetensors::header_and_data(&bytes)?;
         let field = |key: &str| -> Result<serde_json::Value> {
             let text = meta.get(key).ok_or_else(|| {
                 Error::Invalid(format!(
@@ -218,6 +221,11 @@ impl Checkpoint {
             })
         };
         let (run, state, settings) = (field("run")?, field("state")?, field("settings")?);
+        if meta.get(TENSORS_HASH_KEY) != Some(&crate::sha256_hex(&[data])) {
+            return Err(Error::Invalid(
+                "the checkpoint is damaged (its tensors do not match the hash it was written with): start afresh".into(),
+            ));
+        }
         let optimizer = safetensors::SafeTensors::deserialize(&bytes)
             .map_err(|e| Error::Safetensors(format!("the checkpoint is damaged ({e})")))?
             .tensor(OPTIMIZER_TENSOR)
@@ -390,15 +398,19 @@ impl Session {
             vec![optimizer.len()],
             optimizer.clone(),
         ));
-        let bytes = crate::weights::safetensors::encode_with(
-            &items,
-            &[
-                ("format", "scaleot-checkpoint"),
-                ("run", &run),
-                ("state", &state),
-                ("settings", &settings),
-            ],
-        )?;
+        let mut meta = vec![
+            ("format", "scaleot-checkpoint"),
+            ("run", run.as_str()),
+            ("state", state.as_str()),
+            ("settings", settings.as_str()),
+        ];
+        // The data section does not depend on the header: encode once for its hash, then
+        // again with the hash in the header.
+        let unsigned = crate::weights::safetensors::encode_with(&items, &meta)?;
+        let (_, data) = crate::weights::safetensors::header_and_data(&unsigned)?;
+        let tensors_sha256 = crate::sha256_hex(&[data]);
+        meta.push((TENSORS_HASH_KEY, tensors_sha256.as_str()));
+        let bytes = crate::weights::safetensors::encode_with(&items, &meta)?;
         Ok(Checkpoint {
             identity: self.identity.clone(),
             state: self.trainer.state.clone(),

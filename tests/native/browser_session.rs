@@ -312,15 +312,24 @@ fn the_run_loop_checkpoints_when_due_pauses_and_stops() {
     assert_eq!(session.trainer.state.step, 5);
 }
 
+/// A checkpoint carries the hash of its tensors: a flipped byte in the adapter's weights, or
+/// the optimizer's state swapped for another, is refused before anything trains on it; the
+/// optimizer's state on its own refuses what it cannot read.
 #[test]
-fn a_checkpoint_with_a_damaged_optimizer_state_is_refused_clearly() {
+fn a_damaged_checkpoint_is_refused_clearly() {
     use scaleot::session::OPTIMIZER_TENSOR;
     let device = Device::flex().autodiff();
-    let (emu, weights) = loaded_tiny_emulator(&device);
+    let (emu, _) = loaded_tiny_emulator(&device);
     let mut first = Session::new(&emu, DATA.as_bytes(), "notes.jsonl", &settings()).unwrap();
     block_on(first.step()).unwrap();
     let saved = block_on(first.checkpoint()).unwrap().bytes;
-    // The same file with garbage where the optimizer's record was.
+    assert!(Checkpoint::from_bytes(saved.clone()).is_ok());
+    let damaged_message = |bytes: Vec<u8>| Checkpoint::from_bytes(bytes).unwrap_err().to_string();
+    // One flipped bit in the last tensor byte.
+    let mut flipped = saved.clone();
+    *flipped.last_mut().unwrap() ^= 1;
+    assert!(damaged_message(flipped).contains("checkpoint is damaged"));
+    // The same header with garbage where the optimizer's record was.
     let (meta, _) = scaleot::weights::safetensors::header_and_data(&saved).unwrap();
     let file = safetensors::SafeTensors::deserialize(&saved).unwrap();
     let items: Vec<_> = file
@@ -335,9 +344,12 @@ fn a_checkpoint_with_a_damaged_optimizer_state_is_refused_clearly() {
         })
         .collect();
     let meta: Vec<(&str, &str)> = meta.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let damaged = scaleot::weights::safetensors::encode_with(&items, &meta).unwrap();
-    let ckpt = Checkpoint::from_bytes(damaged).unwrap();
-    let mut second = Session::new(&emu, DATA.as_bytes(), "notes.jsonl", &settings()).unwrap();
-    let err = second.resume(&weights, &ckpt).unwrap_err().to_string();
+    let swapped = scaleot::weights::safetensors::encode_with(&items, &meta).unwrap();
+    assert!(damaged_message(swapped).contains("checkpoint is damaged"));
+    let mut optim = scaleot::optim::AdamW::new(0.0, None);
+    let err = optim
+        .load_state(b"not an optimizer record", &first.trainer.model, &device)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("optimizer state is unreadable"), "{err}");
 }
