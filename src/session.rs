@@ -313,16 +313,17 @@ impl Session {
         let layers = self.trainer.model.layers.len() as u64;
         let per_token_layer = (12 * c.hidden_size + 4 * c.intermediate_size) as u64 * 4;
         // The head runs in chunks of rows (`Llama::head_loss`): logits, exponentials and
-        // their gradient for one chunk at a time.
-        let logit_chunk =
-            tokens.min(self.trainer.model.head_chunk_rows()) as u64 * c.vocab_size as u64 * 4;
+        // their gradient for one chunk at a time; held-out scoring takes larger chunks.
+        let model = &self.trainer.model;
+        let logit_chunk = tokens.min(model.head_chunk_rows()) as u64 * c.vocab_size as u64 * 4;
+        let scoring_chunk = tokens.min(model.scoring_chunk_rows()) as u64 * c.vocab_size as u64 * 4;
         let attention_scores = (tokens * c.num_attention_heads * longest) as u64 * 4;
         let mlp = (tokens * c.intermediate_size) as u64 * 4;
         Estimate {
             emulator_params: self.manifest.emulator_params,
             weight_bytes: self.manifest.emulator_params * 4,
             activation_bytes: tokens as u64 * layers * per_token_layer + 3 * logit_chunk,
-            largest_buffer_bytes: logit_chunk.max(attention_scores).max(mlp),
+            largest_buffer_bytes: scoring_chunk.max(attention_scores).max(mlp),
             tokens_per_step: tokens,
             total_flops: 6.0
                 * self.manifest.emulator_params as f64
