@@ -128,7 +128,7 @@ impl AdamW {
                     )));
                 }
                 let n = t.data.len();
-                Ok(Tensor::from_data(TensorData::new(t.data, [n]), device))
+                Ok(Tensor::from_data(TensorData::new(t.data, [n]), device).inner())
             };
             let (first, second) = (moment(1)?, moment(2)?);
             moments.insert(

@@ -32,7 +32,7 @@ pub struct Settings {
     pub lr: f64,
     pub warmup: usize,
     pub weight_decay: f32,
-    /// Clip the global gradient norm to this (None: no clipping).
+    /// Clip each gradient tensor's norm to this (burn's rule; None: no clipping).
     pub clip_norm: Option<f32>,
     /// Longest training sequence in tokens (capped by the model's context).
     pub seq_len: usize,

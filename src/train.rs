@@ -37,7 +37,7 @@ pub struct TrainConfig {
     pub min_lr_ratio: f64,
     pub warmup_steps: usize,
     pub weight_decay: f32,
-    /// Clip the global gradient norm to this (None: no clipping).
+    /// Clip each gradient tensor's norm to this (burn's rule; None: no clipping).
     pub clip_norm: Option<f32>,
     pub seed: u64,
 }

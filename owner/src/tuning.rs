@@ -41,7 +41,7 @@ pub struct FinetuneArgs {
     pub(crate) warmup: usize,
     #[arg(long, default_value_t = 0.0)]
     pub(crate) weight_decay: f32,
-    /// Clip the gradient norm (0 disables).
+    /// Clip each gradient tensor's norm to this (0 disables).
     #[arg(long, default_value_t = 1.0)]
     pub(crate) clip: f32,
     /// Longest training sequence in tokens.
