@@ -123,7 +123,8 @@ impl Routes {
                 None => (404, None),
             }
         };
-        eprintln!("{method} {url} -> {status}");
+        // Request paths are the client's bytes: escaped, so they cannot write to the terminal.
+        eprintln!("{method} {} -> {status}", url.escape_debug());
         let result = match file {
             Some((f, p)) => {
                 let len = f.metadata().map(|m| m.len() as usize).ok();
@@ -144,7 +145,7 @@ impl Routes {
             }
         };
         if let Err(e) = result {
-            eprintln!("{url}: answering failed: {e}");
+            eprintln!("{}: answering failed: {e}", url.escape_debug());
         }
     }
 
@@ -157,12 +158,18 @@ impl Routes {
             _ => {}
         }
         let rel = Path::new(path.trim_start_matches('/'));
-        // Only plain names below dist/: no `..`, no absolute paths.
-        if !rel.components().all(|c| matches!(c, Component::Normal(_))) {
+        // Only plain names below dist/: no `..`, no absolute paths, no dotfiles.
+        let plain = |c: Component| match c {
+            Component::Normal(name) => !name.to_string_lossy().starts_with('.'),
+            _ => false,
+        };
+        if !rel.components().all(plain) {
             return None;
         }
-        let p = self.dist.join(rel);
-        p.is_file().then_some(p)
+        // A symlink may point anywhere: serve only what resolves inside dist/.
+        let p = self.dist.join(rel).canonicalize().ok()?;
+        let root = self.dist.canonicalize().ok()?;
+        (p.starts_with(&root) && p.is_file()).then_some(p)
     }
 }
 
@@ -195,5 +202,44 @@ fn content_type(p: &Path) -> &'static str {
         "svg" => "image/svg+xml",
         "png" => "image/png",
         _ => "application/octet-stream",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only plain files inside dist/ are served: no dotfiles, nothing a symlink points to
+    /// outside it, no `..`.
+    #[test]
+    fn only_plain_files_inside_dist_are_served() {
+        let dist = std::env::temp_dir().join(format!("scaleot-serve-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dist);
+        std::fs::create_dir_all(dist.join("assets")).unwrap();
+        std::fs::write(dist.join("index.html"), "page").unwrap();
+        std::fs::write(dist.join("assets/app.js"), "js").unwrap();
+        std::fs::write(dist.join(".env"), "secret").unwrap();
+        let outside = dist.with_extension("outside");
+        std::fs::write(&outside, "not served").unwrap();
+        std::os::unix::fs::symlink(&outside, dist.join("link.txt")).unwrap();
+        std::os::unix::fs::symlink(dist.join("index.html"), dist.join("inside.html")).unwrap();
+        let routes = Routes {
+            dist: dist.clone(),
+            emulator: None,
+        };
+        assert!(routes.resolve("/").is_some());
+        assert!(routes.resolve("/assets/app.js").is_some());
+        assert!(routes.resolve("/inside.html").is_some());
+        for refused in [
+            "/.env",
+            "/link.txt",
+            "/../x",
+            "/assets/../.env",
+            "/missing.js",
+        ] {
+            assert!(routes.resolve(refused).is_none(), "{refused} was served");
+        }
+        std::fs::remove_dir_all(&dist).unwrap();
+        std::fs::remove_file(&outside).unwrap();
     }
 }
