@@ -202,13 +202,33 @@ pub struct Checkpoint {
 /// The checkpoint tensor (U8) that holds the optimizer's record.
 pub const OPTIMIZER_TENSOR: &str = "scaleot.optimizer";
 
-/// The checkpoint header field with the sha256 of its data section (every tensor's bytes).
+/// The checkpoint header field with the hash of its tensors ([`tensors_digest`]).
 const TENSORS_HASH_KEY: &str = "tensors_sha256";
+
+/// sha256 over every tensor's name, dtype, shape and bytes, in name order: the same for the
+/// items a checkpoint is written from and for the file read back, whatever order the
+/// safetensors writer lays them out in.
+fn tensors_digest<'a>(
+    tensors: impl Iterator<Item = (&'a str, safetensors::Dtype, &'a [usize], &'a [u8])>,
+) -> String {
+    use sha2::{Digest, Sha256};
+    let mut sorted: Vec<_> = tensors.collect();
+    sorted.sort_by_key(|(name, ..)| *name);
+    let mut h = Sha256::new();
+    for (name, dtype, shape, data) in sorted {
+        h.update((name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+        h.update(format!("{dtype:?}{shape:?}").as_bytes());
+        h.update((data.len() as u64).to_le_bytes());
+        h.update(data);
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
 
 impl Checkpoint {
     /// Reads a checkpoint file; anything else (or a damaged one) is a clear error.
     pub fn from_bytes(bytes: Vec<u8>) -> Result<Self> {
-        let (meta, data) = crate::weights::safetensors::header_and_data(&bytes)?;
+        let (meta, _) = crate::weights::safetensors::header_and_data(&bytes)?;
         let field = |key: &str| -> Result<serde_json::Value> {
             let text = meta.get(key).ok_or_else(|| {
                 Error::Invalid(format!(
@@ -221,13 +241,20 @@ impl Checkpoint {
             })
         };
         let (run, state, settings) = (field("run")?, field("state")?, field("settings")?);
-        if meta.get(TENSORS_HASH_KEY) != Some(&crate::sha256_hex(&[data])) {
+        let file = safetensors::SafeTensors::deserialize(&bytes)
+            .map_err(|e| Error::Safetensors(format!("the checkpoint is damaged ({e})")))?;
+        let stored = file.tensors();
+        let digest = tensors_digest(
+            stored
+                .iter()
+                .map(|(name, view)| (name.as_str(), view.dtype(), view.shape(), view.data())),
+        );
+        if meta.get(TENSORS_HASH_KEY) != Some(&digest) {
             return Err(Error::Invalid(
                 "the checkpoint is damaged (its tensors do not match the hash it was written with): start afresh".into(),
             ));
         }
-        let optimizer = safetensors::SafeTensors::deserialize(&bytes)
-            .map_err(|e| Error::Safetensors(format!("the checkpoint is damaged ({e})")))?
+        let optimizer = file
             .tensor(OPTIMIZER_TENSOR)
             .ok()
             .map(|view| view.data().to_vec());
@@ -381,17 +408,8 @@ impl Session {
         );
         let settings = json(serde_json::to_string(&self.settings))?;
         let optimizer = self.trainer.optimizer().device_state();
-        let mut host = Vec::with_capacity(optimizer.tensors.len());
-        for (name, shape, t) in optimizer.tensors {
-            host.push((
-                name,
-                HostTensor {
-                    shape,
-                    data: read_vec(t).await?,
-                },
-            ));
-        }
-        let optimizer = crate::optim::encode_state(&host, &optimizer.times)?;
+        let moments = read_named(optimizer.tensors).await?;
+        let optimizer = crate::optim::encode_state(&moments, &optimizer.times)?;
         let mut items = crate::weights::safetensors::f32_items(&tensors);
         items.push((
             OPTIMIZER_TENSOR.into(),
@@ -399,19 +417,19 @@ impl Session {
             vec![optimizer.len()],
             optimizer.clone(),
         ));
-        let mut meta = vec![
-            ("format", "scaleot-checkpoint"),
-            ("run", run.as_str()),
-            ("state", state.as_str()),
-            ("settings", settings.as_str()),
-        ];
-        // The data section does not depend on the header: encode once for its hash, then
-        // again with the hash in the header.
-        let unsigned = crate::weights::safetensors::encode_with(&items, &meta)?;
-        let (_, data) = crate::weights::safetensors::header_and_data(&unsigned)?;
-        let tensors_sha256 = crate::sha256_hex(&[data]);
-        meta.push((TENSORS_HASH_KEY, tensors_sha256.as_str()));
-        let bytes = crate::weights::safetensors::encode_with(&items, &meta)?;
+        let tensors_sha256 = tensors_digest(items.iter().map(|(name, dtype, shape, data)| {
+            (name.as_str(), *dtype, shape.as_slice(), data.as_slice())
+        }));
+        let bytes = crate::weights::safetensors::encode_with(
+            &items,
+            &[
+                ("format", "scaleot-checkpoint"),
+                ("run", &run),
+                ("state", &state),
+                ("settings", &settings),
+                (TENSORS_HASH_KEY, &tensors_sha256),
+            ],
+        )?;
         Ok(Checkpoint {
             identity: self.identity.clone(),
             state: self.trainer.state.clone(),
@@ -669,8 +687,16 @@ impl RunClock {
 /// The adapter tensors of `model` read back to the host under their HF names (whole layers, or
 /// only the LoRA factors): what checkpoints and adapter files hold.
 pub async fn read_adapters(model: &Llama, plan: &[LayerKind]) -> Result<Vec<(String, HostTensor)>> {
-    let mut out = Vec::new();
-    for (name, shape, t) in adapter::adapter_tensors(model, plan) {
+    read_named(adapter::adapter_tensors(model, plan)).await
+}
+
+/// Reads named device tensors back to the host, asynchronously (the twin of
+/// [`crate::model::read_named`], which blocks).
+pub async fn read_named(
+    tensors: Vec<(String, Vec<usize>, Tensor<1>)>,
+) -> Result<Vec<(String, HostTensor)>> {
+    let mut out = Vec::with_capacity(tensors.len());
+    for (name, shape, t) in tensors {
         out.push((
             name,
             HostTensor {
