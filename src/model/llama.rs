@@ -17,8 +17,8 @@ use crate::error::{Error, Result};
 use crate::names;
 use crate::weights::{HostTensor, WeightSource};
 
-/// Logits alive at once when the head runs chunk by chunk (16 MiB of f32; 85 rows of
-/// SmolLM2's 49,152-token vocabulary).
+/// Logits alive at once when the head runs chunk by chunk for training (16 MiB of f32; 85
+/// rows of SmolLM2's 49,152-token vocabulary).
 pub const HEAD_CHUNK_LOGITS: usize = 4 << 20;
 
 /// Logits alive at once when the head only scores (no gradient: one chunk of logits and its
@@ -34,6 +34,14 @@ pub struct HeadLoss {
     /// tensor upstream of the hidden states exactly the gradient of `mean`. Its value means
     /// nothing.
     pub surrogate: Tensor<1>,
+}
+
+/// `(start, rows)` of consecutive chunks of at most `chunk_rows` rows covering `0..n`.
+fn row_chunks(n: usize, chunk_rows: usize) -> impl Iterator<Item = (usize, usize)> {
+    let chunk_rows = chunk_rows.max(1);
+    (0..n)
+        .step_by(chunk_rows)
+        .map(move |start| (start, chunk_rows.min(n - start)))
 }
 
 /// Rotary tables for positions `start..start+len`: `cos`, `sin` of shape `[len, head_dim]`.
@@ -474,12 +482,16 @@ impl Llama {
     /// Rows of hidden states per vocabulary chunk: at most [`HEAD_CHUNK_LOGITS`] logits exist
     /// at once, whatever the batch.
     pub fn head_chunk_rows(&self) -> usize {
-        (HEAD_CHUNK_LOGITS / self.vocab_size().max(1)).max(1)
+        self.rows_for_logits(HEAD_CHUNK_LOGITS)
     }
 
     /// Rows per chunk when only scoring ([`SCORING_CHUNK_LOGITS`]).
     pub fn scoring_chunk_rows(&self) -> usize {
-        (SCORING_CHUNK_LOGITS / self.vocab_size().max(1)).max(1)
+        self.rows_for_logits(SCORING_CHUNK_LOGITS)
+    }
+
+    fn rows_for_logits(&self, logits: usize) -> usize {
+        (logits / self.vocab_size().max(1)).max(1)
     }
 
     /// Log-probabilities of `targets` (`[n]`) given final hidden states `[n, hidden]`,
@@ -497,22 +509,13 @@ impl Llama {
     ) -> Tensor<1> {
         let [n, _] = hidden.dims();
         let head = self.head_matrix();
-        let chunk_rows = chunk_rows.max(1);
-        let chunks: Vec<Tensor<1>> = (0..n)
-            .step_by(chunk_rows)
-            .map(|start| {
-                let end = (start + chunk_rows).min(n);
-                let logits = hidden
-                    .clone()
-                    .narrow(0, start, end - start)
-                    .matmul(head.clone());
-                let target = targets
-                    .clone()
-                    .narrow(0, start, end - start)
-                    .reshape([end - start, 1]);
+        let chunks: Vec<Tensor<1>> = row_chunks(n, chunk_rows)
+            .map(|(start, c)| {
+                let logits = hidden.clone().narrow(0, start, c).matmul(head.clone());
+                let target = targets.clone().narrow(0, start, c).reshape([c, 1]);
                 burn::tensor::activation::log_softmax(logits, 1)
                     .gather(1, target)
-                    .reshape([end - start])
+                    .reshape([c])
             })
             .collect();
         Tensor::cat(chunks, 0)
@@ -535,15 +538,12 @@ impl Llama {
         chunk_rows: usize,
     ) -> HeadLoss {
         let [n, d] = hidden.dims();
-        let chunk_rows = chunk_rows.max(1);
         let device = hidden.device();
         let head = self.head_matrix().detach();
         let rows = hidden.clone().detach();
         let mut nll_sum = Tensor::<1>::zeros([1], &device);
         let mut grads = Vec::new();
-        for start in (0..n).step_by(chunk_rows) {
-            let end = (start + chunk_rows).min(n);
-            let c = end - start;
+        for (start, c) in row_chunks(n, chunk_rows) {
             let logits = rows.clone().narrow(0, start, c).matmul(head.clone());
             let target = targets.clone().narrow(0, start, c).reshape([c, 1]);
             let max = logits.clone().max_dim(1);
