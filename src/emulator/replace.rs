@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use super::plan::AdapterSplit;
 use crate::error::{Error, Result};
-use crate::model::llama::Rope;
+use crate::model::llama::Positions;
 use crate::model::{Harmonizer, Llama, token_tensor};
 use crate::optim::AdamW;
 
@@ -317,12 +317,12 @@ impl LayerReplace {
         keep: &[bool],
         i: usize,
         x: Tensor<3>,
-        rope: &Rope,
+        positions: &Positions,
     ) -> Tensor<3> {
         let middle = &self.middle;
         match middle.contains(&i) && !keep[i - middle.start] {
             true => harmonizers.list[i - middle.start].forward(x),
-            false => model.layers[i].forward(x, rope, None),
+            false => model.layers[i].forward(x, positions, None),
         }
     }
 
@@ -341,16 +341,16 @@ impl LayerReplace {
         keep: &[bool],
         tokens: Tensor<2, Int>,
     ) -> Tensor<1> {
-        let rope = Self::rope(model, &tokens);
+        let positions = Self::positions(model, &tokens);
         let mut x = model.embed(tokens.clone());
         for i in 0..model.layers.len() {
-            x = self.mixed_layer(model, harmonizers, keep, i, x, &rope);
+            x = self.mixed_layer(model, harmonizers, keep, i, x, &positions);
         }
         self.lm_loss(model, x, tokens)
     }
 
-    fn rope(model: &Llama, tokens: &Tensor<2, Int>) -> Rope {
-        model.rope(0, tokens.dims()[1], &tokens.device())
+    fn positions(model: &Llama, tokens: &Tensor<2, Int>) -> Positions {
+        model.positions(0, tokens.dims()[1], &tokens.device())
     }
 
     /// One harmonizer step on `rows` (equal lengths) with the configured
@@ -380,11 +380,11 @@ impl LayerReplace {
     fn layer_loss(&self, rows: &[Vec<u32>], keep: &[bool]) -> Tensor<1> {
         let model = self.model.valid();
         let tokens = token_tensor(rows, &model.device());
-        let rope = Self::rope(&model, &tokens);
+        let positions = Self::positions(&model, &tokens);
         let mut x = model.run_layers(model.embed(tokens), 0..self.middle.start);
         let (mut errors, mut added) = (Vec::new(), Vec::new());
         for (d, i) in self.middle.clone().enumerate() {
-            let raw = model.layers[i].forward(x.clone(), &rope, None);
+            let raw = model.layers[i].forward(x.clone(), &positions, None);
             added.push((raw.clone() - x.clone()).square().mean());
             let stand_in = self.harmonizers.list[d].forward(x.autodiff());
             errors.push((stand_in.clone() - raw.clone().autodiff()).square().mean());
@@ -406,16 +406,23 @@ impl LayerReplace {
         let model = self.model.valid();
         let harmonizers = self.harmonizers.valid();
         let tokens = token_tensor(rows, &model.device());
-        let rope = Self::rope(&model, &tokens);
+        let positions = Self::positions(&model, &tokens);
         // The bottom adapters learn nothing here: computed once, without autodiff.
         let bottom = model.run_layers(model.embed(tokens.clone()), 0..self.middle.start);
 
         let train_tokens = token_tensor(rows, &self.model.device());
-        let train_rope = Self::rope(&self.model, &train_tokens);
+        let train_positions = Self::positions(&self.model, &train_tokens);
         let mut x = bottom.clone().autodiff();
         let mut path = Vec::with_capacity(self.middle.len());
         for i in self.middle.clone() {
-            x = self.mixed_layer(&self.model, &self.harmonizers, &masks[0], i, x, &train_rope);
+            x = self.mixed_layer(
+                &self.model,
+                &self.harmonizers,
+                &masks[0],
+                i,
+                x,
+                &train_positions,
+            );
             path.push(x.clone().inner());
         }
         let x = self
@@ -430,7 +437,7 @@ impl LayerReplace {
             &masks,
             bottom,
             tokens,
-            &rope,
+            &positions,
             Some((path, lm)),
         )?;
         let grads = GradientsParams::from_grads(loss.backward(), &self.harmonizers);
@@ -501,10 +508,18 @@ impl LayerReplace {
         let model = self.model.valid();
         let harmonizers = self.harmonizers.valid();
         let tokens = token_tensor(rows, &model.device());
-        let rope = Self::rope(&model, &tokens);
+        let positions = Self::positions(&model, &tokens);
         let masks = self.candidate_masks(1);
         let bottom = model.run_layers(model.embed(tokens.clone()), 0..self.middle.start);
-        let losses = self.score_masks(&model, &harmonizers, &masks, bottom, tokens, &rope, None)?;
+        let losses = self.score_masks(
+            &model,
+            &harmonizers,
+            &masks,
+            bottom,
+            tokens,
+            &positions,
+            None,
+        )?;
         Ok((masks, losses))
     }
 
@@ -522,7 +537,7 @@ impl LayerReplace {
         masks: &[Vec<bool>],
         bottom: Tensor<3>,
         tokens: Tensor<2, Int>,
-        rope: &Rope,
+        positions: &Positions,
         mut known: Option<(Vec<Tensor<3>>, f64)>,
     ) -> Result<Vec<f64>> {
         let mut order: Vec<usize> = (0..masks.len()).collect();
@@ -561,7 +576,7 @@ impl LayerReplace {
                     &masks[j],
                     self.middle.start + d,
                     x,
-                    rope,
+                    positions,
                 );
                 path.push(x.clone());
             }

@@ -5,7 +5,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 
 use crate::data::Example;
 use crate::error::{Error, Result};
-use crate::model::{HeadLoss, Llama};
+use crate::model::{HeadLoss, Llama, Positions};
 use crate::tokenizer::Tokenizer;
 
 /// One scoring request, already tokenized.
@@ -48,50 +48,158 @@ pub fn encode_pair(tok: &Tokenizer, context: &str, continuation: &str) -> Result
     })
 }
 
+/// One input row of a scoring batch. Requests with the same context share a row: the
+/// context once, then each continuation (less its last token) as a branch that attends to the
+/// context and to itself, never to another branch, at the positions it would have had alone.
+/// Every score equals scoring the request on its own row (lm-eval's way), and a multiple-choice
+/// document costs its context once instead of once per choice. A request that lm-eval would
+/// truncate, or that has no context, gets a row of its own, cut the same way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScoringRow {
+    pub tokens: Vec<u32>,
+    /// Each token's position in its own sequence (what the rotary embedding sees).
+    pub positions: Vec<usize>,
+    /// 0 for the shared context, k for the k-th continuation's branch.
+    pub branch: Vec<u32>,
+    /// Per request in the row: its index and its `(row index, target token)` pairs.
+    pub scored: Vec<(usize, Vec<(usize, u32)>)>,
+}
+
+impl ScoringRow {
+    /// A request alone, truncated from the left to `max_len` inputs like lm-eval.
+    fn single(index: usize, req: &LoglikRequest, max_len: usize) -> Self {
+        let mut tokens: Vec<u32> = req
+            .context
+            .iter()
+            .chain(&req.continuation)
+            .copied()
+            .collect();
+        let keep = (max_len + 1).min(tokens.len());
+        tokens.drain(..tokens.len() - keep);
+        tokens.pop();
+        let n_in = tokens.len();
+        let n = req.continuation.len().min(keep).min(n_in);
+        let targets = &req.continuation[req.continuation.len() - n..];
+        let scored = (targets.iter().enumerate())
+            .map(|(k, &target)| (n_in - n + k, target))
+            .collect();
+        Self {
+            positions: (0..n_in).collect(),
+            branch: vec![0; n_in],
+            tokens,
+            scored: vec![(index, scored)],
+        }
+    }
+
+    /// Requests `members` (same non-empty context, non-empty continuations, none truncated)
+    /// in one row.
+    fn shared(reqs: &[LoglikRequest], members: &[usize]) -> Self {
+        let context = &reqs[members[0]].context;
+        let n_ctx = context.len();
+        let mut row = Self {
+            tokens: context.clone(),
+            positions: (0..n_ctx).collect(),
+            branch: vec![0; n_ctx],
+            scored: Vec::with_capacity(members.len()),
+        };
+        for (k, &i) in members.iter().enumerate() {
+            let cont = &reqs[i].continuation;
+            let start = row.tokens.len();
+            // The first token is predicted at the context's end, token j at branch token j - 1.
+            let scored = (cont.iter().enumerate())
+                .map(|(j, &target)| (if j == 0 { n_ctx - 1 } else { start + j - 1 }, target))
+                .collect();
+            row.tokens.extend(&cont[..cont.len() - 1]);
+            row.positions.extend(n_ctx..n_ctx + cont.len() - 1);
+            row.branch.resize(row.tokens.len(), k as u32 + 1);
+            row.scored.push((i, scored));
+        }
+        row
+    }
+
+    fn len(&self) -> usize {
+        self.tokens.len().max(1)
+    }
+}
+
+/// The rows that score `reqs`: requests sharing a context share a row (see [`ScoringRow`]).
+pub fn scoring_rows(reqs: &[LoglikRequest], max_len: usize) -> Vec<ScoringRow> {
+    let mut families: Vec<Vec<usize>> = Vec::new();
+    let mut family_of: std::collections::HashMap<&[u32], usize> = Default::default();
+    let mut rows = Vec::new();
+    for (i, r) in reqs.iter().enumerate() {
+        let alone = r.context.is_empty()
+            || r.continuation.is_empty()
+            || r.context.len() + r.continuation.len() > max_len + 1;
+        if alone {
+            rows.push(ScoringRow::single(i, r, max_len));
+            continue;
+        }
+        match family_of.get(r.context.as_slice()) {
+            Some(&f) => families[f].push(i),
+            None => {
+                family_of.insert(&r.context, families.len());
+                families.push(vec![i]);
+            }
+        }
+    }
+    rows.extend(families.iter().map(|members| match members.as_slice() {
+        [one] => ScoringRow::single(*one, &reqs[*one], max_len),
+        _ => ScoringRow::shared(reqs, members),
+    }));
+    rows
+}
+
 /// A right-padded batch: model inputs and where each request's continuation is scored.
 pub struct ScoringBatch {
     pub inputs: Vec<Vec<u32>>,
-    /// Flat `(row * len + position)` of every scored token, in request order.
+    /// Flat `(row * len + position)` of every scored token, request by request.
     pub positions: Vec<i64>,
     pub targets: Vec<i64>,
     /// Number of scored tokens per request.
     pub counts: Vec<usize>,
+    /// The requests scored, in the order of `counts` (empty for training batches).
+    pub requests: Vec<usize>,
+    /// Per row: each token's position and branch, when some row packs shared contexts.
+    pub packing: Option<(Vec<Vec<usize>>, Vec<Vec<u32>>)>,
 }
 
 impl ScoringBatch {
-    /// Builds a batch, truncating from the left to `max_len` inputs like lm-eval.
-    pub fn new(reqs: &[&LoglikRequest], max_len: usize, pad: u32) -> Self {
-        let rows: Vec<(Vec<u32>, usize)> = reqs
-            .iter()
-            .map(|r| {
-                let mut all: Vec<u32> = r.context.iter().chain(&r.continuation).copied().collect();
-                let keep = (max_len + 1).min(all.len());
-                all.drain(..all.len() - keep);
-                all.pop();
-                (all, r.continuation.len().min(keep))
-            })
-            .collect();
-        let len = rows.iter().map(|(r, _)| r.len()).max().unwrap_or(1).max(1);
+    /// A batch of rows, right-padded to the longest.
+    pub fn from_rows(rows: &[&ScoringRow], pad: u32) -> Self {
+        let len = rows.iter().map(|r| r.len()).max().unwrap_or(1);
         let mut batch = Self {
             inputs: Vec::with_capacity(rows.len()),
             positions: Vec::new(),
             targets: Vec::new(),
-            counts: Vec::with_capacity(rows.len()),
+            counts: Vec::new(),
+            requests: Vec::new(),
+            packing: None,
         };
-        for (row, ((input, n_cont), req)) in rows.into_iter().zip(reqs).enumerate() {
-            let n_in = input.len();
-            let n = n_cont.min(n_in);
-            for (k, &target) in req.continuation[req.continuation.len() - n..]
-                .iter()
-                .enumerate()
-            {
-                batch.positions.push((row * len + n_in - n + k) as i64);
-                batch.targets.push(target as i64);
+        for (r, row) in rows.iter().enumerate() {
+            for (request, scored) in &row.scored {
+                batch.requests.push(*request);
+                batch.counts.push(scored.len());
+                for &(at, target) in scored {
+                    batch.positions.push((r * len + at) as i64);
+                    batch.targets.push(target as i64);
+                }
             }
-            batch.counts.push(n);
-            let mut padded = input;
-            padded.resize(len, pad);
-            batch.inputs.push(padded);
+            let mut input = row.tokens.clone();
+            input.resize(len, pad);
+            batch.inputs.push(input);
+        }
+        if rows.iter().any(|r| r.scored.len() > 1) {
+            // Padding is a branch of its own: it sees the context, and nothing real sees it.
+            let pad_row = |r: &ScoringRow| {
+                let mut positions = r.positions.clone();
+                let next = positions.last().map_or(0, |p| p + 1);
+                positions.extend((next..).take(len - r.positions.len()));
+                let mut branch = r.branch.clone();
+                branch.resize(len, u32::MAX);
+                (positions, branch)
+            };
+            batch.packing = Some(rows.iter().map(|r| pad_row(r)).unzip());
         }
         batch
     }
@@ -110,6 +218,8 @@ impl ScoringBatch {
             positions: Vec::new(),
             targets: Vec::new(),
             counts: Vec::with_capacity(examples.len()),
+            requests: Vec::new(),
+            packing: None,
         };
         for (row, ex) in examples.iter().enumerate() {
             let mut count = 0;
@@ -139,7 +249,13 @@ impl ScoringBatch {
         let device = model.device();
         let tokens = crate::model::token_tensor(&self.inputs, &device);
         let [b, t] = tokens.dims();
-        let hidden = model.hidden(tokens, None);
+        let hidden = match &self.packing {
+            None => model.hidden(tokens, None),
+            Some((positions, branch)) => {
+                let at = Positions::packed(&model.rope_inv_freq, positions, branch, &device);
+                model.hidden_at(tokens, &at, None)
+            }
+        };
         let d = hidden.dims()[2];
         let n = self.positions.len();
         let pos =
@@ -161,7 +277,7 @@ impl ScoringBatch {
         model.head_loss(hidden, targets)
     }
 
-    /// Sums per-token log-probs back into one value per request.
+    /// Sums per-token log-probs back into one value per entry of `counts`.
     pub fn sum_per_request(&self, token_logprobs: &[f32]) -> Vec<f64> {
         let mut out = Vec::with_capacity(self.counts.len());
         let mut at = 0;
@@ -173,16 +289,16 @@ impl ScoringBatch {
     }
 }
 
-/// Groups requests (longest first, like lm-eval) into batches of at most `max_tokens`
-/// padded tokens; returns request indices per batch.
-pub fn plan_batches(reqs: &[LoglikRequest], max_tokens: usize) -> Vec<Vec<usize>> {
-    let mut order: Vec<usize> = (0..reqs.len()).collect();
-    let len = |i: usize| reqs[i].context.len() + reqs[i].continuation.len();
+/// Groups rows (longest first, like lm-eval) into batches of at most `max_tokens` padded
+/// tokens; returns row indices per batch.
+pub fn plan_batches(rows: &[ScoringRow], max_tokens: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..rows.len()).collect();
+    let len = |i: usize| rows[i].len();
     order.sort_by_key(|&i| std::cmp::Reverse(len(i)));
     let mut batches: Vec<Vec<usize>> = Vec::new();
     for i in order {
         match batches.last_mut() {
-            // Sorted longest first: the batch's first request sets its padded length.
+            // Sorted longest first: the batch's first row sets its padded length.
             Some(b) if (b.len() + 1) * len(b[0]) <= max_tokens.max(len(b[0])) => b.push(i),
             _ => batches.push(vec![i]),
         }
@@ -200,18 +316,19 @@ pub fn score_all(
     mut progress: impl FnMut(usize),
 ) -> Result<Vec<f64>> {
     let mut out = vec![0f64; reqs.len()];
-    for batch_idx in plan_batches(reqs, max_batch_tokens) {
-        let refs: Vec<&LoglikRequest> = batch_idx.iter().map(|&i| &reqs[i]).collect();
-        let batch = ScoringBatch::new(&refs, max_len, pad);
+    let rows = scoring_rows(reqs, max_len);
+    for batch_rows in plan_batches(&rows, max_batch_tokens) {
+        let refs: Vec<&ScoringRow> = batch_rows.iter().map(|&i| &rows[i]).collect();
+        let batch = ScoringBatch::from_rows(&refs, pad);
         let lp = batch
             .token_logprobs(model)
             .into_data()
             .try_into_vec::<f32>()
             .map_err(|e| Error::Invalid(format!("reading scores back from the device: {e:?}")))?;
-        for (&i, v) in batch_idx.iter().zip(batch.sum_per_request(&lp)) {
+        for (&i, v) in batch.requests.iter().zip(batch.sum_per_request(&lp)) {
             out[i] = v;
         }
-        progress(batch_idx.len());
+        progress(batch.requests.len());
     }
     Ok(out)
 }
@@ -220,44 +337,83 @@ pub fn score_all(
 mod tests {
     use super::*;
 
+    fn req(context: &[u32], continuation: &[u32]) -> LoglikRequest {
+        LoglikRequest {
+            context: context.to_vec(),
+            continuation: continuation.to_vec(),
+        }
+    }
+
     #[test]
     fn batch_positions_point_at_continuation_tokens() {
-        let a = LoglikRequest {
-            context: vec![10, 11, 12],
-            continuation: vec![20, 21],
-        };
-        let b = LoglikRequest {
-            context: vec![30],
-            continuation: vec![40],
-        };
-        let batch = ScoringBatch::new(&[&a, &b], 100, 0);
+        let reqs = [req(&[10, 11, 12], &[20, 21]), req(&[30], &[40])];
+        let rows = scoring_rows(&reqs, 100);
+        let batch = ScoringBatch::from_rows(&rows.iter().collect::<Vec<_>>(), 0);
         assert_eq!(batch.inputs, vec![vec![10, 11, 12, 20], vec![30, 0, 0, 0]]);
         // a: logits at positions 2 and 3 predict 20 and 21; b: position 0 predicts 40.
         assert_eq!(batch.positions, vec![2, 3, 4]);
         assert_eq!(batch.targets, vec![20, 21, 40]);
+        assert_eq!(batch.requests, vec![0, 1]);
+        assert!(
+            batch.packing.is_none(),
+            "no shared context: plain causal rows"
+        );
         assert_eq!(batch.sum_per_request(&[-1.0, -2.0, -0.5]), vec![-3.0, -0.5]);
     }
 
     #[test]
     fn truncation_keeps_the_end() {
-        let a = LoglikRequest {
-            context: vec![1, 2, 3, 4, 5],
-            continuation: vec![6, 7],
-        };
-        let batch = ScoringBatch::new(&[&a], 3, 0);
+        let rows = scoring_rows(&[req(&[1, 2, 3, 4, 5], &[6, 7])], 3);
+        let batch = ScoringBatch::from_rows(&[&rows[0]], 0);
         assert_eq!(batch.inputs, vec![vec![4, 5, 6]]);
         assert_eq!(batch.targets, vec![6, 7]);
         assert_eq!(batch.positions, vec![1, 2]);
     }
 
     #[test]
+    fn choices_of_one_context_share_a_row_and_keep_their_positions() {
+        let reqs = [
+            req(&[1, 2, 3], &[7, 8, 9]),
+            req(&[5], &[6]),
+            req(&[1, 2, 3], &[4]),
+            // Would be truncated at max_len 6: scored alone, like lm-eval.
+            req(&[1, 2, 3], &[10, 11, 12, 13, 14]),
+        ];
+        let rows = scoring_rows(&reqs, 6);
+        assert_eq!(rows.len(), 3);
+        let shared = rows.iter().find(|r| r.scored.len() == 2).unwrap();
+        assert_eq!(shared.tokens, vec![1, 2, 3, 7, 8]);
+        assert_eq!(shared.positions, vec![0, 1, 2, 3, 4]);
+        assert_eq!(shared.branch, vec![0, 0, 0, 1, 1]);
+        // Request 0: 7 from the context's end, 8 and 9 from its branch; request 2: 4 from the
+        // context's end (its branch is empty).
+        assert_eq!(
+            shared.scored,
+            vec![(0, vec![(2, 7), (3, 8), (4, 9)]), (2, vec![(2, 4)])]
+        );
+        let refs: Vec<&ScoringRow> = rows.iter().collect();
+        let batch = ScoringBatch::from_rows(&refs, 0);
+        let (positions, branch) = batch.packing.expect("a shared row needs its layout");
+        assert_eq!(positions.len(), 3);
+        assert!(positions.iter().all(|p| p.len() == 6) && branch.iter().all(|b| b.len() == 6));
+        let mut requests = batch.requests.clone();
+        requests.sort();
+        assert_eq!(requests, vec![0, 1, 2, 3]);
+    }
+
+    #[test]
     fn batches_respect_the_token_budget() {
-        let r = |n: usize| LoglikRequest {
-            context: vec![1; n],
-            continuation: vec![2],
-        };
-        let reqs = vec![r(9), r(3), r(4), r(2)];
-        let plan = plan_batches(&reqs, 12);
+        let rows = scoring_rows(
+            &[
+                req(&[1; 9], &[2]),
+                req(&[3; 3], &[2]),
+                req(&[4; 4], &[2]),
+                req(&[5; 2], &[2]),
+            ],
+            100,
+        );
+        // Row lengths 9, 3, 4, 2 (inputs: context + continuation - 1).
+        let plan = plan_batches(&rows, 11);
         assert_eq!(plan, vec![vec![0], vec![2, 1], vec![3]]);
     }
 }

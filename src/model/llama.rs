@@ -5,7 +5,7 @@
 //! low-rank variant in a slot, or leave a layer out, without touching the rest of the model.
 
 use burn::module::{Module, Param};
-use burn::tensor::activation::silu;
+use burn::tensor::activation::{silu, softmax};
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Device, IndexingUpdateOp, Int, Tensor, TensorData};
@@ -44,28 +44,54 @@ fn row_chunks(n: usize, chunk_rows: usize) -> impl Iterator<Item = (usize, usize
         .map(move |start| (start, chunk_rows.min(n - start)))
 }
 
-/// Rotary tables for positions `start..start+len`: `cos`, `sin` of shape `[len, head_dim]`.
-pub struct Rope {
-    pub cos: Tensor<2>,
-    pub sin: Tensor<2>,
+/// Where the input tokens sit: rotary tables `cos`, `sin` of shape `[1 or batch, 1, len,
+/// head_dim]` for their positions and, when a row packs several sequences that share a prefix
+/// (see `eval::loglik`), which tokens each may attend to.
+pub struct Positions {
+    pub cos: Tensor<4>,
+    pub sin: Tensor<4>,
+    /// `[batch, 1, len, len]`, true where attention is forbidden; `None`: plain causal rows.
+    pub mask: Option<Tensor<4, Bool>>,
 }
 
-impl Rope {
+impl Positions {
+    /// Consecutive positions `start..start + len` in every row.
     /// `inv_freq`: the `head_dim / 2` inverse frequencies (`LlamaConfig::rope_inv_freq`).
     pub fn new(inv_freq: &[f64], start: usize, len: usize, device: &Device) -> Self {
-        let head_dim = 2 * inv_freq.len();
-        let mut cos = Vec::with_capacity(len * head_dim);
-        let mut sin = Vec::with_capacity(len * head_dim);
-        for p in start..start + len {
-            let row: Vec<f64> = inv_freq.iter().map(|f| p as f64 * f).collect();
-            for _ in 0..2 {
-                cos.extend(row.iter().map(|a| a.cos() as f32));
-                sin.extend(row.iter().map(|a| a.sin() as f32));
+        let (cos, sin) = rotary_tables(inv_freq, &[(start..start + len).collect()], device);
+        Self {
+            cos,
+            sin,
+            mask: None,
+        }
+    }
+
+    /// Packed rows: `positions[row][i]` is token i's position, and token i may attend to an
+    /// earlier token j of its row when `branch[row][j]` is 0 (the shared prefix) or equals its
+    /// own branch. All rows have the same length.
+    pub fn packed(
+        inv_freq: &[f64],
+        positions: &[Vec<usize>],
+        branch: &[Vec<u32>],
+        device: &Device,
+    ) -> Self {
+        let (cos, sin) = rotary_tables(inv_freq, positions, device);
+        let (b, t) = (branch.len(), branch.first().map_or(0, Vec::len));
+        let mut forbidden = Vec::with_capacity(b * t * t);
+        for row in branch {
+            for (q, &bq) in row.iter().enumerate() {
+                forbidden.extend(
+                    row.iter()
+                        .enumerate()
+                        .map(|(k, &bk)| k > q || (bk != 0 && bk != bq)),
+                );
             }
         }
+        let mask = Tensor::<3, Bool>::from_data(TensorData::new(forbidden, [b, t, t]), device);
         Self {
-            cos: Tensor::from_data(TensorData::new(cos, [len, head_dim]), device),
-            sin: Tensor::from_data(TensorData::new(sin, [len, head_dim]), device),
+            cos,
+            sin,
+            mask: Some(mask.unsqueeze_dim(1)),
         }
     }
 
@@ -75,8 +101,33 @@ impl Rope {
         let x1 = x.clone().narrow(3, 0, d / 2);
         let x2 = x.clone().narrow(3, d / 2, d / 2);
         let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-        x.mul(self.cos.clone().unsqueeze()) + rotated.mul(self.sin.clone().unsqueeze())
+        x.mul(self.cos.clone()) + rotated.mul(self.sin.clone())
     }
+}
+
+/// `cos`, `sin` `[rows, 1, len, head_dim]` for the given positions of each row (HF's layout:
+/// the `head_dim / 2` angles twice).
+fn rotary_tables(
+    inv_freq: &[f64],
+    positions: &[Vec<usize>],
+    device: &Device,
+) -> (Tensor<4>, Tensor<4>) {
+    let head_dim = 2 * inv_freq.len();
+    let (rows, len) = (positions.len(), positions.first().map_or(0, Vec::len));
+    let mut cos = Vec::with_capacity(rows * len * head_dim);
+    let mut sin = Vec::with_capacity(rows * len * head_dim);
+    for &p in positions.iter().flatten() {
+        let angles: Vec<f64> = inv_freq.iter().map(|f| p as f64 * f).collect();
+        for _ in 0..2 {
+            cos.extend(angles.iter().map(|a| a.cos() as f32));
+            sin.extend(angles.iter().map(|a| a.sin() as f32));
+        }
+    }
+    let shape = [rows, 1, len, head_dim];
+    (
+        Tensor::from_data(TensorData::new(cos, shape), device),
+        Tensor::from_data(TensorData::new(sin, shape), device),
+    )
 }
 
 /// Cached keys/values of one layer, `[batch, kv_heads, past_len, head_dim]`.
@@ -97,13 +148,18 @@ pub struct Attention {
 }
 
 impl Attention {
-    pub fn forward(&self, x: Tensor<3>, rope: &Rope, cache: Option<&mut LayerCache>) -> Tensor<3> {
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        positions: &Positions,
+        cache: Option<&mut LayerCache>,
+    ) -> Tensor<3> {
         let [b, t, _] = x.dims();
         let (nh, nkv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let heads =
             |p: &Linear, n: usize| p.forward(x.clone()).reshape([b, t, n, hd]).swap_dims(1, 2);
-        let q = rope.apply(heads(&self.q_proj, nh));
-        let mut k = rope.apply(heads(&self.k_proj, nkv));
+        let q = positions.apply(heads(&self.q_proj, nh));
+        let mut k = positions.apply(heads(&self.k_proj, nkv));
         let mut v = heads(&self.v_proj, nkv);
         let mut past = 0;
         if let Some(cache) = cache {
@@ -130,7 +186,10 @@ impl Attention {
         // Query i (absolute past+i) sees keys j <= past+i. Without a cache that is plain causal
         // masking, which backends fuse; one new token sees everything; otherwise an explicit
         // mask (`tril_mask` is true where attention is forbidden).
-        let (mask, is_causal) = if past == 0 {
+        let (mask, is_causal) = if let Some(mask) = &positions.mask {
+            debug_assert_eq!(past, 0, "packed rows are scored without a cache");
+            (Some(mask.clone().expand([b, nh, t, total])), false)
+        } else if past == 0 {
             (None, t > 1)
         } else if t == 1 {
             (None, false)
@@ -176,11 +235,16 @@ pub struct DecoderLayer {
 }
 
 impl DecoderLayer {
-    pub fn forward(&self, x: Tensor<3>, rope: &Rope, cache: Option<&mut LayerCache>) -> Tensor<3> {
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        positions: &Positions,
+        cache: Option<&mut LayerCache>,
+    ) -> Tensor<3> {
         let h = x.clone()
             + self
                 .self_attn
-                .forward(self.input_layernorm.forward(x), rope, cache);
+                .forward(self.input_layernorm.forward(x), positions, cache);
         h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
     }
 }
@@ -255,9 +319,14 @@ pub enum LayerSlot {
 }
 
 impl LayerSlot {
-    pub fn forward(&self, x: Tensor<3>, rope: &Rope, cache: Option<&mut LayerCache>) -> Tensor<3> {
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        positions: &Positions,
+        cache: Option<&mut LayerCache>,
+    ) -> Tensor<3> {
         match self {
-            Self::Decoder(layer) => layer.forward(x, rope, cache),
+            Self::Decoder(layer) => layer.forward(x, positions, cache),
             Self::Harmonizer(h) => h.forward(x),
         }
     }
@@ -407,9 +476,9 @@ impl Llama {
         })
     }
 
-    /// Rotary tables for positions `start..start + len`.
-    pub fn rope(&self, start: usize, len: usize, device: &Device) -> Rope {
-        Rope::new(&self.rope_inv_freq, start, len, device)
+    /// Consecutive positions `start..start + len` in every row.
+    pub fn positions(&self, start: usize, len: usize, device: &Device) -> Positions {
+        Positions::new(&self.rope_inv_freq, start, len, device)
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -434,21 +503,32 @@ impl Llama {
     /// position 0 (no cache): the building block of layer-wise distillation.
     pub fn run_layers(&self, x: Tensor<3>, range: std::ops::Range<usize>) -> Tensor<3> {
         let [_, t, _] = x.dims();
-        let rope = self.rope(0, t, &x.device());
+        let positions = self.positions(0, t, &x.device());
         self.layers[range]
             .iter()
-            .fold(x, |h, layer| layer.forward(h, &rope, None))
+            .fold(x, |h, layer| layer.forward(h, &positions, None))
     }
 
     /// Final-normed hidden states `[batch, len, hidden]`; `cache` enables incremental decoding.
-    pub fn hidden(&self, tokens: Tensor<2, Int>, mut cache: Option<&mut KvCache>) -> Tensor<3> {
+    pub fn hidden(&self, tokens: Tensor<2, Int>, cache: Option<&mut KvCache>) -> Tensor<3> {
         let [_, t] = tokens.dims();
         let start = cache.as_ref().map_or(0, |c| c.len);
-        let rope = self.rope(start, t, &tokens.device());
+        let positions = self.positions(start, t, &tokens.device());
+        self.hidden_at(tokens, &positions, cache)
+    }
+
+    /// [`Self::hidden`] for tokens at the given positions (e.g. packed rows).
+    pub fn hidden_at(
+        &self,
+        tokens: Tensor<2, Int>,
+        positions: &Positions,
+        mut cache: Option<&mut KvCache>,
+    ) -> Tensor<3> {
+        let [_, t] = tokens.dims();
         let mut x = self.embed(tokens);
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            x = layer.forward(x, &rope, layer_cache);
+            x = layer.forward(x, positions, layer_cache);
         }
         if let Some(c) = cache {
             c.len += t;
@@ -513,9 +593,12 @@ impl Llama {
             .map(|(start, c)| {
                 let logits = hidden.clone().narrow(0, start, c).matmul(head.clone());
                 let target = targets.clone().narrow(0, start, c).reshape([c, 1]);
-                burn::tensor::activation::log_softmax(logits, 1)
-                    .gather(1, target)
-                    .reshape([c])
+                // log p(target) = logit − max − log Σ exp(logit − max), and the largest
+                // softmax entry is exactly exp(0) / Σ exp(logit − max): one fused softmax
+                // instead of log-softmax's separate exp, sum and log passes over the vocabulary.
+                let max = logits.clone().max_dim(1);
+                let inv_total = softmax(logits.clone(), 1).max_dim(1);
+                (logits.gather(1, target) - max + inv_total.log()).reshape([c])
             })
             .collect();
         Tensor::cat(chunks, 0)

@@ -11,8 +11,8 @@ pub use config::LlamaConfig;
 pub use harmonizer::Harmonizer;
 pub use layers::{Linear, Lora, RmsNorm, read_named, read_scalar, read_vec};
 pub use llama::{
-    HEAD_CHUNK_LOGITS, HeadLoss, KvCache, LayerSlot, LayerSource, Llama, SCORING_CHUNK_LOGITS,
-    token_tensor,
+    HEAD_CHUNK_LOGITS, HeadLoss, KvCache, LayerSlot, LayerSource, Llama, Positions,
+    SCORING_CHUNK_LOGITS, token_tensor,
 };
 pub use load::{LoadedModel, ModelBytes, OpenedModel, write_checkpoint};
 pub use lora::LoraConfig;

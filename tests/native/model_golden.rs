@@ -6,7 +6,7 @@ use crate::common;
 use burn::tensor::Device;
 use burn::tensor::activation::log_softmax;
 use scaleot::eval::LoglikRequest;
-use scaleot::eval::loglik::ScoringBatch;
+use scaleot::eval::loglik::{ScoringBatch, ScoringRow, scoring_rows};
 use scaleot::generate::generate;
 use scaleot::model::{LoadedModel, token_tensor};
 
@@ -48,7 +48,8 @@ fn smollm2_logprobs_and_greedy_match_transformers() {
             context: ids[..1].to_vec(),
             continuation: ids[1..].to_vec(),
         };
-        let batch = ScoringBatch::new(&[&req], 8192, 0);
+        let rows = scoring_rows(std::slice::from_ref(&req), 8192);
+        let batch = ScoringBatch::from_rows(&[&rows[0]], 0);
         let scored: Vec<f32> = batch
             .token_logprobs(&m.model)
             .into_data()
@@ -243,6 +244,53 @@ fn attention_is_causal_and_kv_cache_agrees() {
     incremental.extend(step(vec![9]));
     for (i, (x, y)) in incremental.iter().zip(&a).enumerate() {
         assert!((x - y).abs() < 1e-5, "logit {i}: cached {x} vs full {y}");
+    }
+}
+
+/// Multiple-choice requests packed into shared-context rows (`eval`'s batches) score the
+/// same as each request alone on its own row (lm-eval's way).
+#[test]
+fn shared_context_rows_score_like_separate_requests() {
+    let device = Device::flex();
+    let m = tiny_model(&device);
+    let req = |context: &[u32], continuation: &[u32]| LoglikRequest {
+        context: context.to_vec(),
+        continuation: continuation.to_vec(),
+    };
+    let reqs = vec![
+        req(&[5, 6, 7, 8], &[9, 10, 11]),
+        req(&[5, 6, 7, 8], &[40]),
+        req(&[5, 6, 7, 8], &[41, 42, 43, 44, 45, 46]),
+        req(&[20, 21], &[22, 23]),
+        req(&[20, 21], &[24, 25]),
+        req(&[30, 31, 32, 33, 34, 35, 36, 37, 38], &[39]),
+    ];
+    let scores = |rows: &[&ScoringRow]| -> Vec<(usize, f64)> {
+        let batch = ScoringBatch::from_rows(rows, 0);
+        let lp: Vec<f32> = batch
+            .token_logprobs(&m.model)
+            .into_data()
+            .try_into_vec()
+            .unwrap();
+        batch
+            .requests
+            .iter()
+            .copied()
+            .zip(batch.sum_per_request(&lp))
+            .collect()
+    };
+    let rows = scoring_rows(&reqs, 64);
+    assert_eq!(rows.len(), 3, "two shared rows and one single");
+    let mut packed = scores(&rows.iter().collect::<Vec<_>>());
+    packed.sort_by_key(|&(i, _)| i);
+    assert_eq!(packed.len(), reqs.len());
+    for (i, got) in packed {
+        let alone = scoring_rows(std::slice::from_ref(&reqs[i]), 64);
+        let want = scores(&[&alone[0]])[0].1;
+        assert!(
+            (got - want).abs() < 1e-5,
+            "request {i}: packed {got} vs alone {want}"
+        );
     }
 }
 
