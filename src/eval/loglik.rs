@@ -307,6 +307,9 @@ pub fn plan_batches(rows: &[ScoringRow], max_tokens: usize) -> Vec<Vec<usize>> {
 }
 
 /// Scores all requests natively (synchronous readback); `progress` gets the number done.
+/// Batches run on several threads at once: one batch's element-wise steps run on one core,
+/// so a second batch keeps the other cores busy between the (already parallel) matrix
+/// products.
 pub fn score_all(
     model: &Llama,
     reqs: &[LoglikRequest],
@@ -315,9 +318,9 @@ pub fn score_all(
     pad: u32,
     mut progress: impl FnMut(usize),
 ) -> Result<Vec<f64>> {
-    let mut out = vec![0f64; reqs.len()];
     let rows = scoring_rows(reqs, max_len);
-    for batch_rows in plan_batches(&rows, max_batch_tokens) {
+    let batches = plan_batches(&rows, max_batch_tokens);
+    let score = |batch_rows: &[usize]| -> Result<(Vec<usize>, Vec<f64>)> {
         let refs: Vec<&ScoringRow> = batch_rows.iter().map(|&i| &rows[i]).collect();
         let batch = ScoringBatch::from_rows(&refs, pad);
         let lp = batch
@@ -325,12 +328,51 @@ pub fn score_all(
             .into_data()
             .try_into_vec::<f32>()
             .map_err(|e| Error::Invalid(format!("reading scores back from the device: {e:?}")))?;
-        for (&i, v) in batch.requests.iter().zip(batch.sum_per_request(&lp)) {
+        let sums = batch.sum_per_request(&lp);
+        Ok((batch.requests, sums))
+    };
+    let mut out = vec![0f64; reqs.len()];
+    let mut record = |(requests, sums): (Vec<usize>, Vec<f64>)| {
+        for (&i, v) in requests.iter().zip(sums) {
             out[i] = v;
         }
-        progress(batch.requests.len());
+        progress(requests.len());
+    };
+    let workers = scoring_threads().min(batches.len());
+    if workers <= 1 {
+        for batch_rows in &batches {
+            record(score(batch_rows)?);
+        }
+    } else {
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            let (done, results) = std::sync::mpsc::channel();
+            for _ in 0..workers {
+                let done = done.clone();
+                let (next, batches, score) = (&next, &batches, &score);
+                scope.spawn(move || {
+                    while let Some(batch_rows) =
+                        batches.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+                    {
+                        if done.send(score(batch_rows)).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            drop(done);
+            results.into_iter().try_for_each(|result| result.map(&mut record))
+        })?;
     }
     Ok(out)
+}
+
+/// Batches scored at once: one per core natively, up to 4 (each holds its activations).
+fn scoring_threads() -> usize {
+    if cfg!(target_family = "wasm") {
+        return 1;
+    }
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
 }
 
 #[cfg(test)]
