@@ -160,8 +160,15 @@ pub struct ScoringBatch {
     pub counts: Vec<usize>,
     /// The requests scored, in the order of `counts` (empty for training batches).
     pub requests: Vec<usize>,
-    /// Per row: each token's position and branch, when some row packs shared contexts.
-    pub packing: Option<(Vec<Vec<usize>>, Vec<Vec<u32>>)>,
+    /// Set when some row packs a shared context.
+    pub packing: Option<Packing>,
+}
+
+/// Where each token of a padded batch sits, per row (see [`ScoringRow`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Packing {
+    pub positions: Vec<Vec<usize>>,
+    pub branch: Vec<Vec<u32>>,
 }
 
 impl ScoringBatch {
@@ -199,7 +206,8 @@ impl ScoringBatch {
                 branch.resize(len, u32::MAX);
                 (positions, branch)
             };
-            batch.packing = Some(rows.iter().map(|r| pad_row(r)).unzip());
+            let (positions, branch) = rows.iter().map(|r| pad_row(r)).unzip();
+            batch.packing = Some(Packing { positions, branch });
         }
         batch
     }
@@ -251,8 +259,8 @@ impl ScoringBatch {
         let [b, t] = tokens.dims();
         let hidden = match &self.packing {
             None => model.hidden(tokens, None),
-            Some((positions, branch)) => {
-                let at = Positions::packed(&model.rope_inv_freq, positions, branch, &device);
+            Some(p) => {
+                let at = Positions::packed(&model.rope_inv_freq, &p.positions, &p.branch, &device);
                 model.hidden_at(tokens, &at, None)
             }
         };
@@ -361,7 +369,9 @@ pub fn score_all(
                 });
             }
             drop(done);
-            results.into_iter().try_for_each(|result| result.map(&mut record))
+            results
+                .into_iter()
+                .try_for_each(|result| result.map(&mut record))
         })?;
     }
     Ok(out)
@@ -435,7 +445,7 @@ mod tests {
         );
         let refs: Vec<&ScoringRow> = rows.iter().collect();
         let batch = ScoringBatch::from_rows(&refs, 0);
-        let (positions, branch) = batch.packing.expect("a shared row needs its layout");
+        let Packing { positions, branch } = batch.packing.expect("a shared row needs its layout");
         assert_eq!(positions.len(), 3);
         assert!(positions.iter().all(|p| p.len() == 6) && branch.iter().all(|b| b.len() == 6));
         let mut requests = batch.requests.clone();
