@@ -142,7 +142,7 @@ refused "$ot/r3.log" "corrupted" "$bin" emulator --method scaleot --importance "
   --alpha 0.5 --out "$ot/x.json"
 "$bin" report --tasks arc_easy --methods uniform-drop,uniform-drop-distill,scaleot \
   --importance "$ot/imp.json" --betas 1,0.5 --distill-steps 1 --steps 1 --batch-size 2 --limit 4 \
-  --skip-full-ft --out "$ot/report"
+  --held-out 0.01 --skip-full-ft --out "$ot/report"
 grep -q "scaleot b=0.5: Plug-in" "$ot/report/report.md"
 # SRC runs for ScaleOT only (--src-methods); both owner-side runs are in the cost table.
 if grep -q "uniform-drop b=0.5" "$ot/report/report.md"; then exit 1; fi

@@ -56,6 +56,10 @@ pub struct ReportArgs {
     /// Tune LoRA factors of this rank instead of whole adapter layers (0: whole layers).
     #[arg(long, default_value_t = 0)]
     lora_rank: usize,
+    /// Share of each task's training data held out to report the FT cells' loss before and
+    /// after tuning.
+    #[arg(long, default_value_t = 0.05)]
+    held_out: f64,
     /// Distillation steps for uniform-drop-distill.
     #[arg(long, default_value_t = 200)]
     distill_steps: usize,
@@ -324,7 +328,7 @@ impl Runner {
         f.batch_size = a.batch_size;
         f.lr = a.lr;
         f.warmup = a.steps / 10;
-        f.held_out = 0.05;
+        f.held_out = a.held_out;
         f.checkpoint_every = 0;
         // SciQ's support passages can exceed 256 tokens: cut their prompts from the left.
         f.truncate = true;
