@@ -10,13 +10,21 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
-stages=() stage_name="" stage_start=$SECONDS
-stage() { # stage NAME: ends the running stage (recording its time) and starts NAME
+# CPU seconds used by finished child processes (a job run beside counts when awaited), into
+# $cpu_now: with the wall time it shows how many of the machine's cores a stage kept busy.
+# (`times` must run in this shell: a subshell does not see this shell's children.)
+read_child_cpu() {
+  times > target/.times
+  cpu_now=$(awk 'NR == 2 { split($1, u, /[ms]/); split($2, s, /[ms]/); printf "%d", u[1] * 60 + u[2] + s[1] * 60 + s[2] }' target/.times)
+}
+stages=() stage_name="" stage_start=$SECONDS stage_cpu=0
+stage() { # stage NAME: ends the running stage (recording its times) and starts NAME
+  mkdir -p target; read_child_cpu
   if [[ -n $stage_name ]]; then
-    stages+=("$(printf '%5ds  %s' $((SECONDS - stage_start)) "$stage_name")")
-    echo "[stage] $stage_name: $((SECONDS - stage_start))s" >&2
+    stages+=("$(printf '%5ds %6ds CPU  %s' $((SECONDS - stage_start)) $((cpu_now - stage_cpu)) "$stage_name")")
+    echo "[stage] $stage_name: $((SECONDS - stage_start))s, $((cpu_now - stage_cpu))s CPU" >&2
   fi
-  stage_name=$1 stage_start=$SECONDS
+  stage_name=$1 stage_start=$SECONDS stage_cpu=$cpu_now
   [[ -n $1 ]] && echo "==> $1"
   return 0
 }

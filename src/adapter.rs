@@ -11,7 +11,7 @@ use safetensors::SafeTensors;
 use serde::{Deserialize, Serialize};
 
 use crate::emulator::bundle::{Emulator, EmulatorManifest};
-use crate::emulator::plan::{LayerKind, load_plan};
+use crate::emulator::plan::{LayerKind, adapter_layers, load_plan};
 use crate::error::{Error, Result};
 use crate::model::lora::{self, LoraConfig};
 use crate::model::{LayerSlot, Llama};
@@ -142,13 +142,7 @@ pub fn write_adapter(
     train: serde_json::Value,
     metrics: serde_json::Value,
 ) -> Result<(Vec<u8>, AdapterManifest)> {
-    let layers: Vec<usize> = emulator
-        .plan
-        .iter()
-        .enumerate()
-        .filter(|(_, k)| **k == LayerKind::Adapter)
-        .map(|(i, _)| i)
-        .collect();
+    let layers = adapter_layers(&emulator.plan);
     let weights = crate::weights::safetensors::write_tensors(&tensors, FORMAT)?;
     let peft = match lora {
         None => {
@@ -195,9 +189,9 @@ pub fn embed_manifest(weights: &[u8], manifest: &AdapterManifest) -> Result<Vec<
             (name, view.dtype(), shape, view.data().to_vec())
         })
         .collect();
-    let json = serde_json::to_string(manifest).map_err(|source| Error::Json {
+    let json = serde_json::to_string(manifest).map_err(|error| Error::Json {
         what: "adapter manifest".into(),
-        source,
+        error,
     })?;
     crate::weights::safetensors::encode_with(
         &items,
@@ -244,16 +238,44 @@ impl<'a> Adapter<'a> {
         let tensors =
             SafeTensors::deserialize(weights).map_err(|e| Error::Safetensors(e.to_string()))?;
         let adapter = Self { manifest, tensors };
-        if let Some(missing) = adapter
-            .expected_tensors()?
-            .into_iter()
-            .find(|n| adapter.tensors.tensor(n).is_err())
-        {
+        let expected = adapter.expected_tensors()?;
+        if let Some(missing) = expected.iter().find(|n| adapter.tensors.tensor(n).is_err()) {
             return Err(Error::Invalid(format!(
                 "the adapter file lacks `{missing}`, which its manifest promises: ask for the file again"
             )));
         }
+        // Only the declared adapter layers may change the model: anything else (an embedding,
+        // a frozen layer) would be written into the plugged model unasked.
+        let mut names = adapter.tensors.names();
+        names.sort();
+        if let Some(extra) = names
+            .into_iter()
+            .find(|n| !expected.iter().any(|e| e == *n))
+        {
+            return Err(Error::Invalid(format!(
+                "the adapter file carries `{extra}`, which is not part of the adapter layers {:?} its manifest declares: refusing it",
+                adapter.manifest.layers
+            )));
+        }
         Ok(adapter)
+    }
+
+    /// Refuses a manifest whose adapter layers do not exist in a model of `n_layers`
+    /// layers, or that names a layer twice.
+    pub fn check_layers(&self, n_layers: usize) -> Result<()> {
+        let layers = &self.manifest.layers;
+        if let Some(&bad) = layers.iter().find(|&&i| i >= n_layers) {
+            return Err(Error::Invalid(format!(
+                "the adapter declares layer {bad}, but the model has {n_layers} layers"
+            )));
+        }
+        let mut seen = std::collections::HashSet::new();
+        if let Some(&twice) = layers.iter().find(|&&i| !seen.insert(i)) {
+            return Err(Error::Invalid(format!(
+                "the adapter declares layer {twice} twice"
+            )));
+        }
+        Ok(())
     }
 
     /// The tensor names the manifest promises.
@@ -284,14 +306,21 @@ impl<'a> Adapter<'a> {
         }
     }
 
+    /// The adapter's tensor `hf_name`, refused when it holds NaN or infinite values.
     fn stored(&self, hf_name: &str) -> Result<Option<HostTensor>> {
-        match self.tensors.tensor(hf_name) {
-            Ok(view) => Ok(Some(HostTensor {
-                shape: view.shape().to_vec(),
-                data: decode_floats(view.dtype(), view.data(), hf_name)?,
-            })),
-            Err(_) => Ok(None),
+        let Ok(view) = self.tensors.tensor(hf_name) else {
+            return Ok(None);
+        };
+        let data = decode_floats(view.dtype(), view.data(), hf_name)?;
+        if data.iter().any(|x| !x.is_finite()) {
+            return Err(Error::Invalid(format!(
+                "the adapter's `{hf_name}` holds NaN or infinite values: training diverged; ask for an adapter from before it did"
+            )));
         }
+        Ok(Some(HostTensor {
+            shape: view.shape().to_vec(),
+            data,
+        }))
     }
 
     /// Refuses adapters trained against another emulator.
@@ -301,6 +330,13 @@ impl<'a> Adapter<'a> {
                 "these adapters were trained on emulator {}…, not on this one ({}…): use the emulator they were tuned on",
                 crate::short_hash(&self.manifest.emulator_sha256, 12),
                 crate::short_hash(&emulator.weights_sha256, 12)
+            )));
+        }
+        let planned = adapter_layers(&emulator.plan);
+        if self.manifest.layers != planned {
+            return Err(Error::Invalid(format!(
+                "the adapter declares layers {:?}, but the emulator's adapter layers are {planned:?}",
+                self.manifest.layers
             )));
         }
         Ok(())
@@ -328,10 +364,18 @@ pub struct PluggedIn<'a> {
 impl WeightSource for PluggedIn<'_> {
     fn tensor(&self, hf_name: &str) -> Result<Option<HostTensor>> {
         let Some(cfg) = &self.adapter.manifest.lora else {
-            return match self.adapter.stored(hf_name)? {
-                Some(t) => Ok(Some(t)),
-                None => self.base.tensor(hf_name),
+            let Some(tuned) = self.adapter.stored(hf_name)? else {
+                return self.base.tensor(hf_name);
             };
+            let base_shape = self.base.tensor(hf_name)?.map(|t| t.shape);
+            if base_shape.as_ref() != Some(&tuned.shape) {
+                return Err(Error::Invalid(format!(
+                    "the adapter's `{hf_name}` has shape {:?}, but the model's is {:?}",
+                    tuned.shape,
+                    base_shape.unwrap_or_default()
+                )));
+            }
+            return Ok(Some(tuned));
         };
         let base = self.base.tensor(hf_name)?;
         let (Some(mut w), Some(module)) = (base, names::module_of_weight(hf_name)) else {
@@ -339,6 +383,12 @@ impl WeightSource for PluggedIn<'_> {
         };
         let [a_name, b_name] = names::lora_factors(module);
         if let (Some(a), Some(b)) = (self.adapter.stored(&a_name)?, self.adapter.stored(&b_name)?) {
+            if a.shape.first() != Some(&cfg.rank) {
+                return Err(Error::Invalid(format!(
+                    "the adapter's `{a_name}` has shape {:?}: not rank {} as its manifest says",
+                    a.shape, cfg.rank
+                )));
+            }
             lora::merge(&mut w, &a, &b, cfg.scale() as f32)?;
         }
         Ok(Some(w))

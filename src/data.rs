@@ -72,6 +72,8 @@ pub fn load(bytes: &[u8], name: &str, tok: &Tokenizer, opts: &DataOptions) -> Re
             e.valid_up_to()
         ))
     })?;
+    // Editors on Windows start UTF-8 files with a byte-order mark; it is not text.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     if text.trim().is_empty() {
         return Err(Error::Invalid(format!(
             "{name} is empty: there is nothing to train on"
@@ -87,8 +89,19 @@ pub fn load(bytes: &[u8], name: &str, tok: &Tokenizer, opts: &DataOptions) -> Re
     let eos = tok
         .eos_id
         .ok_or_else(|| Error::Tokenizer("the tokenizer has no end-of-text token".into()))?;
-    let is_jsonl =
-        name.ends_with(".jsonl") || name.ends_with(".json") || text.trim_start().starts_with('{');
+    // The extension decides; only a file without a known one is sniffed (a `.txt` of code
+    // notes may well start with `{`).
+    let lower = name.to_ascii_lowercase();
+    let is_jsonl = if lower.ends_with(".jsonl") || lower.ends_with(".json") {
+        true
+    } else if [".txt", ".md", ".text", ".markdown"]
+        .iter()
+        .any(|e| lower.ends_with(e))
+    {
+        false
+    } else {
+        text.trim_start().starts_with('{')
+    };
     let (format, mut examples) = if is_jsonl {
         parse_jsonl(text, tok, eos, opts)?
     } else {
@@ -102,7 +115,9 @@ pub fn load(bytes: &[u8], name: &str, tok: &Tokenizer, opts: &DataOptions) -> Re
         )));
     }
     examples.shuffle(&mut StdRng::seed_from_u64(opts.seed));
-    let n_held = if examples.len() < 2 {
+    // Some held out whenever a share is asked for and there is more than one example;
+    // none at 0.
+    let n_held = if examples.len() < 2 || opts.held_out <= 0.0 {
         0
     } else {
         ((examples.len() as f64 * opts.held_out.clamp(0.0, 0.5)).round() as usize)
@@ -243,6 +258,18 @@ fn multiple_choice(v: &Value, line: usize) -> Result<(String, String)> {
         .and_then(|a| a.iter().map(Value::as_str).collect())
         .ok_or_else(|| line_err(line, "`choices` must be a list of strings"))?;
     let answer = v.get("answer").or_else(|| v.get("gold"));
+    if let Some(i) = answer
+        .and_then(Value::as_u64)
+        .filter(|&i| i as usize >= choices.len())
+    {
+        return Err(line_err(
+            line,
+            format!(
+                "answer {i} is out of range for {} choices (answers count from 0)",
+                choices.len()
+            ),
+        ));
+    }
     let text = match answer {
         Some(Value::Number(n)) => n
             .as_u64()
@@ -447,5 +474,45 @@ mod tests {
         assert!(e.contains("longer than the 64-token context"), "{e}");
         let mixed = b"{\"text\":\"a\"}\n{\"prompt\":\"p\",\"completion\":\"c\"}\n";
         assert!(err(mixed, "d.jsonl").contains("one format per file"));
+        let e = err(
+            br#"{"question":"q","choices":["a","b","c"],"answer":7}"#,
+            "m.jsonl",
+        );
+        assert!(
+            e.contains("line 1: answer 7 is out of range for 3 choices"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn held_out_zero_holds_out_nothing() {
+        let text = "the cat sat on the mat. ".repeat(40);
+        let none = DataOptions {
+            held_out: 0.0,
+            ..opts()
+        };
+        let d = load(text.as_bytes(), "notes.txt", &tok(), &none).unwrap();
+        assert!(d.held_out.is_empty() && d.train.len() > 1);
+        let d = load(text.as_bytes(), "notes.txt", &tok(), &opts()).unwrap();
+        assert!(!d.held_out.is_empty());
+    }
+
+    /// A byte-order mark is not text; a `.txt` that starts with `{` is still text; a file
+    /// with no known extension is JSONL when it starts with `{`.
+    #[test]
+    fn the_format_follows_the_extension_and_ignores_a_byte_order_mark() {
+        let t = tok();
+        let bom = "\u{feff}{\"prompt\":\"p\",\"completion\":\"c\"}\n";
+        let d = load(bom.as_bytes(), "d.jsonl", &t, &opts()).unwrap();
+        assert_eq!(d.format, DataFormat::PromptCompletion);
+        let notes = "{ a note about braces }\nand more text after it";
+        let d = load(notes.as_bytes(), "notes.TXT", &t, &opts()).unwrap();
+        assert_eq!(d.format, DataFormat::PlainText);
+        let with_bom = format!("\u{feff}{notes}");
+        let d = load(with_bom.as_bytes(), "notes.txt", &t, &opts()).unwrap();
+        let ids = &d.train[0].ids;
+        assert_eq!(ids[..ids.len() - 1], t.encode(notes)[..]);
+        let d = load(b"{\"text\":\"hello there\"}", "upload", &t, &opts()).unwrap();
+        assert_eq!(d.format, DataFormat::JsonlText);
     }
 }

@@ -27,12 +27,14 @@ pub enum Error {
     Malformed(String),
 
     #[error(
-        "tensor `{tensor}` uses quantization type {kind}, which is not supported; supported: {supported}. Re-quantize the model to one of those (e.g. Q8_0 or Q4_1)"
+        "tensor `{tensor}` uses type {kind}, which is not supported; supported: {supported}. {remedy}"
     )]
     UnsupportedQuant {
         tensor: String,
         kind: String,
         supported: &'static str,
+        /// What to do, in the file format's own terms.
+        remedy: &'static str,
     },
 
     #[error("missing metadata `{key}` in the model file: {hint}")]
@@ -60,11 +62,12 @@ pub enum Error {
     #[error("tokenizer: {0}")]
     Tokenizer(String),
 
-    #[error("invalid JSON in {what}: {source}")]
+    /// The parser's message is part of this one (not a separate `source()`, which error
+    /// chains would print a second time).
+    #[error("invalid JSON in {what}: {error}")]
     Json {
         what: String,
-        #[source]
-        source: serde_json::Error,
+        error: serde_json::Error,
     },
 
     #[error("safetensors: {0}")]
@@ -82,6 +85,13 @@ pub enum Error {
         "training diverged at step {step} (loss {loss}): the last good weights were kept; lower the learning rate and resume"
     )]
     Diverged { step: usize, loss: f32 },
+
+    /// The loss is not finite before any weight has changed: the learning rate cannot be the
+    /// cause.
+    #[error(
+        "the loss is {loss} before any training step: the model's weights or config are broken (not the learning rate); check the model or emulator files"
+    )]
+    BrokenModel { loss: f32 },
 
     #[error(
         "the compute device failed ({0}): training stopped; reload to continue from the last checkpoint"
@@ -109,6 +119,15 @@ impl Error {
             field,
             value: value.to_string(),
             reason: reason.into(),
+        }
+    }
+
+    /// A non-finite loss after `step` optimizer steps: divergence once weights have been
+    /// trained, broken weights or config before that.
+    pub fn non_finite_loss(step: usize, loss: f32) -> Self {
+        match step {
+            0 => Self::BrokenModel { loss },
+            _ => Self::Diverged { step, loss },
         }
     }
 }

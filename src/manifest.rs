@@ -18,9 +18,9 @@ pub trait Manifest: DeserializeOwned {
 
 /// Parses a manifest and checks its format tag.
 pub fn parse<T: Manifest>(json: &str) -> Result<T> {
-    let manifest: T = serde_json::from_str(json).map_err(|source| Error::Json {
+    let manifest: T = serde_json::from_str(json).map_err(|error| Error::Json {
         what: format!("{} manifest", T::WHAT),
-        source,
+        error,
     })?;
     if manifest.format() != T::FORMAT {
         return Err(Error::Invalid(format!(

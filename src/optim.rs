@@ -158,9 +158,9 @@ pub fn encode_state(
     tensors: &[(String, HostTensor)],
     times: &BTreeMap<String, usize>,
 ) -> Result<Vec<u8>> {
-    let times = serde_json::to_string(times).map_err(|source| Error::Json {
+    let times = serde_json::to_string(times).map_err(|error| Error::Json {
         what: "optimizer state".into(),
-        source,
+        error,
     })?;
     crate::weights::safetensors::encode_with(
         &crate::weights::safetensors::f32_items(tensors),

@@ -235,9 +235,9 @@ impl Checkpoint {
                     "this is not a training checkpoint (no `{key}` in its header); start afresh"
                 ))
             })?;
-            serde_json::from_str(text).map_err(|source| Error::Json {
+            serde_json::from_str(text).map_err(|error| Error::Json {
                 what: format!("checkpoint {key}"),
-                source,
+                error,
             })
         };
         let (run, state, settings) = (field("run")?, field("state")?, field("settings")?);
@@ -260,7 +260,7 @@ impl Checkpoint {
             .map(|view| view.data().to_vec());
         let json_err = |what: &str| {
             let what = what.to_string();
-            move |source| Error::Json { what, source }
+            move |error| Error::Json { what, error }
         };
         Ok(Self {
             identity: serde_json::from_value(run).map_err(json_err("checkpoint run"))?,
@@ -397,9 +397,9 @@ impl Session {
     pub async fn checkpoint(&self) -> Result<Checkpoint> {
         let tensors = read_adapters(&self.trainer.model, &self.manifest.plan).await?;
         let json = |v: serde_json::Result<String>| {
-            v.map_err(|source| Error::Json {
+            v.map_err(|error| Error::Json {
                 what: "checkpoint".into(),
-                source,
+                error,
             })
         };
         let (run, state) = (
@@ -505,9 +505,9 @@ impl Session {
     pub async fn adapter(&self, metrics: &Metrics) -> Result<(Vec<u8>, AdapterManifest)> {
         let tensors = read_adapters(&self.trainer.model, &self.manifest.plan).await?;
         let json = |v: serde_json::Result<serde_json::Value>, what: &str| {
-            v.map_err(|source| Error::Json {
+            v.map_err(|error| Error::Json {
                 what: what.into(),
-                source,
+                error,
             })
         };
         let train = json(serde_json::to_value(&self.trainer.cfg), "training settings")?;
@@ -534,9 +534,7 @@ impl Session {
 
     /// Original indices of the layers being tuned.
     pub fn adapter_layers(&self) -> Vec<usize> {
-        (0..self.manifest.plan.len())
-            .filter(|&i| self.manifest.plan[i] == LayerKind::Adapter)
-            .collect()
+        crate::emulator::plan::adapter_layers(&self.manifest.plan)
     }
 }
 

@@ -2,18 +2,25 @@
 //! split on special tokens, pre-tokenize (optional single-digit split, then the GPT-2 regex),
 //! map bytes to GPT-2's printable alphabet, then apply merges lowest rank first.
 //! Built from GGUF metadata or from a Hugging Face `tokenizer.json`.
+//!
+//! Linear-time in the input (a browser tab must not freeze on a long line): special tokens are
+//! found with one Aho-Corasick pass, the pre-tokenizer runs on a finite-automaton regex (GPT-2's
+//! one lookahead is applied by hand, see [`Tokenizer::pre_tokens`]), and BPE merges through a
+//! priority queue, O(n log n) in a word's length.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 
-use fancy_regex::Regex;
+use aho_corasick::{AhoCorasick, MatchKind};
+use regex::Regex;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::weights::gguf::{Gguf, MetaValue};
 
-/// GPT-2's pre-tokenizer pattern (the ByteLevel `use_regex` split of HF `tokenizers`).
-const GPT2_PATTERN: &str =
-    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+/// GPT-2's pre-tokenizer pattern (the ByteLevel `use_regex` split of HF `tokenizers`) less
+/// its `\s+(?!\S)` alternative, whose lookahead [`Tokenizer::pre_tokens`] applies by hand.
+const GPT2_PATTERN: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+";
 
 pub struct Tokenizer {
     vocab: HashMap<String, u32>,
@@ -22,8 +29,10 @@ pub struct Tokenizer {
     merges: HashMap<(u32, u32), (u32, u32)>,
     /// The merges as given ("left right", rank order), kept to write the tokenizer back out.
     merge_list: Vec<String>,
-    /// Special tokens matched verbatim before pre-tokenization, longest first.
+    /// Special tokens matched verbatim before pre-tokenization (their strings and ids).
     specials: Vec<(String, u32)>,
+    /// Finds the earliest special token in a text, the longest where several start there.
+    special_finder: AhoCorasick,
     split_digits: bool,
     pattern: Regex,
     byte_to_char: [char; 256],
@@ -86,6 +95,9 @@ impl Tokenizer {
                 )));
             }
         }
+        if specials.iter().any(|(s, _)| s.is_empty()) {
+            return Err(tok_err("a special token is the empty string"));
+        }
         if let Some((s, id)) = specials.iter().find(|(_, id)| *id as usize >= n) {
             return Err(tok_err(format!(
                 "special token `{s}` has id {id}, outside the vocabulary of {n} tokens"
@@ -119,8 +131,10 @@ impl Tokenizer {
             .enumerate()
             .map(|(b, &c)| (c, b as u8))
             .collect();
-        let mut specials = specials;
-        specials.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+        let special_finder = AhoCorasick::builder()
+            .match_kind(MatchKind::LeftmostLongest)
+            .build(specials.iter().map(|(s, _)| s))
+            .map_err(|e| tok_err(format!("special tokens: {e}")))?;
         let pattern = Regex::new(GPT2_PATTERN).map_err(|e| tok_err(e.to_string()))?;
         Ok(Self {
             vocab,
@@ -128,6 +142,7 @@ impl Tokenizer {
             merges: merge_map,
             merge_list: merges.to_vec(),
             specials,
+            special_finder,
             split_digits,
             pattern,
             byte_to_char,
@@ -215,9 +230,9 @@ impl Tokenizer {
 
     /// From a Hugging Face `tokenizer.json` (BPE model with a ByteLevel pre-tokenizer).
     pub fn from_hf_json(json: &str) -> Result<Self> {
-        let j: Value = serde_json::from_str(json).map_err(|source| Error::Json {
+        let j: Value = serde_json::from_str(json).map_err(|error| Error::Json {
             what: "tokenizer.json".into(),
-            source,
+            error,
         })?;
         let model = &j["model"];
         if model["type"].as_str() != Some("BPE") {
@@ -364,25 +379,13 @@ impl Tokenizer {
     /// Encodes text; special tokens in the text become their ids (as HF does by default).
     pub fn encode(&self, text: &str) -> Vec<u32> {
         let mut ids = Vec::new();
-        let mut rest = text;
-        while !rest.is_empty() {
-            let next = self
-                .specials
-                .iter()
-                .filter_map(|(s, id)| rest.find(s.as_str()).map(|p| (p, s.len(), *id)))
-                .min_by_key(|&(p, len, _)| (p, std::cmp::Reverse(len)));
-            match next {
-                Some((pos, len, id)) => {
-                    self.encode_ordinary(&rest[..pos], &mut ids);
-                    ids.push(id);
-                    rest = &rest[pos + len..];
-                }
-                None => {
-                    self.encode_ordinary(rest, &mut ids);
-                    break;
-                }
-            }
+        let mut done = 0;
+        for m in self.special_finder.find_iter(text) {
+            self.encode_ordinary(&text[done..m.start()], &mut ids);
+            ids.push(self.specials[m.pattern().as_usize()].1);
+            done = m.end();
         }
+        self.encode_ordinary(&text[done..], &mut ids);
         ids
     }
 
@@ -390,9 +393,8 @@ impl Tokenizer {
     fn encode_ordinary(&self, text: &str, ids: &mut Vec<u32>) {
         let mut piece_start = 0;
         let emit = |piece: &str, ids: &mut Vec<u32>| {
-            // fancy-regex only errors on backtracking limits, which this pattern cannot hit.
-            for m in self.pattern.find_iter(piece).flatten() {
-                self.bpe_word(m.as_str(), ids);
+            for word in self.pre_tokens(piece) {
+                self.bpe_word(word, ids);
             }
         };
         if self.split_digits {
@@ -408,8 +410,34 @@ impl Tokenizer {
         emit(&text[piece_start..], ids);
     }
 
+    /// Splits text into GPT-2 pre-tokens. The pattern's `\s+(?!\S)` (whitespace not followed
+    /// by text) matches a run of two or more whitespace characters that text follows less its
+    /// last character, which then starts the next pre-token (` word`, or a lone `\n`); the
+    /// plain `\s+` after it matches the rest. Doing that here keeps the regex free of
+    /// lookaround, so it runs as a finite automaton, linear in the text.
+    fn pre_tokens<'t>(&self, text: &'t str) -> impl Iterator<Item = &'t str> + use<'_, 't> {
+        let mut at = 0;
+        std::iter::from_fn(move || {
+            let m = self.pattern.find_at(text, at)?;
+            let mut end = m.end();
+            let word = m.as_str();
+            if end < text.len() && word.chars().all(char::is_whitespace) {
+                // The last character's offset; 0 when the run is one character long.
+                let last = word.char_indices().next_back().map_or(0, |(i, _)| i);
+                if last > 0 {
+                    end = m.start() + last;
+                }
+            }
+            at = end;
+            Some(&text[m.start()..end])
+        })
+    }
+
     /// BPE on one pre-token: start from single byte-symbols, merge the lowest-ranked pair
-    /// (leftmost on ties) until no pair is in the merge table.
+    /// (leftmost on ties) until no pair is in the merge table. The symbols form a linked list
+    /// and candidate pairs wait in a min-heap by (rank, position); an entry whose symbols
+    /// have changed since it was pushed is skipped (a merged symbol is a longer token, so
+    /// comparing ids tells).
     fn bpe_word(&self, word: &str, ids: &mut Vec<u32>) {
         let mut syms: Vec<u32> = Vec::with_capacity(word.len());
         let mut buf = [0u8; 4];
@@ -420,17 +448,38 @@ impl Tokenizer {
                 syms.push(id);
             }
         }
-        loop {
-            let best = syms
-                .windows(2)
-                .enumerate()
-                .filter_map(|(i, w)| self.merges.get(&(w[0], w[1])).map(|&(r, m)| (r, i, m)))
-                .min();
-            let Some((_, i, merged)) = best else { break };
-            syms[i] = merged;
-            syms.remove(i + 1);
+        let n = syms.len();
+        const NONE: usize = usize::MAX;
+        let mut next: Vec<usize> = (1..=n).map(|i| if i < n { i } else { NONE }).collect();
+        let mut prev: Vec<usize> = (0..n).map(|i| i.checked_sub(1).unwrap_or(NONE)).collect();
+        // (rank, left position, left id, right id, merged id)
+        let mut heap = BinaryHeap::new();
+        let push = |heap: &mut BinaryHeap<_>, syms: &[u32], left: usize, right: usize| {
+            if let Some(&(rank, merged)) = self.merges.get(&(syms[left], syms[right])) {
+                heap.push(Reverse((rank, left, syms[left], syms[right], merged)));
+            }
+        };
+        for i in 1..n {
+            push(&mut heap, &syms, i - 1, i);
         }
-        ids.extend(syms);
+        let mut alive = vec![true; n];
+        while let Some(Reverse((_, left, left_id, right_id, merged))) = heap.pop() {
+            let right = next[left];
+            if !alive[left] || right == NONE || syms[left] != left_id || syms[right] != right_id {
+                continue;
+            }
+            syms[left] = merged;
+            alive[right] = false;
+            next[left] = next[right];
+            if next[left] != NONE {
+                prev[next[left]] = left;
+                push(&mut heap, &syms, left, next[left]);
+            }
+            if prev[left] != NONE {
+                push(&mut heap, &syms, prev[left], left);
+            }
+        }
+        ids.extend((0..n).filter(|&i| alive[i]).map(|i| syms[i]));
     }
 
     /// Decodes ids back to text (byte-level), replacing invalid UTF-8 like HF does.
@@ -478,6 +527,82 @@ mod tests {
         assert_eq!(ids[1], 258); // "Ġab"
         assert_eq!(ids[2], 259); // special
         assert_eq!(t.decode(&ids), "ab ab<|x|>a1");
+    }
+
+    /// The heap merge agrees with the plain definition (merge the lowest-ranked pair,
+    /// leftmost on ties, until none is left) on random words over a small alphabet whose merges
+    /// overlap and chain.
+    #[test]
+    fn heap_merging_equals_lowest_rank_leftmost_merging() {
+        use rand::{Rng, SeedableRng};
+        let alphabet = byte_alphabet();
+        let mut tokens: Vec<String> = alphabet.iter().map(|c| c.to_string()).collect();
+        let merges: Vec<String> = ["a a", "b a", "a b", "aa a", "ab a", "ba b", "c aa", "aa aa"]
+            .map(String::from)
+            .to_vec();
+        for m in &merges {
+            tokens.push(m.replace(' ', ""));
+        }
+        let t = Tokenizer::new(tokens, &merges, vec![], false, None, None).unwrap();
+        // Printable bytes are their own symbols, at ids equal to the byte.
+        assert_eq!((t.vocab["a"], t.vocab["c"]), (97, 99));
+        let plain = |word: &str| -> Vec<u32> {
+            let mut syms: Vec<u32> = word.bytes().map(|b| b as u32).collect();
+            while let Some((_, i, merged)) = syms
+                .windows(2)
+                .enumerate()
+                .filter_map(|(i, w)| t.merges.get(&(w[0], w[1])).map(|&(r, m)| (r, i, m)))
+                .min()
+            {
+                syms[i] = merged;
+                syms.remove(i + 1);
+            }
+            syms
+        };
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for _ in 0..2000 {
+            let len = rng.random_range(0..40);
+            let word: String = (0..len)
+                .map(|_| ['a', 'b', 'c'][rng.random_range(0..3)])
+                .collect();
+            let mut ids = Vec::new();
+            t.bpe_word(&word, &mut ids);
+            assert_eq!(ids, plain(&word), "{word}");
+        }
+    }
+
+    /// The pre-tokenizer equals GPT-2's full pattern (lookahead included, run by a
+    /// backtracking regex) on random mixes of letters, digits, marks and every kind of space.
+    #[cfg(not(target_family = "wasm"))]
+    #[test]
+    fn pre_tokens_equal_gpt2s_lookahead_pattern() {
+        use rand::{Rng, SeedableRng};
+        let full = fancy_regex::Regex::new(
+            r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+",
+        )
+        .unwrap();
+        let t = toy();
+        let pieces = [
+            "a", "é", "Z", "7", "٣", "!", "'s", "'", "re", " ", "  ", "\t", "\n", "\r\n", "\u{a0}",
+            "\u{2028}", "\u{3000}", "日",
+        ];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        for _ in 0..5000 {
+            let n = rng.random_range(0..12);
+            let text: String = (0..n)
+                .map(|_| pieces[rng.random_range(0..pieces.len())])
+                .collect();
+            let want: Vec<&str> = full.find_iter(&text).map(|m| m.unwrap().as_str()).collect();
+            assert_eq!(t.pre_tokens(&text).collect::<Vec<_>>(), want, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn an_empty_special_token_is_refused() {
+        let tokens = vec!["a".to_string()];
+        let err =
+            Tokenizer::new(tokens, &[], vec![(String::new(), 0)], false, None, None).unwrap_err();
+        assert!(err.to_string().contains("empty"), "{err}");
     }
 
     #[test]

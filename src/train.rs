@@ -270,10 +270,7 @@ impl Trainer {
             self.accum = GradientsAccumulator::new();
             self.state.pending.clear();
             self.state.micro = 0;
-            return Err(Error::Diverged {
-                step: self.state.step,
-                loss,
-            });
+            return Err(Error::non_finite_loss(self.state.step, loss));
         }
         self.state.pending.push(loss);
         self.state.micro += 1;

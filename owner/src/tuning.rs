@@ -244,6 +244,7 @@ pub fn plugin(a: PluginArgs) -> Result<()> {
     let files = crate::model_files::AdapterFiles::read(&a.adapter)?;
     let adapter = files.adapter()?;
     adapter.check_base(&opened.sha256)?;
+    adapter.check_layers(opened.config.num_hidden_layers)?;
     let merged = adapter.plugged_into(opened.source.as_ref());
     let ckpt = scaleot::model::write_checkpoint(&opened.config, &merged)?;
     std::fs::create_dir_all(&a.out)?;

@@ -215,9 +215,9 @@ pub fn resume(
     )?;
     let identity: serde_json::Value = from_json(&saved.run_json, "the checkpoint's run.json")?;
     let saved_cfg: ReplaceConfig =
-        serde_json::from_value(identity["config"].clone()).map_err(|source| Error::Json {
+        serde_json::from_value(identity["config"].clone()).map_err(|error| Error::Json {
             what: "the checkpoint's run.json".into(),
-            source,
+            error,
         })?;
     let any_steps = |c: &ReplaceConfig| ReplaceConfig {
         steps: 0,
@@ -250,15 +250,15 @@ fn load_harmonizers(
 }
 
 fn to_json<T: Serialize>(value: &T, what: &str) -> Result<Vec<u8>> {
-    serde_json::to_vec_pretty(value).map_err(|source| Error::Json {
+    serde_json::to_vec_pretty(value).map_err(|error| Error::Json {
         what: what.into(),
-        source,
+        error,
     })
 }
 
 fn from_json<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T> {
-    serde_json::from_slice(bytes).map_err(|source| Error::Json {
+    serde_json::from_slice(bytes).map_err(|error| Error::Json {
         what: what.into(),
-        source,
+        error,
     })
 }

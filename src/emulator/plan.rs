@@ -47,6 +47,13 @@ pub fn load_plan(
     Llama::load_layers(cfg, src, &layers, device)
 }
 
+/// Original indices of a plan's adapter layers (the layers being tuned).
+pub fn adapter_layers(plan: &[LayerKind]) -> Vec<usize> {
+    (0..plan.len())
+        .filter(|&i| plan[i] == LayerKind::Adapter)
+        .collect()
+}
+
 /// `adapters = "2+2"`: the first `bottom` and the last `top` layers are adapters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AdapterSplit {

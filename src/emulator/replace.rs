@@ -605,10 +605,10 @@ impl LayerReplace {
             .map_err(|e| Error::Invalid(format!("reading a loss back: {e:?}")))?;
         match value.first() {
             Some(v) if v.is_finite() => Ok(*v as f64),
-            _ => Err(Error::Diverged {
-                step: self.state.step,
-                loss: value.first().copied().unwrap_or(f32::NAN),
-            }),
+            _ => Err(Error::non_finite_loss(
+                self.state.step,
+                value.first().copied().unwrap_or(f32::NAN),
+            )),
         }
     }
 
@@ -642,10 +642,7 @@ impl LayerReplace {
     /// Records a finished iteration.
     pub fn complete_step(&mut self, lm_loss: f32, val_loss: f64) -> Result<()> {
         if !lm_loss.is_finite() {
-            return Err(Error::Diverged {
-                step: self.state.step,
-                loss: lm_loss,
-            });
+            return Err(Error::non_finite_loss(self.state.step, lm_loss));
         }
         self.state.history.push((lm_loss, val_loss));
         self.state.score_history.push(self.state.scores.clone());

@@ -308,9 +308,9 @@ impl LlamaConfig {
         fn default_ctx() -> usize {
             2048
         }
-        let hf: Hf = serde_json::from_str(json).map_err(|source| Error::Json {
+        let hf: Hf = serde_json::from_str(json).map_err(|error| Error::Json {
             what: "config.json".into(),
-            source,
+            error,
         })?;
         if let Some(t) = hf.model_type.as_deref()
             && !matches!(t, "llama" | "mistral")

@@ -65,11 +65,10 @@ impl<'a> OpenedModel<'a> {
         let config = LlamaConfig::from_hf_json(config_json)?;
         let mut tokenizer = Tokenizer::from_hf_json(tokenizer_json)?;
         if let Some(text) = tokenizer_config {
-            let v: serde_json::Value =
-                serde_json::from_str(text).map_err(|source| Error::Json {
-                    what: "tokenizer_config.json".into(),
-                    source,
-                })?;
+            let v: serde_json::Value = serde_json::from_str(text).map_err(|error| Error::Json {
+                what: "tokenizer_config.json".into(),
+                error,
+            })?;
             tokenizer.chat_template = v["chat_template"].as_str().map(str::to_owned);
         }
         tokenizer.check_fits(config.vocab_size)?;

@@ -18,6 +18,7 @@ use super::protocol::{
     DataInfo, EmulatorInfo, FromWorker, ToWorker, attach, field, from_js, to_js,
 };
 use super::storage::{self, describe};
+use crate::emulator::plan::adapter_layers;
 use crate::emulator::{Emulator, LayerKind};
 use crate::error::Error;
 use crate::session::{
@@ -342,9 +343,7 @@ fn install_emulator(state: &Shared, json: &str, weights: Vec<u8>) -> Result<(), 
         full_params: m.full_params,
         bytes: m.weights_bytes,
         sha256: m.weights_sha256.clone(),
-        adapter_layers: (0..m.plan.len())
-            .filter(|&i| m.plan[i] == LayerKind::Adapter)
-            .collect(),
+        adapter_layers: adapter_layers(&m.plan),
         kept_layers: m.plan.iter().filter(|k| **k != LayerKind::Dropped).count(),
         total_layers: m.plan.len(),
     };

@@ -77,9 +77,17 @@ pub struct Gguf<'a> {
     data_start: usize,
 }
 
+/// Metadata array elements one file may hold in all. Each is kept as a [`MetaValue`] (32
+/// bytes, whatever its size in the file), so an unbounded one-byte array would cost 32 times
+/// its size in memory; real tokenizers hold about a million (Gemma 3: 262k tokens, their
+/// scores and types, and its merges).
+pub const MAX_METADATA_ELEMENTS: usize = 1 << 23;
+
 struct Cursor<'a> {
     bytes: &'a [u8],
     pos: usize,
+    /// Array elements the file may still declare (see [`MAX_METADATA_ELEMENTS`]).
+    elements_left: usize,
 }
 
 impl<'a> Cursor<'a> {
@@ -158,6 +166,11 @@ impl<'a> Cursor<'a> {
                 }
                 let elem_ty = self.u32(what)?;
                 let n = self.len(what)?;
+                self.elements_left = self.elements_left.checked_sub(n).ok_or_else(|| {
+                    Error::Malformed(format!(
+                        "{what}: an array of {n} elements takes the metadata past {MAX_METADATA_ELEMENTS} array elements, more than any model's"
+                    ))
+                })?;
                 let mut items = Vec::with_capacity(n.min(1 << 20));
                 for _ in 0..n {
                     items.push(self.value(elem_ty, what, depth + 1)?);
@@ -178,7 +191,11 @@ impl<'a> Cursor<'a> {
 
 impl<'a> Gguf<'a> {
     pub fn parse(bytes: &'a [u8]) -> Result<Self> {
-        let mut c = Cursor { bytes, pos: 0 };
+        let mut c = Cursor {
+            bytes,
+            pos: 0,
+            elements_left: MAX_METADATA_ELEMENTS,
+        };
         let magic = c
             .take(4, "GGUF magic")
             .map_err(|_| Error::NotGguf { found: pad4(bytes) })?;
@@ -261,6 +278,7 @@ impl<'a> Gguf<'a> {
                 tensor: info.name.clone(),
                 kind: info.kind.name(),
                 supported: quant::SUPPORTED,
+                remedy: "re-quantize the model to one of those with llama.cpp (e.g. Q8_0 or Q4_1)",
             });
         }
         let nbytes = info.kind.byte_len(n).ok_or_else(|| {
@@ -411,5 +429,24 @@ pub(crate) mod tests {
         let mut bytes = write_gguf(&[], &[]);
         bytes[4] = 9;
         assert!(matches!(Gguf::parse(&bytes), Err(Error::GgufVersion(9))));
+    }
+
+    /// A one-byte metadata array costs 32 bytes an element once read: more elements than any
+    /// model's metadata holds are refused before they are read.
+    #[test]
+    fn bounds_metadata_array_elements() {
+        let n = MAX_METADATA_ELEMENTS + 1;
+        let mut bytes = b"GGUF".to_vec();
+        bytes.extend(3u32.to_le_bytes());
+        bytes.extend(0u64.to_le_bytes()); // tensors
+        bytes.extend(1u64.to_le_bytes()); // metadata entries
+        bytes.extend(1u64.to_le_bytes());
+        bytes.push(b'x');
+        bytes.extend(9u32.to_le_bytes()); // array
+        bytes.extend(0u32.to_le_bytes()); // of u8
+        bytes.extend((n as u64).to_le_bytes());
+        bytes.resize(bytes.len() + n, 7);
+        let err = Gguf::parse(&bytes).err().expect("refused").to_string();
+        assert!(err.contains("more than any model's"), "{err}");
     }
 }

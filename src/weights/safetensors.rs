@@ -50,6 +50,7 @@ pub fn decode_floats(dtype: Dtype, bytes: &[u8], name: &str) -> Result<Vec<f32>>
                 tensor: name.to_owned(),
                 kind: format!("{other:?}"),
                 supported: "F32, F16, BF16",
+                remedy: "save the weights in one of those (e.g. `model.to(torch.bfloat16).save_pretrained(...)`)",
             });
         }
     })

@@ -70,6 +70,20 @@ pub fn tiny_model_bytes() -> ModelBytes {
 /// The tiny model with the layers for which `identity(i)` holds turned into identities
 /// (zero attention output and MLP down projections: they add nothing to the residual).
 pub fn tiny_model_bytes_with(identity: impl Fn(usize) -> bool) -> ModelBytes {
+    tiny_model_edited(|name, data| {
+        let layer = name
+            .strip_prefix("model.layers.")
+            .and_then(|r| r.split('.').next())
+            .and_then(|i| i.parse::<usize>().ok());
+        let silent = name.ends_with("o_proj.weight") || name.ends_with("down_proj.weight");
+        if silent && layer.is_some_and(&identity) {
+            data.iter_mut().for_each(|x| *x = 0.0);
+        }
+    })
+}
+
+/// The tiny model with `edit(name, values)` applied to each of its tensors.
+pub fn tiny_model_edited(edit: impl Fn(&str, &mut Vec<f32>)) -> ModelBytes {
     let cfg = tiny_config();
     let mut state = 42u64;
     let mut rand = |n: usize, scale: f32| -> Vec<f32> {
@@ -91,14 +105,7 @@ pub fn tiny_model_bytes_with(identity: impl Fn(usize) -> bool) -> ModelBytes {
         } else {
             rand(n, scale)
         };
-        let layer = name
-            .strip_prefix("model.layers.")
-            .and_then(|r| r.split('.').next())
-            .and_then(|i| i.parse::<usize>().ok());
-        let silent = name.ends_with("o_proj.weight") || name.ends_with("down_proj.weight");
-        if silent && layer.is_some_and(&identity) {
-            data.iter_mut().for_each(|x| *x = 0.0);
-        }
+        edit(&name, &mut data);
         tensors.push((name, HostTensor { shape, data }));
     }
     ModelBytes::Hf {

@@ -36,6 +36,39 @@ fn foreign_files_are_refused() {
         .err()
         .unwrap();
     assert!(matches!(err, Error::Json { .. }), "{err}");
+    // The parser's message is in the error once: it is not also its source, which error
+    // chains (the CLI's one-line message) would print again.
+    assert!(std::error::Error::source(&err).is_none(), "{err}");
+}
+
+/// A safetensors file of a type we cannot read is told to save another float type, not to
+/// re-quantize as a GGUF would be.
+#[test]
+fn unsupported_safetensors_types_get_safetensors_advice() {
+    let dir = common::root().join("tests/fixtures/tiny-llama");
+    let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    let tok = r#"{"pre_tokenizer":{"type":"ByteLevel"},"model":{"type":"BPE","vocab":{"a":0},"merges":[]}}"#;
+    let cfg: serde_json::Value = serde_json::from_str(&config).unwrap();
+    let (v, h) = (
+        cfg["vocab_size"].as_u64().unwrap(),
+        cfg["hidden_size"].as_u64().unwrap(),
+    );
+    let n = (v * h) as usize;
+    let header = format!(
+        r#"{{"model.embed_tokens.weight":{{"dtype":"I8","shape":[{v},{h}],"data_offsets":[0,{n}]}}}}"#
+    );
+    let mut file = (header.len() as u64).to_le_bytes().to_vec();
+    file.extend(header.as_bytes());
+    file.resize(file.len() + n, 0);
+    let err = LoadedModel::from_hf(&config, tok, &[&file], &Device::flex())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("type I8") && err.contains("save the weights"),
+        "{err}"
+    );
+    assert!(!err.contains("re-quantize"), "{err}");
 }
 
 #[test]

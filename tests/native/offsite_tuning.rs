@@ -3,7 +3,9 @@
 
 use crate::common;
 
-use common::tiny::{all_weights, bundle, logits, max_abs_diff, tiny_model_bytes};
+use common::tiny::{
+    all_weights, bundle, logits, max_abs_diff, tiny_model_bytes, tiny_model_edited,
+};
 
 use burn::module::Module;
 use burn::tensor::Device;
@@ -391,6 +393,88 @@ fn untouched_lora_plugs_in_to_the_exact_base_model() {
     assert!(err.to_string().contains("lacks"), "{err}");
 }
 
+/// The plug-in writes only what the manifest declares, with the model's shapes and finite
+/// values: every other adapter file is refused, naming the tensor.
+#[test]
+fn plugin_accepts_only_declared_layers_of_the_right_shape() {
+    let device = Device::flex();
+    let base = tiny_model_bytes();
+    let (weights, manifest) = bundle(&base, 2);
+    let emu = load_emulator(&weights, &manifest, &device);
+    let opened = base.open().unwrap();
+    let plug = |(aw, am): (Vec<u8>, adapter::AdapterManifest)| -> Result<Llama, Error> {
+        let adapter = Adapter::load(&serde_json::to_string(&am).unwrap(), &aw)?;
+        adapter.check_layers(opened.config.num_hidden_layers)?;
+        adapter.check_emulator(&manifest)?;
+        Llama::load(
+            &opened.config,
+            &adapter.plugged_into(opened.source.as_ref()),
+            &device,
+        )
+    };
+    let refusal = |file| plug(file).expect_err("must be refused").to_string();
+    let tensors = read_adapter_tensors(&emu.model, &manifest.plan);
+    plug(adapter_file(tensors.clone(), &manifest, None)).unwrap();
+
+    // A tensor outside the declared layers (here the embedding) is not written in.
+    let embed = opened
+        .source
+        .tensor("model.embed_tokens.weight")
+        .unwrap()
+        .unwrap();
+    let mut extra = tensors.clone();
+    extra.push(("model.embed_tokens.weight".into(), embed));
+    let err = refusal(adapter_file(extra, &manifest, None));
+    assert!(err.contains("carries `model.embed_tokens.weight`"), "{err}");
+    // A layer's projection of another shape.
+    let mut reshaped = tensors.clone();
+    let (name, q) = reshaped
+        .iter_mut()
+        .find(|(n, _)| n.ends_with("q_proj.weight"))
+        .unwrap();
+    let name = name.clone();
+    q.shape = vec![q.shape[1], q.shape[0] / 2];
+    q.data.truncate(q.shape[0] * q.shape[1]);
+    let err = refusal(adapter_file(reshaped, &manifest, None));
+    assert!(err.contains(&format!("`{name}` has shape")), "{err}");
+    // NaN values.
+    let mut poisoned = tensors.clone();
+    poisoned[3].1.data[0] = f32::NAN;
+    let name = poisoned[3].0.clone();
+    let err = refusal(adapter_file(poisoned, &manifest, None));
+    assert!(err.contains(&format!("`{name}` holds NaN")), "{err}");
+    // Declared layers that the model lacks, name twice, or that are not the emulator's.
+    // (Layer 5's tensors move to the declared layer, so that the file keeps its promise.)
+    for (second, says) in [
+        (99, "declares layer 99, but the model has 6"),
+        (0, "declares layer 0 twice"),
+        (4, "the emulator's adapter layers are [0, 5]"),
+    ] {
+        let moved: Vec<(String, HostTensor)> = tensors
+            .iter()
+            .filter(|(n, _)| second != 0 || !n.contains("layers.5."))
+            .map(|(n, t)| {
+                (
+                    n.replace("layers.5.", &format!("layers.{second}.")),
+                    t.clone(),
+                )
+            })
+            .collect();
+        let (aw, mut am) = adapter_file(moved, &manifest, None);
+        am.layers = vec![0, second];
+        let err = refusal((aw, am));
+        assert!(err.contains(says), "{err}");
+    }
+    // LoRA factors of another rank than the manifest's.
+    let lora = lora_config();
+    let positions = emu.adapter_positions();
+    let model = emu.model.with_lora(&positions, &lora, 7, None).unwrap();
+    let factors = read_adapter_tensors(&model, &manifest.plan);
+    let claimed = LoraConfig::new(8, 8.0, "all").unwrap();
+    let err = refusal(adapter_file(factors, &manifest, Some(&claimed)));
+    assert!(err.contains("not rank 8"), "{err}");
+}
+
 #[test]
 fn divergence_stops_and_keeps_the_last_good_weights() {
     let device = Device::flex().autodiff();
@@ -422,6 +506,30 @@ fn divergence_stops_and_keeps_the_last_good_weights() {
     assert!(
         p.iter().all(|(_, v)| v.iter().all(|x| x.is_finite())),
         "rolled-back weights are finite"
+    );
+}
+
+/// A loss that is not finite before any step is the model's fault, and the message says so
+/// instead of blaming the learning rate.
+#[test]
+fn broken_weights_are_not_called_divergence() {
+    let device = Device::flex().autodiff();
+    let base = tiny_model_edited(|name, data| {
+        if name == "model.norm.weight" {
+            data[0] = f32::NAN;
+        }
+    });
+    let (weights, manifest) = bundle(&base, 2);
+    let emu = load_emulator(&weights, &manifest, &device);
+    let data = training_data(&emu.tokenizer);
+    let (mut trainer, _) = train(emu, &data, config(5));
+    let loss = trainer.micro_step(&data.train, 0).unwrap();
+    let v = loss.into_data().try_into_vec::<f32>().unwrap()[0];
+    let err = trainer.complete_micro_step(v).unwrap_err();
+    assert!(matches!(err, Error::BrokenModel { .. }), "{err}");
+    assert!(
+        err.to_string().contains("weights or config are broken"),
+        "{err}"
     );
 }
 

@@ -30,6 +30,29 @@ fn gguf_tokenizer_matches_hugging_face() {
     check(&tok, "gguf");
 }
 
+/// Inputs that used to hang or take quadratic time (a million-character word made the
+/// backtracking regex give up and loop on its error; merging was quadratic in a word's length;
+/// each special token rescanned the rest of the text for every other one) encode in one pass
+/// and decode back.
+#[test]
+fn long_runs_encode_in_linear_time() {
+    let bytes = common::smollm2_bytes();
+    let tok = Tokenizer::from_gguf(&Gguf::parse(&bytes).unwrap()).unwrap();
+    let texts = [
+        "x".repeat(1_000_000),
+        " ".repeat(1_000_000) + "x",
+        "7".repeat(200_000),
+        "<|im_start|>a".repeat(100_000),
+    ];
+    for text in &texts {
+        let ids = tok.encode(text);
+        assert!(!ids.is_empty() && ids.len() <= text.len());
+        assert_eq!(&tok.decode(&ids), text);
+    }
+    // The same word's ids repeat with its length: 4 x's per token for a long run of x.
+    assert_eq!(tok.encode(&texts[0]).len(), 250_000);
+}
+
 #[test]
 fn tokenizer_json_matches_hugging_face() {
     let path = common::root().join("tests/fixtures/smollm2-tokenizer.json.gz");

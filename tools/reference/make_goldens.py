@@ -10,8 +10,9 @@ Test tooling only (never a runtime dependency). Writes the committed goldens und
                                   hidden/heads, rope_theta 500000, llama3 RoPE scaling
   tests/fixtures/smollm2-tokenizer.json.gz   the HF tokenizer.json, to test that loader
 
-Usage: tools/reference/setup-venv.sh && .venv-ref/bin/python tools/reference/make_goldens.py [chat|tiny-llama3]
-("chat" regenerates only the chat goldens, "tiny-llama3" only that checkpoint)
+Usage: tools/reference/setup-venv.sh && .venv-ref/bin/python tools/reference/make_goldens.py [chat|tokenizer|tiny-llama3]
+("chat" regenerates only the chat goldens, "tokenizer" only the token ids and tokenizer.json,
+"tiny-llama3" only that checkpoint)
 """
 import gzip, json, os, sys
 
@@ -42,6 +43,15 @@ TOKENIZER_CASES = [
     " ",
     "a",
     "\u00a0non-breaking\u2009thin\u3000ideographic spaces",
+    # Whitespace runs before text (GPT-2's `\s+(?!\S)`), at the end, and of every kind.
+    "a  b   c\n\nd \n e\t\t f \n\n",
+    "x \u00a0\u00a0y\u2028\u2029z\r\n\r\nw \t!  ?\n\n5  6",
+    "\n\n\n",
+    "end   ",
+    # Long words (BPE on hundreds of symbols) and adjacent special tokens.
+    "x" * 3000,
+    "ab" * 700 + " " + "9" * 500,
+    "<|im_start|><|im_start|>user<|im_end|><|endoftext|>",
 ]
 
 LOGIT_PROMPTS = [
@@ -101,7 +111,17 @@ def main():
     if sys.argv[1:] == ["tiny-llama3"]:
         return tiny_llama3()
     tok = AutoTokenizer.from_pretrained(MODEL_DIR, gguf_file=GGUF)
-    chat_goldens(tok)
+    # The GGUF's `tokenizer.ggml.pre` is "smollm": llama.cpp's name for SmolLM's pre-tokenizer,
+    # digits split one by one, then GPT-2's regex on each piece (Hugging Face: a Sequence of
+    # Digits(individual_digits) and ByteLevel). transformers' GGUF converter keeps only the
+    # ByteLevel step, which differs where a whitespace run meets a digit ("5  6"): put it back.
+    from tokenizers import pre_tokenizers
+    tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True),
+    ])
+    if sys.argv[1:] != ["tokenizer"]:
+        chat_goldens(tok)
     if sys.argv[1:] == ["chat"]:
         return 0
     cases = [{"text": s, "ids": tok(s, add_special_tokens=False).input_ids} for s in TOKENIZER_CASES]
@@ -112,6 +132,8 @@ def main():
         os.path.join(ROOT, "tests/fixtures/smollm2-tokenizer.json.gz"), "wb"
     ) as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as dst:
         dst.write(src.read())
+    if sys.argv[1:] == ["tokenizer"]:
+        return 0
 
     model = AutoModelForCausalLM.from_pretrained(MODEL_DIR, gguf_file=GGUF, dtype=torch.float32).eval()
     out = []
