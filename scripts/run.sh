@@ -30,7 +30,7 @@ mkdir -p "$OUT"
 "$bin" generate "The capital of France is" --max-tokens 12
 if [ ! -f "$OUT/importance.json" ]; then
   resume=()
-  [ -f "$OUT/importance.ckpt/state.json" ] && resume=(--resume "$OUT/importance.ckpt")
+  [ -f "$OUT/importance.ckpt" ] && resume=(--resume "$OUT/importance.ckpt")
   "$bin" importance --steps "$IMPORTANCE_STEPS" "${importance_opts[@]}" "${resume[@]}" \
     --out "$OUT/importance.json"
 fi

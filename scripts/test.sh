@@ -4,7 +4,8 @@
 # lm-evaluation-harness parity, and the browser tests. Each stage's time is printed as it ends
 # and all of them at the end (also in target/ci-stages.txt).
 # Every crate is compiled once per target: the native release build (tests, binary, examples;
-# nothing rebuilds later) and the wasm32 release build that the browser test and Trunk share.
+# nothing rebuilds later) and the wasm32 release build that the browser test and Trunk share,
+# compiled beside the native smoke and parity stages.
 # Clippy lints our own crates while those builds compile them, so no dependency is compiled a
 # second time just to be checked.
 set -euo pipefail
@@ -71,12 +72,15 @@ export RUSTC_WORKSPACE_WRAPPER CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY
 stage "native build + clippy (tests, binary, examples)"
 cargo test --release --workspace --no-run
 cargo build --release --workspace --bins --examples
-stage "wasm32 build + clippy (the browser app and its test)"
-cargo test --release --target wasm32-unknown-unknown --test web_session --no-run
-# Trunk's last pass (wasm-opt -Oz) is single-threaded for minutes: the page is built beside
-# the native stages below.
-beside build-page bash scripts/build-page.sh
 stage "native tests"; cargo test --release --workspace
+# The stages from here to the browser's run the native binary only, mostly on fewer cores than
+# the machine has (start-up, small batches): the wasm32 build (library + browser test + clippy)
+# and then the page (Trunk; its wasm-opt pass is single-threaded for minutes) are compiled
+# beside them. Cargo's lock on target/ keeps the two builds in order.
+beside wasm-build bash -c 'start=$SECONDS
+  cargo test --release --target wasm32-unknown-unknown --test web_session --no-run
+  echo "wasm32 build + clippy: $((SECONDS - start))s"
+  bash scripts/build-page.sh'
 stage "CLI smoke: generate, perplexity, every task's data loader"
 bin=target/release/scaleot
 "$bin" generate "The capital of France is" --max-tokens 4 | tee target/ci-generate.txt
@@ -102,6 +106,8 @@ grep -q "belongs to another run" "$ot/refuse.log"
 "$bin" eval --tasks arc_easy --limit 8 --adapter "$ot/adapter.json"
 "$bin" plugin --adapter "$ot/adapter.json" --out "$ot/plugged"
 "$bin" eval --tasks arc_easy --limit 8 --model "$ot/plugged"
+stage "crash safety: finetune killed at 50 random moments resumes to the same adapter"
+bash tools/kill_resume.sh 50
 stage "LoRA on chat data (the model's chat template), merged plug-in; distilled emulator"
 "$bin" finetune --emulator "$ot/emu.json" --data tests/fixtures/chat-sample.jsonl --steps 2 \
   --batch-size 2 --held-out 0.2 --lora-rank 4 --out "$ot/lora.json"
@@ -160,7 +166,8 @@ test -s "$ot/report/privacy-utility.svg"
 rm -rf "$ot"
 stage "lm-evaluation-harness parity: full ARC-Easy and PIQA"
 bash tools/reference/eval_parity.sh
+stage "wasm32 build + clippy, the page (Trunk): what the stages above left of it"
+await wasm-build
 stage "browser: WebGPU training parity (wasm-bindgen-test), the page end to end, privacy"
-await build-page
 bash scripts/page-test.sh --page-built
 echo "all checks passed"

@@ -153,6 +153,9 @@ pub struct DeviceState {
     pub times: BTreeMap<String, usize>,
 }
 
+/// The checkpoint tensor (U8) that holds an optimizer's encoded state ([`encode_state`]).
+pub const OPTIMIZER_TENSOR: &str = "scaleot.optimizer";
+
 /// A state read back to the host, as bytes (safetensors; step counts in the header).
 pub fn encode_state(
     tensors: &[(String, HostTensor)],

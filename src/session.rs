@@ -186,7 +186,7 @@ pub fn batch_warning(e: &Estimate, max_buffer: f64) -> Option<String> {
 /// A training checkpoint: the adapter weights so far with the run's identity, the loop's
 /// state and the settings in the safetensors header, and the optimizer's state (Adam's moments,
 /// read back asynchronously like the weights, so in a browser too) as the byte tensor
-/// [`OPTIMIZER_TENSOR`] — one file, so that storage that writes files atomically (OPFS) never
+/// [`OPTIMIZER_TENSOR`](crate::optim::OPTIMIZER_TENSOR) — one file, so that storage that writes files atomically (OPFS) never
 /// holds half a checkpoint. A resumed run continues exactly as if it had not stopped.
 #[derive(Debug, Clone)]
 pub struct Checkpoint {
@@ -199,36 +199,18 @@ pub struct Checkpoint {
     pub bytes: Vec<u8>,
 }
 
-/// The checkpoint tensor (U8) that holds the optimizer's record.
-pub const OPTIMIZER_TENSOR: &str = "scaleot.optimizer";
-
-/// The checkpoint header field with the hash of its tensors ([`tensors_digest`]).
-const TENSORS_HASH_KEY: &str = "tensors_sha256";
-
-/// sha256 over every tensor's name, dtype, shape and bytes, in name order: the same for the
-/// items a checkpoint is written from and for the file read back, whatever order the
-/// safetensors writer lays them out in.
-fn tensors_digest<'a>(
-    tensors: impl Iterator<Item = (&'a str, safetensors::Dtype, &'a [usize], &'a [u8])>,
-) -> String {
-    use sha2::{Digest, Sha256};
-    let mut sorted: Vec<_> = tensors.collect();
-    sorted.sort_by_key(|(name, ..)| *name);
-    let mut h = Sha256::new();
-    for (name, dtype, shape, data) in sorted {
-        h.update((name.len() as u64).to_le_bytes());
-        h.update(name.as_bytes());
-        h.update(format!("{dtype:?}{shape:?}").as_bytes());
-        h.update((data.len() as u64).to_le_bytes());
-        h.update(data);
-    }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
-}
+/// The format tag of a training checkpoint (a sealed file, see
+/// [`crate::weights::safetensors::encode_sealed`]).
+const CHECKPOINT_FORMAT: &str = "scaleot-checkpoint";
 
 impl Checkpoint {
     /// Reads a checkpoint file; anything else (or a damaged one) is a clear error.
     pub fn from_bytes(bytes: Vec<u8>) -> Result<Self> {
-        let (meta, _) = crate::weights::safetensors::header_and_data(&bytes)?;
+        let (meta, file) = crate::weights::safetensors::open_sealed(
+            &bytes,
+            CHECKPOINT_FORMAT,
+            "training checkpoint",
+        )?;
         let field = |key: &str| -> Result<serde_json::Value> {
             let text = meta.get(key).ok_or_else(|| {
                 Error::Invalid(format!(
@@ -241,21 +223,8 @@ impl Checkpoint {
             })
         };
         let (run, state, settings) = (field("run")?, field("state")?, field("settings")?);
-        let file = safetensors::SafeTensors::deserialize(&bytes)
-            .map_err(|e| Error::Safetensors(format!("the checkpoint is damaged ({e})")))?;
-        let stored = file.tensors();
-        let digest = tensors_digest(
-            stored
-                .iter()
-                .map(|(name, view)| (name.as_str(), view.dtype(), view.shape(), view.data())),
-        );
-        if meta.get(TENSORS_HASH_KEY) != Some(&digest) {
-            return Err(Error::Invalid(
-                "the checkpoint is damaged (its tensors do not match the hash it was written with): start afresh".into(),
-            ));
-        }
         let optimizer = file
-            .tensor(OPTIMIZER_TENSOR)
+            .tensor(crate::optim::OPTIMIZER_TENSOR)
             .ok()
             .map(|view| view.data().to_vec());
         let json_err = |what: &str| {
@@ -412,23 +381,15 @@ impl Session {
         let optimizer = crate::optim::encode_state(&moments, &optimizer.times)?;
         let mut items = crate::weights::safetensors::f32_items(&tensors);
         items.push((
-            OPTIMIZER_TENSOR.into(),
+            crate::optim::OPTIMIZER_TENSOR.into(),
             safetensors::Dtype::U8,
             vec![optimizer.len()],
             optimizer.clone(),
         ));
-        let tensors_sha256 = tensors_digest(items.iter().map(|(name, dtype, shape, data)| {
-            (name.as_str(), *dtype, shape.as_slice(), data.as_slice())
-        }));
-        let bytes = crate::weights::safetensors::encode_with(
+        let bytes = crate::weights::safetensors::encode_sealed(
             &items,
-            &[
-                ("format", "scaleot-checkpoint"),
-                ("run", &run),
-                ("state", &state),
-                ("settings", &settings),
-                (TENSORS_HASH_KEY, &tensors_sha256),
-            ],
+            CHECKPOINT_FORMAT,
+            &[("run", &run), ("state", &state), ("settings", &settings)],
         )?;
         Ok(Checkpoint {
             identity: self.identity.clone(),

@@ -1,15 +1,13 @@
 //! `scaleot importance`: the flags of Dynamic LayerReplace (`scaleot::emulator::replace`),
 //! progress, and the files: `importance.json` + `importance.safetensors`
-//! (`scaleot::emulator::importance`), checkpoints in `importance.ckpt/`.
+//! (`scaleot::emulator::importance`), checkpoints in `importance.ckpt`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Result;
 use scaleot::emulator::AdapterSplit;
-use scaleot::emulator::importance::{
-    Checkpoint, RunRecord, checkpoint_files, resume, write_importance,
-};
+use scaleot::emulator::importance::{RunRecord, checkpoint_file, resume, write_importance};
 use scaleot::emulator::replace::{
     HarmonizerLoss, LayerReplace, ReplaceConfig, ReplaceData, Reward, ScoreOn,
 };
@@ -17,7 +15,9 @@ use scaleot::model::Llama;
 
 use crate::build_emulator::read_corpus;
 use crate::device::DeviceArgs;
-use crate::model_files::{default_model, read, read_model, weights_beside, write_file};
+use crate::model_files::{
+    default_model, read, read_model, replace_file, weights_beside, write_file,
+};
 use crate::progress;
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -119,7 +119,7 @@ pub struct ImportanceArgs {
     /// Save a checkpoint every N iterations (0: never).
     #[arg(long, default_value_t = 20)]
     checkpoint_every: usize,
-    /// Continue from the .ckpt folder of an earlier run with the same settings.
+    /// Continue from the .ckpt file of an earlier run with the same settings.
     #[arg(long)]
     resume: Option<PathBuf>,
     #[arg(long, default_value = "importance.json")]
@@ -166,8 +166,9 @@ pub fn importance(a: ImportanceArgs) -> Result<()> {
     let ckpt = a.out.with_extension("ckpt");
     let mut run = match &a.resume {
         None => LayerReplace::new(model, cfg.clone(), None)?,
-        Some(dir) => {
-            let run = resume(model, cfg.clone(), &corpus, &read_checkpoint(dir)?)?;
+        Some(path) => {
+            let saved = read(path, "checkpoint", "pass the .ckpt file of an earlier run")?;
+            let run = resume(model, cfg.clone(), &corpus, &saved)?;
             eprintln!("resumed at step {}", run.state.step);
             run
         }
@@ -204,9 +205,8 @@ pub fn importance(a: ImportanceArgs) -> Result<()> {
         }
         pb.set_message(line);
         if a.checkpoint_every > 0 && step.is_multiple_of(a.checkpoint_every) && !run.finished() {
-            let files = checkpoint_files(run, &corpus)?;
-            crate::model_files::write_atomically(&ckpt, &files)
-                .map_err(|e| scaleot::Error::Invalid(format!("{e:#}")))?;
+            let file = checkpoint_file(run, &corpus)?;
+            replace_file(&ckpt, &file).map_err(|e| scaleot::Error::Invalid(format!("{e:#}")))?;
         }
         Ok(())
     })?;
@@ -230,16 +230,4 @@ pub fn importance(a: ImportanceArgs) -> Result<()> {
     );
     println!("written to {}", a.out.display());
     Ok(())
-}
-
-/// Reads the files of an importance checkpoint folder.
-fn read_checkpoint(dir: &Path) -> Result<Checkpoint> {
-    let hint = "pass the .ckpt folder of an earlier run";
-    let file = |name: &str, what: &str| read(&dir.join(name), what, hint);
-    Ok(Checkpoint {
-        harmonizers: file("harmonizers.safetensors", "checkpoint harmonizers")?,
-        run_json: file("run.json", "checkpoint identity")?,
-        state: file("state.json", "checkpoint state")?,
-        optimizer: file("optimizer.bin", "optimizer state")?,
-    })
 }

@@ -129,25 +129,17 @@ pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Writes a file under a temporary name beside it, then renames it into place: a crash never
 /// leaves a half-written file where a whole one was (checkpoints).
+/// The data reaches the disk before the rename, so that a power cut cannot leave the new name
+/// pointing at blocks not yet written.
 pub fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
     write_file(&tmp, bytes)?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
-}
-
-/// Writes checkpoint parts under temporary names first, then renames them, so that a crash
-/// never leaves a half-written checkpoint.
-pub fn write_atomically(dir: &Path, parts: &[(&str, Vec<u8>)]) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    for (name, data) in parts {
-        write_file(&dir.join(format!("{name}.tmp")), data)?;
-    }
-    for (name, _) in parts {
-        std::fs::rename(dir.join(format!("{name}.tmp")), dir.join(name))?;
-    }
-    Ok(())
 }
 
 pub fn mib(bytes: u64) -> f64 {

@@ -207,8 +207,10 @@ pub fn finetune(a: &FinetuneArgs) -> Result<()> {
     metrics.diverged = diverged.clone();
     metrics.backend = Some(format!("{:?}", a.device.device).to_lowercase());
     let (w, m) = block_on(session.adapter(&metrics))?;
-    write_file(&weights_beside(&a.out), &w)?;
-    write_file(&a.out, serde_json::to_string_pretty(&m)?.as_bytes())?;
+    // Each file whole or not at all; the manifest names the weights' hash, so a crash between
+    // the two leaves a pair that `plugin` refuses rather than a mismatched one it accepts.
+    replace_file(&weights_beside(&a.out), &w)?;
+    replace_file(&a.out, serde_json::to_string_pretty(&m)?.as_bytes())?;
     if let (Some(b), Some(f)) = (before, after) {
         println!("held-out loss {b:.4} → {f:.4}");
     }

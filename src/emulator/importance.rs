@@ -2,19 +2,22 @@
 //! and ranking of the middle layers, the run's settings and history (`importance.json`), and
 //! every middle layer's harmonizer (`importance.safetensors`, under
 //! `names::harmonizer_tensors`).
-//! Also the run's checkpoint (harmonizers, optimizer, state) and resuming from it.
+//! Also the run's checkpoint (one sealed file: harmonizers, optimizer, state) and resuming
+//! from it.
 
 use std::ops::Range;
 
 use burn::tensor::Device;
+use safetensors::Dtype;
 use serde::{Deserialize, Serialize};
 
 use super::plan::AdapterSplit;
 use super::replace::{Harmonizers, LayerReplace, ReplaceConfig, ReplaceState};
 use crate::error::{Error, Result};
 use crate::model::{Harmonizer, Llama, read_named};
+use crate::optim::OPTIMIZER_TENSOR;
 use crate::sha256_hex;
-use crate::weights::safetensors::write_tensors;
+use crate::weights::safetensors::{encode_sealed, f32_items, open_sealed, write_tensors};
 use crate::weights::{HostTensor, SafetensorsSource, WeightSource};
 
 pub const FORMAT: &str = "scaleot-importance/1";
@@ -171,52 +174,57 @@ fn harmonizer_tensors(h: &Harmonizers, middle_start: usize) -> Result<Vec<(Strin
     Ok(out)
 }
 
-/// A run's checkpoint as named files: its identity (settings and corpus), the harmonizers,
-/// the optimizer's state and the run state.
-pub fn checkpoint_files(
-    run: &LayerReplace,
-    corpus: &serde_json::Value,
-) -> Result<[(&'static str, Vec<u8>); 4]> {
+/// The format tag of a Dynamic LayerReplace checkpoint (a sealed file, see
+/// [`crate::weights::safetensors::encode_sealed`]).
+const CHECKPOINT_FORMAT: &str = "scaleot-importance-checkpoint";
+
+/// A run's checkpoint as one sealed file (written whole, read back only undamaged): the
+/// harmonizers and the optimizer's state as tensors, the run's identity (settings and corpus)
+/// and its state in the header.
+pub fn checkpoint_file(run: &LayerReplace, corpus: &serde_json::Value) -> Result<Vec<u8>> {
     let tensors = harmonizer_tensors(&run.harmonizers, run.middle().start)?;
-    let identity = serde_json::json!({"config": run.cfg, "corpus": corpus});
-    Ok([
-        ("run.json", to_json(&identity, "checkpoint identity")?),
-        (
-            "harmonizers.safetensors",
-            write_tensors(&tensors, "scaleot-checkpoint")?,
-        ),
-        ("optimizer.bin", run.optimizer_record()?),
-        ("state.json", to_json(&run.state, "checkpoint state")?),
-    ])
+    let mut items = f32_items(&tensors);
+    let optimizer = run.optimizer_record()?;
+    items.push((
+        OPTIMIZER_TENSOR.into(),
+        Dtype::U8,
+        vec![optimizer.len()],
+        optimizer,
+    ));
+    let identity = serde_json::json!({"config": run.cfg, "corpus": corpus}).to_string();
+    let state = String::from_utf8(to_json(&run.state, "checkpoint state")?)
+        .map_err(|e| Error::Invalid(format!("checkpoint state: {e}")))?;
+    encode_sealed(
+        &items,
+        CHECKPOINT_FORMAT,
+        &[("run", &identity), ("state", &state)],
+    )
 }
 
-/// The files of a checkpoint ([`checkpoint_files`]), as read back.
-pub struct Checkpoint {
-    pub run_json: Vec<u8>,
-    pub harmonizers: Vec<u8>,
-    pub optimizer: Vec<u8>,
-    pub state: Vec<u8>,
-}
-
-/// Continues a run from its checkpoint: `model` is the full model on an autodiff device,
-/// `cfg` and `corpus` the settings and corpus of this invocation, which must be the
-/// checkpoint's (the step count may grow).
+/// Continues a run from its checkpoint file ([`checkpoint_file`]): `model` is the full model
+/// on an autodiff device, `cfg` and `corpus` the settings and corpus of this invocation, which
+/// must be the checkpoint's (the step count may grow).
 pub fn resume(
     model: Llama,
     cfg: ReplaceConfig,
     corpus: &serde_json::Value,
-    saved: &Checkpoint,
+    checkpoint: &[u8],
 ) -> Result<LayerReplace> {
+    let what = "importance checkpoint";
+    let (meta, file) = open_sealed(checkpoint, CHECKPOINT_FORMAT, what)?;
+    let field = |key: &str| {
+        meta.get(key).map(String::as_bytes).ok_or_else(|| {
+            Error::Invalid(format!(
+                "the {what} has no `{key}` in its header: start afresh"
+            ))
+        })
+    };
     let middle = cfg.adapters.middle(model.layers.len())?;
-    let harmonizers = load_harmonizers(
-        &SafetensorsSource::new(&[&saved.harmonizers])?,
-        middle,
-        &model,
-    )?;
-    let identity: serde_json::Value = from_json(&saved.run_json, "the checkpoint's run.json")?;
+    let harmonizers = load_harmonizers(&SafetensorsSource::new(&[checkpoint])?, middle, &model)?;
+    let identity: serde_json::Value = from_json(field("run")?, "the checkpoint's run")?;
     let saved_cfg: ReplaceConfig =
         serde_json::from_value(identity["config"].clone()).map_err(|error| Error::Json {
-            what: "the checkpoint's run.json".into(),
+            what: "the checkpoint's run".into(),
             error,
         })?;
     let any_steps = |c: &ReplaceConfig| ReplaceConfig {
@@ -229,9 +237,12 @@ pub fn resume(
                 .into(),
         ));
     }
+    let optimizer = file
+        .tensor(OPTIMIZER_TENSOR)
+        .map_err(|_| Error::Invalid(format!("the {what} has no optimizer state: start afresh")))?;
     let mut run = LayerReplace::new(model, cfg, Some(harmonizers))?;
-    let state: ReplaceState = from_json(&saved.state, "the checkpoint's state.json")?;
-    run.resume(state, &saved.optimizer)?;
+    let state: ReplaceState = from_json(field("state")?, "the checkpoint's state")?;
+    run.resume(state, optimizer.data())?;
     Ok(run)
 }
 

@@ -101,6 +101,79 @@ pub fn write_tensors(tensors: &[(String, HostTensor)], format: &str) -> Result<V
     encode(&f32_items(tensors), format)
 }
 
+/// The header field of a sealed file ([`encode_sealed`]) with the hash of its tensors.
+const TENSORS_HASH_KEY: &str = "tensors_sha256";
+
+/// One safetensors file carrying text `fields` in its header (besides `format`) and the hash
+/// of its tensors: storage writes it whole (a rename, an OPFS file), and [`open_sealed`] reads it
+/// back only undamaged. Checkpoints are sealed files.
+pub fn encode_sealed(
+    items: &[(String, Dtype, Vec<usize>, Vec<u8>)],
+    format: &str,
+    fields: &[(&str, &str)],
+) -> Result<Vec<u8>> {
+    let digest = tensors_digest(items.iter().map(|(name, dtype, shape, data)| {
+        (name.as_str(), *dtype, shape.as_slice(), data.as_slice())
+    }));
+    let mut metadata = vec![("format", format), (TENSORS_HASH_KEY, digest.as_str())];
+    metadata.extend_from_slice(fields);
+    encode_with(items, &metadata)
+}
+
+/// A sealed file's header fields and tensors. `what` names the file in messages ("training
+/// checkpoint"); a file of another format, or whose tensors do not match their hash, is
+/// refused with advice to start afresh.
+pub fn open_sealed<'a>(
+    bytes: &'a [u8],
+    format: &str,
+    what: &str,
+) -> Result<(HashMap<String, String>, SafeTensors<'a>)> {
+    let (meta, _) = header_and_data(bytes).map_err(|e| {
+        Error::Invalid(format!(
+            "the {what} is damaged or not one ({e}): start afresh"
+        ))
+    })?;
+    if meta.get("format").map(String::as_str) != Some(format) {
+        return Err(Error::Invalid(format!(
+            "this is not a {what} (its format is {:?}): pass the checkpoint file of an earlier run, or start afresh",
+            meta.get("format").map(String::as_str).unwrap_or("none")
+        )));
+    }
+    let file = SafeTensors::deserialize(bytes)
+        .map_err(|e| Error::Invalid(format!("the {what} is damaged ({e}): start afresh")))?;
+    let digest = tensors_digest(
+        file.tensors()
+            .iter()
+            .map(|(name, view)| (name.as_str(), view.dtype(), view.shape(), view.data())),
+    );
+    if meta.get(TENSORS_HASH_KEY) != Some(&digest) {
+        return Err(Error::Invalid(format!(
+            "the {what} is damaged (its tensors do not match the hash it was written with): start afresh"
+        )));
+    }
+    Ok((meta, file))
+}
+
+/// sha256 over every tensor's name, dtype, shape and bytes, in name order: the same for the
+/// items a file is written from and for the file read back, whatever order the safetensors
+/// writer lays them out in.
+fn tensors_digest<'a>(
+    tensors: impl Iterator<Item = (&'a str, Dtype, &'a [usize], &'a [u8])>,
+) -> String {
+    use sha2::{Digest, Sha256};
+    let mut sorted: Vec<_> = tensors.collect();
+    sorted.sort_by_key(|(name, ..)| *name);
+    let mut h = Sha256::new();
+    for (name, dtype, shape, data) in sorted {
+        h.update((name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+        h.update(format!("{dtype:?}{shape:?}").as_bytes());
+        h.update((data.len() as u64).to_le_bytes());
+        h.update(data);
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Host tensors as raw little-endian f32 items for [`encode`].
 pub fn f32_items(tensors: &[(String, HostTensor)]) -> Vec<(String, Dtype, Vec<usize>, Vec<u8>)> {
     tensors

@@ -317,7 +317,7 @@ fn the_run_loop_checkpoints_when_due_pauses_and_stops() {
 /// optimizer's state on its own refuses what it cannot read.
 #[test]
 fn a_damaged_checkpoint_is_refused_clearly() {
-    use scaleot::session::OPTIMIZER_TENSOR;
+    use scaleot::optim::OPTIMIZER_TENSOR;
     let device = Device::flex().autodiff();
     let (emu, _) = loaded_tiny_emulator(&device);
     let mut first = Session::new(&emu, DATA.as_bytes(), "notes.jsonl", &settings()).unwrap();

@@ -520,3 +520,55 @@ fn low_rank_layers_are_stored_as_factors_and_load_as_their_product() {
         assert_eq!(stored.tensor(name).unwrap().is_some(), present, "{name}");
     }
 }
+
+/// An importance run resumed from its checkpoint file continues exactly as if it had not
+/// stopped; a damaged checkpoint, or one of another run, is refused.
+#[test]
+fn importance_checkpoints_resume_exactly_and_refuse_damage() {
+    use scaleot::emulator::importance::{checkpoint_file, resume};
+    let base = tiny_model_bytes();
+    let corpus = serde_json::json!({"files": ["rows"]});
+    let rows = replace_rows();
+    let batches: Vec<&[Vec<u32>]> = rows.chunks(2).cycle().take(6).collect();
+    let mut whole = layer_replace(&base, replace_config(6));
+    for b in &batches {
+        whole.iterate(b, &rows[6..]).unwrap();
+    }
+    let mut first = layer_replace(&base, replace_config(6));
+    for b in &batches[..3] {
+        first.iterate(b, &rows[6..]).unwrap();
+    }
+    let file = checkpoint_file(&first, &corpus).unwrap();
+    let fresh = || {
+        let opened = base.open().unwrap();
+        Llama::load(
+            &opened.config,
+            opened.source.as_ref(),
+            &Device::flex().autodiff(),
+        )
+        .unwrap()
+    };
+    let mut resumed = resume(fresh(), replace_config(6), &corpus, &file).unwrap();
+    assert_eq!(resumed.state.step, 3);
+    for b in &batches[3..] {
+        resumed.iterate(b, &rows[6..]).unwrap();
+    }
+    assert_eq!(resumed.state.scores, whole.state.scores);
+    assert_eq!(resumed.state.history, whole.state.history);
+    let refusal = |bytes: &[u8], cfg| {
+        resume(fresh(), cfg, &corpus, bytes)
+            .err()
+            .unwrap()
+            .to_string()
+    };
+    let mut flipped = file.clone();
+    let last = flipped.len() - 1;
+    flipped[last] ^= 1;
+    let err = refusal(&flipped, replace_config(6));
+    assert!(err.contains("importance checkpoint is damaged"), "{err}");
+    let other = scaleot::emulator::replace::ReplaceConfig {
+        lr: 1e-2,
+        ..replace_config(6)
+    };
+    assert!(refusal(&file, other).contains("belongs to another run"));
+}
