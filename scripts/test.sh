@@ -102,6 +102,14 @@ if "$bin" finetune --emulator "$ot/emu.json" --data "$ot/arc_easy.jsonl" --steps
   echo "a resume with other settings must be refused" >&2; exit 1
 fi
 grep -q "belongs to another run" "$ot/refuse.log"
+# `serve` checks the bundle's sha256 once at start: a flipped byte is refused before serving.
+mkdir -p "$ot/dist"; echo page > "$ot/dist/index.html"
+cp "$ot/emu.json" "$ot/bad-emu.json"; cp "$ot/emu.safetensors" "$ot/bad-emu.safetensors"
+printf 'x' | dd of="$ot/bad-emu.safetensors" bs=1 seek=100000 conv=notrunc status=none
+if "$bin" serve --emulator "$ot/bad-emu.json" --dist "$ot/dist" --port 0 2> "$ot/serve.log"; then
+  echo "serve must refuse a corrupted bundle" >&2; exit 1
+fi
+grep -q "is corrupted" "$ot/serve.log"
 "$bin" eval --tasks arc_easy --limit 8 --emulator "$ot/emu.json" --adapter "$ot/adapter.json"
 "$bin" eval --tasks arc_easy --limit 8 --adapter "$ot/adapter.json"
 "$bin" plugin --adapter "$ot/adapter.json" --out "$ot/plugged"

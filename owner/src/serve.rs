@@ -97,6 +97,17 @@ fn checked_emulator(manifest: &Path) -> Result<(PathBuf, PathBuf, String)> {
             m.weights_bytes
         );
     }
+    // Once at start, so the page never downloads weights it would then refuse.
+    let file = File::open(&weights).with_context(|| format!("reading {}", weights.display()))?;
+    let actual =
+        scaleot::sha256_hex_of(file).with_context(|| format!("reading {}", weights.display()))?;
+    if actual != m.weights_sha256 {
+        bail!(
+            "{} is corrupted (sha256 {actual}, its manifest says {}): rebuild the emulator or copy it again",
+            weights.display(),
+            m.weights_sha256
+        );
+    }
     let what = format!("{:.1} MiB, {}", size as f64 / 1048576.0, m.method);
     Ok((manifest.to_path_buf(), weights, what))
 }
