@@ -5,7 +5,7 @@
 # and all of them at the end (also in target/ci-stages.txt).
 # Every crate is compiled once per target: the native release build (tests, binary, examples;
 # nothing rebuilds later) and the wasm32 release build that the browser test and Trunk share,
-# compiled beside the native smoke and parity stages.
+# started beside the native smoke stages.
 # Clippy lints our own crates while those builds compile them, so no dependency is compiled a
 # second time just to be checked.
 set -euo pipefail
@@ -73,14 +73,13 @@ stage "native build + clippy (tests, binary, examples)"
 cargo test --release --workspace --no-run
 cargo build --release --workspace --bins --examples
 stage "native tests"; cargo test --release --workspace
-# The stages from here to the browser's run the native binary only, mostly on fewer cores than
-# the machine has (start-up, small batches): the wasm32 build (library + browser test + clippy)
-# and then the page (Trunk; its wasm-opt pass is single-threaded for minutes) are compiled
-# beside them. Cargo's lock on target/ keeps the two builds in order.
+# The smoke stages below run the native binary on about one core (measured: their CPU time is
+# their wall time), so the wasm32 build (library + browser test + clippy) starts beside them
+# and finishes alone before the parity stage, which keeps both cores busy (beside it, both ran
+# at half speed and lost time to each other's thread pools).
 beside wasm-build bash -c 'start=$SECONDS
   cargo test --release --target wasm32-unknown-unknown --test web_session --no-run
-  echo "wasm32 build + clippy: $((SECONDS - start))s"
-  bash scripts/build-page.sh'
+  echo "wasm32 build + clippy: $((SECONDS - start))s"'
 stage "CLI smoke: generate, perplexity, every task's data loader"
 bin=target/release/scaleot
 "$bin" generate "The capital of France is" --max-tokens 4 | tee target/ci-generate.txt
@@ -172,10 +171,14 @@ grep -q "| ScaleOT importance.*| 3 | 2 x 128 (+2 scored) |" "$ot/report/report.m
 grep -q "| Offsite-Tuning distillation (uniform-drop-distill b=1) | 1 |" "$ot/report/report.md"
 test -s "$ot/report/privacy-utility.svg"
 rm -rf "$ot"
+stage "wasm32 build + clippy: what the smoke stages above left of it"
+await wasm-build
+# Trunk's last pass (wasm-opt) is single-threaded for minutes: the page is built beside the
+# parity stage.
+beside build-page bash scripts/build-page.sh
 stage "lm-evaluation-harness parity: full ARC-Easy and PIQA"
 bash tools/reference/eval_parity.sh
-stage "wasm32 build + clippy, the page (Trunk): what the stages above left of it"
-await wasm-build
 stage "browser: WebGPU training parity (wasm-bindgen-test), the page end to end, privacy"
+await build-page
 bash scripts/page-test.sh --page-built
 echo "all checks passed"

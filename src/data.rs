@@ -64,8 +64,25 @@ fn line_err(line: usize, msg: impl std::fmt::Display) -> Error {
     Error::Invalid(format!("line {line}: {msg}"))
 }
 
+/// The largest data file read (256 MiB of text, some 60 million tokens: far more than adapter
+/// tuning takes). Callers check a file's size before reading it ([`check_data_size`]).
+pub const MAX_DATA_BYTES: u64 = 256 << 20;
+
+/// Refuses a data file of `bytes` bytes larger than [`MAX_DATA_BYTES`], naming its size.
+pub fn check_data_size(name: &str, bytes: u64) -> Result<()> {
+    if bytes > MAX_DATA_BYTES {
+        return Err(Error::Invalid(format!(
+            "{name} is {:.0} MiB, more than the {} MiB a data file may hold: train on a part of it",
+            bytes as f64 / (1 << 20) as f64,
+            MAX_DATA_BYTES >> 20
+        )));
+    }
+    Ok(())
+}
+
 /// Parses a data file. `name` (the file name) decides between plain text and JSONL.
 pub fn load(bytes: &[u8], name: &str, tok: &Tokenizer, opts: &DataOptions) -> Result<Dataset> {
+    check_data_size(name, bytes.len() as u64)?;
     let text = std::str::from_utf8(bytes).map_err(|e| {
         Error::Invalid(format!(
             "{name} is not UTF-8 text (invalid byte at offset {}): save it as UTF-8 and try again",
@@ -481,6 +498,16 @@ mod tests {
         assert!(
             e.contains("line 1: answer 7 is out of range for 3 choices"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn data_files_over_the_bound_are_refused_with_their_size() {
+        assert!(check_data_size("d.txt", MAX_DATA_BYTES).is_ok());
+        let err = check_data_size("d.txt", 3 << 30).unwrap_err().to_string();
+        assert!(
+            err.contains("d.txt is 3072 MiB, more than the 256 MiB"),
+            "{err}"
         );
     }
 

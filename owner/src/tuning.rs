@@ -148,12 +148,16 @@ pub fn finetune(a: &FinetuneArgs) -> Result<()> {
     let (manifest_json, weights) = read_pair(&a.emulator, "emulator")?;
     let device = a.device.open_autodiff()?;
     let emu = Emulator::load(&manifest_json, &weights, &device)?;
-    let data_bytes = read(&a.data, "data file", "pass your training data with --data")?;
     let name = a
         .data
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    // Checked before reading: a file larger than memory must not be read to be refused.
+    if let Ok(meta) = std::fs::metadata(&a.data) {
+        scaleot::data::check_data_size(&name, meta.len())?;
+    }
+    let data_bytes = read(&a.data, "data file", "pass your training data with --data")?;
     let settings = Settings {
         steps: a.steps,
         batch_size: a.batch_size,

@@ -180,6 +180,11 @@ fn settings(doc: &Document) -> Settings {
 fn choose_data(page: &Shared, file: File) {
     let doc = page.borrow().doc.clone();
     show(&doc, "message", false);
+    // Refused before it is read: a file larger than the tab's memory must not be loaded first.
+    if let Err(e) = crate::data::check_data_size(&file.name(), file.size() as u64) {
+        error(&doc, &e.to_string());
+        return;
+    }
     set_text(
         &doc,
         "data-info",
