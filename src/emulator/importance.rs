@@ -192,8 +192,7 @@ pub fn checkpoint_file(run: &LayerReplace, corpus: &serde_json::Value) -> Result
         optimizer,
     ));
     let identity = serde_json::json!({"config": run.cfg, "corpus": corpus}).to_string();
-    let state = String::from_utf8(to_json(&run.state, "checkpoint state")?)
-        .map_err(|e| Error::Invalid(format!("checkpoint state: {e}")))?;
+    let state = to_json(&run.state, "checkpoint state")?;
     encode_sealed(
         &items,
         CHECKPOINT_FORMAT,
@@ -260,8 +259,8 @@ fn load_harmonizers(
     Ok(Harmonizers { list })
 }
 
-fn to_json<T: Serialize>(value: &T, what: &str) -> Result<Vec<u8>> {
-    serde_json::to_vec_pretty(value).map_err(|error| Error::Json {
+fn to_json<T: Serialize>(value: &T, what: &str) -> Result<String> {
+    serde_json::to_string(value).map_err(|error| Error::Json {
         what: what.into(),
         error,
     })
