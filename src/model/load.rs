@@ -149,7 +149,7 @@ pub fn write_checkpoint(cfg: &LlamaConfig, src: &dyn WeightSource) -> Result<Vec
 mod tests {
     use super::*;
     use crate::weights::gguf::MetaValue;
-    use crate::weights::gguf::tests::write_gguf;
+    use crate::weights::gguf::write_f32;
 
     fn llama_meta() -> Vec<(&'static str, MetaValue)> {
         vec![
@@ -168,7 +168,7 @@ mod tests {
 
     #[test]
     fn gguf_without_tokenizer_says_so() {
-        let bytes = write_gguf(&llama_meta(), &[]);
+        let bytes = write_f32(&llama_meta(), &[]);
         let err = LoadedModel::from_gguf(&bytes, &Device::flex())
             .err()
             .unwrap();
@@ -183,10 +183,10 @@ mod tests {
         let mut meta = llama_meta();
         meta.push(("llama.attention.key_length", MetaValue::UInt(6)));
         meta.push(("llama.attention.value_length", MetaValue::UInt(6)));
-        let cfg = LlamaConfig::from_gguf(&Gguf::parse(&write_gguf(&meta, &[])).unwrap()).unwrap();
+        let cfg = LlamaConfig::from_gguf(&Gguf::parse(&write_f32(&meta, &[])).unwrap()).unwrap();
         assert_eq!((cfg.head_dim(), cfg.attention_width()), (6, 12));
         meta.push(("llama.rope.scaling.type", MetaValue::Str("yarn".into())));
-        let err = LlamaConfig::from_gguf(&Gguf::parse(&write_gguf(&meta, &[])).unwrap())
+        let err = LlamaConfig::from_gguf(&Gguf::parse(&write_f32(&meta, &[])).unwrap())
             .unwrap_err()
             .to_string();
         assert!(
@@ -199,7 +199,7 @@ mod tests {
     fn foreign_architecture_is_refused() {
         let mut meta = llama_meta();
         meta[0].1 = MetaValue::Str("bert".into());
-        let bytes = write_gguf(&meta, &[]);
+        let bytes = write_f32(&meta, &[]);
         let err = LoadedModel::from_gguf(&bytes, &Device::flex())
             .err()
             .unwrap();
@@ -222,7 +222,7 @@ mod tests {
             MetaValue::Array(vec![MetaValue::Str("a b".into())]),
         ));
         // Embedding should be [4, 8]; give [4, 6].
-        let bytes = write_gguf(&meta, &[("token_embd.weight", vec![4, 6], vec![0.0; 24])]);
+        let bytes = write_f32(&meta, &[("token_embd.weight", vec![4, 6], vec![0.0; 24])]);
         let err = LoadedModel::from_gguf(&bytes, &Device::flex())
             .err()
             .unwrap();
@@ -241,7 +241,7 @@ mod tests {
 
     #[test]
     fn unsupported_quant_type_is_named() {
-        let mut bytes = write_gguf(&[], &[("w", vec![2, 16], vec![0.0; 32])]);
+        let mut bytes = write_f32(&[], &[("w", vec![2, 16], vec![0.0; 32])]);
         // Patch the tensor's type id (after name, n_dims and dims) to 10 = Q2_K.
         let mut info = vec![1u8, 0, 0, 0, 0, 0, 0, 0, b'w', 2, 0, 0, 0];
         info.extend(16u64.to_le_bytes());

@@ -312,83 +312,81 @@ fn pad4(bytes: &[u8]) -> [u8; 4] {
     m
 }
 
-#[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
-
-    /// Writes a minimal GGUF v3 file; used by tests here and in the model loader.
-    pub fn write_gguf(
-        meta: &[(&str, MetaValue)],
-        tensors: &[(&str, Vec<usize>, Vec<f32>)],
-    ) -> Vec<u8> {
-        fn s(out: &mut Vec<u8>, v: &str) {
-            out.extend((v.len() as u64).to_le_bytes());
-            out.extend(v.as_bytes());
-        }
-        fn val(out: &mut Vec<u8>, v: &MetaValue) {
-            match v {
-                MetaValue::UInt(x) => out.extend((*x as u32).to_le_bytes()),
-                MetaValue::Int(x) => out.extend((*x as i32).to_le_bytes()),
-                MetaValue::Float(x) => out.extend((*x as f32).to_le_bytes()),
-                MetaValue::Bool(b) => out.push(*b as u8),
-                MetaValue::Str(x) => s(out, x),
-                MetaValue::Array(items) => {
-                    out.extend(ty(&items[0]).to_le_bytes());
-                    out.extend((items.len() as u64).to_le_bytes());
-                    for i in items {
-                        val(out, i);
-                    }
+/// A GGUF v3 file of f32 tensors with `meta`, each `shape` given outermost first (as burn
+/// and safetensors order it; GGUF stores it reversed): tiny test models and fuzzing seeds.
+pub fn write_f32(meta: &[(&str, MetaValue)], tensors: &[(&str, Vec<usize>, Vec<f32>)]) -> Vec<u8> {
+    fn s(out: &mut Vec<u8>, v: &str) {
+        out.extend((v.len() as u64).to_le_bytes());
+        out.extend(v.as_bytes());
+    }
+    fn val(out: &mut Vec<u8>, v: &MetaValue) {
+        match v {
+            MetaValue::UInt(x) => out.extend((*x as u32).to_le_bytes()),
+            MetaValue::Int(x) => out.extend((*x as i32).to_le_bytes()),
+            MetaValue::Float(x) => out.extend((*x as f32).to_le_bytes()),
+            MetaValue::Bool(b) => out.push(*b as u8),
+            MetaValue::Str(x) => s(out, x),
+            MetaValue::Array(items) => {
+                out.extend(items.first().map_or(4, ty).to_le_bytes());
+                out.extend((items.len() as u64).to_le_bytes());
+                for i in items {
+                    val(out, i);
                 }
             }
         }
-        fn ty(v: &MetaValue) -> u32 {
-            match v {
-                MetaValue::UInt(_) => 4,
-                MetaValue::Int(_) => 5,
-                MetaValue::Float(_) => 6,
-                MetaValue::Bool(_) => 7,
-                MetaValue::Str(_) => 8,
-                MetaValue::Array(_) => 9,
-            }
+    }
+    fn ty(v: &MetaValue) -> u32 {
+        match v {
+            MetaValue::UInt(_) => 4,
+            MetaValue::Int(_) => 5,
+            MetaValue::Float(_) => 6,
+            MetaValue::Bool(_) => 7,
+            MetaValue::Str(_) => 8,
+            MetaValue::Array(_) => 9,
         }
-        let mut out = b"GGUF".to_vec();
-        out.extend(3u32.to_le_bytes());
-        out.extend((tensors.len() as u64).to_le_bytes());
-        out.extend((meta.len() as u64).to_le_bytes());
-        for (k, v) in meta {
-            s(&mut out, k);
-            out.extend(ty(v).to_le_bytes());
-            val(&mut out, v);
+    }
+    let mut out = b"GGUF".to_vec();
+    out.extend(3u32.to_le_bytes());
+    out.extend((tensors.len() as u64).to_le_bytes());
+    out.extend((meta.len() as u64).to_le_bytes());
+    for (k, v) in meta {
+        s(&mut out, k);
+        out.extend(ty(v).to_le_bytes());
+        val(&mut out, v);
+    }
+    let mut offset = 0u64;
+    for (name, shape, data) in tensors {
+        s(&mut out, name);
+        out.extend((shape.len() as u32).to_le_bytes());
+        for d in shape.iter().rev() {
+            out.extend((*d as u64).to_le_bytes());
         }
-        let mut offset = 0u64;
-        for (name, shape, data) in tensors {
-            s(&mut out, name);
-            out.extend((shape.len() as u32).to_le_bytes());
-            for d in shape.iter().rev() {
-                out.extend((*d as u64).to_le_bytes());
-            }
-            out.extend(0u32.to_le_bytes());
-            out.extend(offset.to_le_bytes());
-            offset += (data.len() * 4).div_ceil(32) as u64 * 32;
+        out.extend(0u32.to_le_bytes());
+        out.extend(offset.to_le_bytes());
+        offset += (data.len() * 4).div_ceil(32) as u64 * 32;
+    }
+    while !out.len().is_multiple_of(32) {
+        out.push(0);
+    }
+    for (_, _, data) in tensors {
+        let start = out.len();
+        for x in data {
+            out.extend(x.to_le_bytes());
         }
-        while !out.len().is_multiple_of(32) {
+        while !(out.len() - start).is_multiple_of(32) {
             out.push(0);
         }
-        for (_, _, data) in tensors {
-            let start = out.len();
-            for x in data {
-                out.extend(x.to_le_bytes());
-            }
-            while !(out.len() - start).is_multiple_of(32) {
-                out.push(0);
-            }
-        }
-        out
     }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     #[test]
     fn round_trips_metadata_and_f32_tensor() {
-        let bytes = write_gguf(
+        let bytes = write_f32(
             &[
                 ("general.architecture", MetaValue::Str("llama".into())),
                 ("llama.block_count", MetaValue::UInt(2)),
@@ -412,7 +410,7 @@ pub(crate) mod tests {
             Err(Error::NotGguf { .. })
         ));
         assert!(matches!(Gguf::parse(b"GG"), Err(Error::NotGguf { .. })));
-        let bytes = write_gguf(&[], &[("w", vec![4, 8], vec![0.5; 32])]);
+        let bytes = write_f32(&[], &[("w", vec![4, 8], vec![0.5; 32])]);
         let cut = &bytes[..bytes.len() - 20];
         let g = Gguf::parse(cut).unwrap();
         let err = g.tensor_f32(&g.tensors[0]).unwrap_err();
@@ -426,7 +424,7 @@ pub(crate) mod tests {
 
     #[test]
     fn rejects_unknown_version() {
-        let mut bytes = write_gguf(&[], &[]);
+        let mut bytes = write_f32(&[], &[]);
         bytes[4] = 9;
         assert!(matches!(Gguf::parse(&bytes), Err(Error::GgufVersion(9))));
     }
