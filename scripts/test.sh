@@ -176,7 +176,7 @@ await wasm-build
 # Trunk's last pass (wasm-opt) is single-threaded for minutes: the page is built beside the
 # parity stage.
 beside build-page bash scripts/build-page.sh
-stage "lm-evaluation-harness parity: full ARC-Easy and PIQA"
+stage "lm-evaluation-harness parity: full ARC-Easy, PIQA and COPA"
 bash tools/reference/eval_parity.sh
 stage "browser: WebGPU training parity (wasm-bindgen-test), the page end to end, privacy"
 await build-page

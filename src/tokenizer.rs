@@ -352,6 +352,12 @@ impl Tokenizer {
         })
     }
 
+    /// The token an empty context starts from when scoring (lm-eval's `prefix_token_id`: the
+    /// beginning-of-text token, else the end-of-text one).
+    pub fn prefix_id(&self) -> Option<u32> {
+        self.bos_id.or(self.eos_id)
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.id_to_token.len()
     }

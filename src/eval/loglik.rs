@@ -17,12 +17,13 @@ pub struct LoglikRequest {
 
 /// lm-eval's `_encode_pair`: trailing spaces of the context move to the continuation, the
 /// continuation's ids are what `encode(context + continuation)` adds after `encode(context)`.
-/// An empty context becomes the end-of-text token, as lm-eval's `prefix_token_id`.
+/// An empty context becomes lm-eval's `prefix_token_id` ([`Tokenizer::prefix_id`]).
 pub fn encode_pair(tok: &Tokenizer, context: &str, continuation: &str) -> Result<LoglikRequest> {
     if context.is_empty() {
-        let prefix = tok.eos_id.ok_or_else(|| {
+        let prefix = tok.prefix_id().ok_or_else(|| {
             Error::Tokenizer(
-                "an empty context needs an end-of-text token, which this tokenizer lacks".into(),
+                "an empty context needs a begin- or end-of-text token, which this tokenizer lacks"
+                    .into(),
             )
         })?;
         return Ok(LoglikRequest {
@@ -279,6 +280,12 @@ impl ScoringBatch {
         model.head_logprobs(hidden, targets)
     }
 
+    /// Per-token log-probabilities and greedy margins (see [`Llama::head_scores`]).
+    pub fn token_scores(&self, model: &Llama) -> (Tensor<1>, Tensor<1>) {
+        let (hidden, targets) = self.scored_hidden(model);
+        model.head_scores(hidden, targets)
+    }
+
     /// The mean cross-entropy over the targets, for training (see [`Llama::head_loss`]).
     pub fn training_loss(&self, model: &Llama) -> HeadLoss {
         let (hidden, targets) = self.scored_hidden(model);
@@ -314,6 +321,14 @@ pub fn plan_batches(rows: &[ScoringRow], max_tokens: usize) -> Vec<Vec<usize>> {
     batches
 }
 
+/// A scored request: the continuation's summed log-likelihood, and whether every token of it
+/// is the model's greedy choice (lm-eval's `is_greedy`).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Scored {
+    pub loglik: f64,
+    pub greedy: bool,
+}
+
 /// Scores all requests natively (synchronous readback); `progress` gets the number done.
 /// Batches run on several threads at once: one batch's element-wise steps run on one core,
 /// so a second batch keeps the other cores busy between the (already parallel) matrix
@@ -325,23 +340,38 @@ pub fn score_all(
     max_batch_tokens: usize,
     pad: u32,
     mut progress: impl FnMut(usize),
-) -> Result<Vec<f64>> {
+) -> Result<Vec<Scored>> {
     let rows = scoring_rows(reqs, max_len);
     let batches = plan_batches(&rows, max_batch_tokens);
-    let score = |batch_rows: &[usize]| -> Result<(Vec<usize>, Vec<f64>)> {
+    let read = |t: Tensor<1>| {
+        t.into_data()
+            .try_into_vec::<f32>()
+            .map_err(|e| Error::Invalid(format!("reading scores back from the device: {e:?}")))
+    };
+    let score = |batch_rows: &[usize]| -> Result<(Vec<usize>, Vec<Scored>)> {
         let refs: Vec<&ScoringRow> = batch_rows.iter().map(|&i| &rows[i]).collect();
         let batch = ScoringBatch::from_rows(&refs, pad);
-        let lp = batch
-            .token_logprobs(model)
-            .into_data()
-            .try_into_vec::<f32>()
-            .map_err(|e| Error::Invalid(format!("reading scores back from the device: {e:?}")))?;
-        let sums = batch.sum_per_request(&lp);
-        Ok((batch.requests, sums))
+        let (logprobs, margins) = batch.token_scores(model);
+        let (lp, margins) = (read(logprobs)?, read(margins)?);
+        let greedy: Vec<f32> = margins
+            .iter()
+            .map(|&m| f32::from(u8::from(m >= 0.0)))
+            .collect();
+        let scored = batch
+            .sum_per_request(&lp)
+            .into_iter()
+            .zip(batch.sum_per_request(&greedy))
+            .zip(&batch.counts)
+            .map(|((loglik, greedy_tokens), &n)| Scored {
+                loglik,
+                greedy: greedy_tokens as usize == n,
+            })
+            .collect();
+        Ok((batch.requests, scored))
     };
-    let mut out = vec![0f64; reqs.len()];
-    let mut record = |(requests, sums): (Vec<usize>, Vec<f64>)| {
-        for (&i, v) in requests.iter().zip(sums) {
+    let mut out = vec![Scored::default(); reqs.len()];
+    let mut record = |(requests, scored): (Vec<usize>, Vec<Scored>)| {
+        for (&i, v) in requests.iter().zip(scored) {
             out[i] = v;
         }
         progress(requests.len());

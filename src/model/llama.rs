@@ -587,9 +587,28 @@ impl Llama {
         targets: Tensor<1, Int>,
         chunk_rows: usize,
     ) -> Tensor<1> {
+        self.head_scores_in_chunks(hidden, targets, chunk_rows).0
+    }
+
+    /// [`Self::head_logprobs`] and, per target, its logit minus the largest logit: 0 exactly
+    /// when the target is the greedy choice (lm-eval's `is_greedy`, ties counted as greedy).
+    pub fn head_scores(
+        &self,
+        hidden: Tensor<2>,
+        targets: Tensor<1, Int>,
+    ) -> (Tensor<1>, Tensor<1>) {
+        self.head_scores_in_chunks(hidden, targets, self.scoring_chunk_rows())
+    }
+
+    fn head_scores_in_chunks(
+        &self,
+        hidden: Tensor<2>,
+        targets: Tensor<1, Int>,
+        chunk_rows: usize,
+    ) -> (Tensor<1>, Tensor<1>) {
         let [n, _] = hidden.dims();
         let head = self.head_matrix();
-        let chunks: Vec<Tensor<1>> = row_chunks(n, chunk_rows)
+        let (logprobs, margins): (Vec<Tensor<1>>, Vec<Tensor<1>>) = row_chunks(n, chunk_rows)
             .map(|(start, c)| {
                 let logits = hidden.clone().narrow(0, start, c).matmul(head.clone());
                 let target = targets.clone().narrow(0, start, c).reshape([c, 1]);
@@ -598,10 +617,14 @@ impl Llama {
                 // instead of log-softmax's separate exp, sum and log passes over the vocabulary.
                 let max = logits.clone().max_dim(1);
                 let inv_total = softmax(logits.clone(), 1).max_dim(1);
-                (logits.gather(1, target) - max + inv_total.log()).reshape([c])
+                let margin = logits.gather(1, target) - max;
+                (
+                    (margin.clone() + inv_total.log()).reshape([c]),
+                    margin.reshape([c]),
+                )
             })
-            .collect();
-        Tensor::cat(chunks, 0)
+            .unzip();
+        (Tensor::cat(logprobs, 0), Tensor::cat(margins, 0))
     }
 
     /// Mean cross-entropy of `targets` (`[n]`) given final hidden states `[n, hidden]`, for

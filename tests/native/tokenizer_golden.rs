@@ -28,6 +28,9 @@ fn gguf_tokenizer_matches_hugging_face() {
     assert_eq!(tok.vocab_size(), 49152);
     assert_eq!(tok.eos_id, Some(2));
     check(&tok, "gguf");
+    // An empty context (and perplexity's first window) starts from lm-eval's prefix token.
+    let lm_eval = common::golden("lm_eval_reference.json")["prefix_token_id"].as_u64();
+    assert_eq!(tok.prefix_id().map(u64::from), lm_eval);
 }
 
 /// Inputs that used to hang or take quadratic time (a million-character word made the
