@@ -194,13 +194,7 @@ impl Routes {
             }
         };
         response.head_only = head.head_only;
-        // Request paths are the client's bytes: escaped, so they cannot write to the terminal.
-        eprintln!(
-            "{} {} -> {}",
-            head.method.escape_debug(),
-            head.target.escape_debug(),
-            response.status
-        );
+        eprintln!("{}", log_line(head, response.status));
         response
     }
 
@@ -245,6 +239,16 @@ enum HeadError {
     TimedOut,
     TooLarge,
     Malformed,
+}
+
+/// The log line of a request. Method and path are the client's bytes: escaped, so that they
+/// cannot move the cursor, recolour or clear the owner's terminal.
+fn log_line(head: &Head, status: u16) -> String {
+    format!(
+        "{} {} -> {status}",
+        head.method.escape_debug(),
+        head.target.escape_debug()
+    )
 }
 
 /// Longest request head accepted (request line and headers).
@@ -540,6 +544,20 @@ mod tests {
             assert_eq!(byte_range(header, 100), want, "{header}");
         }
         assert_eq!(byte_range("bytes=0-", 0), Range::Unsatisfiable);
+    }
+
+    #[test]
+    fn request_lines_are_logged_escaped() {
+        let head = Head {
+            method: "GET".into(),
+            target: "/\u{1b}[2J\u{7}x\r\n".into(),
+            path: String::new(),
+            range: None,
+            head_only: false,
+        };
+        let line = log_line(&head, 404);
+        assert_eq!(line, "GET /\\u{1b}[2J\\u{7}x\\r\\n -> 404");
+        assert!(!line.chars().any(char::is_control), "{line:?}");
     }
 
     /// One request over a fresh connection; (status, headers, body).
