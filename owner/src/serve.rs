@@ -110,7 +110,9 @@ fn run(listener: TcpListener, routes: Arc<Routes>, limits: Limits) {
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
         if let Err(TrySendError::Full(mut stream)) = queue.try_send(stream) {
-            let _ = stream.set_write_timeout(Some(limits.io_timeout));
+            // A few hundred bytes fit the socket's buffer; the timeout only guards the
+            // accepting thread against a peer that never reads.
+            let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
             let _ = Response::status(503).send(&mut stream);
         }
     }
