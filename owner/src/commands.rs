@@ -466,10 +466,11 @@ pub fn bench(a: BenchArgs) -> Result<()> {
 mod tests {
     use super::*;
 
-    /// `eval --samples` on the first documents of the tasks whose lm-eval reference records
-    /// per-document log-likelihoods (tests/golden/lm_eval_reference.json): each choice's
-    /// log-likelihood equal to lm-eval's (float32 sums over ~10 tokens: within 5e-3), the same
-    /// gold, and the records' metrics equal to the result's.
+    /// `eval --samples` on the first documents of the tasks and splits whose lm-eval reference
+    /// records per-document log-likelihoods (tests/golden/lm_eval_reference.json, other splits
+    /// than validation keyed TASK@SPLIT): each choice's log-likelihood equal to lm-eval's
+    /// (float32 sums over ~10-40 tokens: within 5e-3), and the records' metrics equal to the
+    /// result's.
     #[test]
     fn samples_match_lm_eval_per_document() {
         let golden: serde_json::Value =
@@ -477,47 +478,48 @@ mod tests {
                 .unwrap();
         let samples =
             std::env::temp_dir().join(format!("scaleot-samples-{}.jsonl", std::process::id()));
-        let mut args = EvalArgs::new("copa,winogrande");
-        args.limit = Some(5);
-        args.samples = Some(samples.clone());
-        let results = evaluate(&args).unwrap();
-        let text = std::fs::read_to_string(&samples).unwrap();
-        let records: Vec<serde_json::Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        assert_eq!(records.len(), 10);
-        for r in &results {
-            let want = golden["tasks"][&r.task]["first_logliks"]
-                .as_array()
-                .unwrap();
-            let mine: Vec<_> = records
-                .iter()
-                .filter(|s| s["task"] == r.task.as_str())
+        for (tasks, split) in [
+            ("copa,winogrande", "validation"),
+            ("arc_challenge,openbookqa", "test"),
+        ] {
+            let mut args = EvalArgs::new(tasks);
+            args.limit = Some(5);
+            args.split = Some(split.into());
+            args.samples = Some(samples.clone());
+            let results = evaluate(&args).unwrap();
+            let text = std::fs::read_to_string(&samples).unwrap();
+            let records: Vec<serde_json::Value> = text
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
                 .collect();
-            assert_eq!(mine.len(), want.len());
-            for (i, (s, w)) in mine.iter().zip(want).enumerate() {
-                assert_eq!(
-                    (s["doc"].as_u64(), s["split"].as_str()),
-                    (Some(i as u64), Some("validation"))
-                );
-                for (ours, theirs) in s["loglik"]
-                    .as_array()
-                    .unwrap()
+            assert_eq!(records.len(), 10);
+            for r in &results {
+                let key = match split {
+                    "validation" => r.task.clone(),
+                    _ => format!("{}@{split}", r.task),
+                };
+                let want = golden["tasks"][&key]["first_logliks"].as_array().unwrap();
+                let mine: Vec<_> = records
                     .iter()
-                    .zip(w.as_array().unwrap())
-                {
-                    let (a, b) = (ours.as_f64().unwrap(), theirs.as_f64().unwrap());
-                    assert!(
-                        (a - b).abs() < 5e-3,
-                        "{} doc {i}: {a} vs lm-eval {b}",
-                        r.task
+                    .filter(|s| s["task"] == r.task.as_str())
+                    .collect();
+                assert_eq!(mine.len(), want.len());
+                for (i, (s, w)) in mine.iter().zip(want).enumerate() {
+                    assert_eq!(
+                        (s["doc"].as_u64(), s["split"].as_str()),
+                        (Some(i as u64), Some(split))
                     );
+                    let (ours, theirs) = (s["loglik"].as_array().unwrap(), w.as_array().unwrap());
+                    assert_eq!(ours.len(), theirs.len());
+                    for (a, b) in ours.iter().zip(theirs) {
+                        let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());
+                        assert!((a - b).abs() < 5e-3, "{key} doc {i}: {a} vs lm-eval {b}");
+                    }
+                    assert_eq!(s["greedy"].as_array().map(Vec::len), Some(ours.len()));
                 }
-                assert_eq!(s["greedy"].as_array().map(Vec::len), Some(2));
+                let acc = mine.iter().map(|s| s["acc"].as_f64().unwrap()).sum::<f64>() / 5.0;
+                assert_eq!(acc, r.acc.value);
             }
-            let acc = mine.iter().map(|s| s["acc"].as_f64().unwrap()).sum::<f64>() / 5.0;
-            assert_eq!(acc, r.acc.value);
         }
         std::fs::remove_file(&samples).unwrap();
     }

@@ -92,7 +92,7 @@ def main(names):
                                       task_manager=TaskManager(include_path=tmp),
                                       log_samples=True)
     result = {"source": f"lm-evaluation-harness {lm_eval.__version__}, zero-shot, stock prompts, "
-                        f"local Arrow validation sets; SmolLM2-135M-Instruct Q4_1 GGUF via "
+                        f"local data; SmolLM2-135M-Instruct Q4_1 GGUF via "
                         f"transformers (dequantized, float32)",
               "prefix_token_id": lm.prefix_token_id, "tasks": {}}
     for name, task in zip(names, tasks):
