@@ -283,7 +283,7 @@ impl<'a> Gguf<'a> {
         }
         let nbytes = info.kind.byte_len(n).ok_or_else(|| {
             Error::Malformed(format!(
-                "tensor `{}` has {n} elements, not a whole number of {} blocks",
+                "tensor `{}` has {n} elements: not a whole number of {} blocks, or more bytes than a file can hold",
                 info.name,
                 info.kind.name()
             ))
@@ -383,6 +383,26 @@ pub fn write_f32(meta: &[(&str, MetaValue)], tensors: &[(&str, Vec<usize>, Vec<f
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by fuzzing: dimensions whose element count fits but whose byte count does not
+    /// (2^31 x 2^31 f32) overflowed the size computation instead of being refused.
+    #[test]
+    fn a_tensor_larger_than_memory_is_refused() {
+        let mut bytes = write_f32(&[], &[("w", vec![1, 1], vec![0.0])]);
+        let mut dims = vec![1u8, 0, 0, 0, 0, 0, 0, 0, b'w', 2, 0, 0, 0];
+        dims.extend(1u64.to_le_bytes());
+        dims.extend(1u64.to_le_bytes());
+        let at = bytes.windows(dims.len()).position(|w| w == dims).unwrap() + 13;
+        for k in 0..2 {
+            bytes[at + 8 * k..at + 8 * k + 8].copy_from_slice(&(1u64 << 31).to_le_bytes());
+        }
+        let g = Gguf::parse(&bytes).unwrap();
+        let err = g.tensor_f32(&g.tensors[0]).unwrap_err();
+        assert!(
+            err.to_string().contains("more bytes than a file can hold"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn round_trips_metadata_and_f32_tensor() {

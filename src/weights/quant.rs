@@ -69,10 +69,13 @@ impl GgmlType {
         })
     }
 
-    /// Bytes needed for `n` elements, or `None` if `n` is not a whole number of blocks.
+    /// Bytes needed for `n` elements, or `None` if `n` is not a whole number of blocks or
+    /// the bytes would not fit a `usize` (only a corrupt file declares such a tensor).
     pub fn byte_len(self, n: usize) -> Option<usize> {
         let (per_block, bytes) = self.block_layout()?;
-        n.is_multiple_of(per_block).then(|| n / per_block * bytes)
+        n.is_multiple_of(per_block)
+            .then(|| (n / per_block).checked_mul(bytes))
+            .flatten()
     }
 }
 
