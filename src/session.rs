@@ -159,7 +159,8 @@ pub fn check_fits(manifest: &EmulatorManifest, max_buffer: Option<f64>) -> Resul
         )));
     }
     let c = &manifest.config;
-    let embedding = (c.vocab_size * c.hidden_size * 4) as f64;
+    // In f64: on wasm32 the product of a file's dimensions can exceed a 32-bit usize.
+    let embedding = c.vocab_size as f64 * c.hidden_size as f64 * 4.0;
     if let Some(limit) = max_buffer.filter(|&l| embedding > l) {
         return Err(Error::Invalid(format!(
             "this emulator is too large for this GPU: its embedding needs {:.0} MiB in one buffer, and this GPU allows {:.0} MiB. Ask the model owner for a smaller emulator (a smaller model or vocabulary) or use a device with a larger GPU",
@@ -313,8 +314,8 @@ impl Session {
         let model = &self.trainer.model;
         let logit_chunk = tokens.min(model.head_chunk_rows()) as u64 * c.vocab_size as u64 * 4;
         let scoring_chunk = tokens.min(model.scoring_chunk_rows()) as u64 * c.vocab_size as u64 * 4;
-        let attention_scores = (tokens * c.num_attention_heads * longest) as u64 * 4;
-        let mlp = (tokens * c.intermediate_size) as u64 * 4;
+        let attention_scores = tokens as u64 * c.num_attention_heads as u64 * longest as u64 * 4;
+        let mlp = tokens as u64 * c.intermediate_size as u64 * 4;
         Estimate {
             emulator_params: self.manifest.emulator_params,
             weight_bytes: self.manifest.emulator_params * 4,
