@@ -4,8 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 V=${REF_VENV:-.venv-ref}
-if ! "$V/bin/python" -c "import torch, transformers, gguf" 2>/dev/null; then
+if ! "$V/bin/python" -c "import torch, transformers, gguf, lm_eval" 2>/dev/null; then
   python3 -m venv "$V"
-  "$V/bin/pip" install --quiet torch transformers gguf numpy accelerate
+  "$V/bin/pip" install --quiet torch transformers gguf numpy accelerate lm_eval==0.4.13
 fi
 echo "$V ready"
