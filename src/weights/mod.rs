@@ -144,8 +144,11 @@ impl WeightSource for GgufSource<'_> {
             Some(false) => Some(self.n_kv_heads),
             None => None,
         };
+        // `cols > 0`: the rows of an empty tensor are not bounded by the file's size (a
+        // crafted [2^40, 0] tensor made this loop run for hours; found by fuzzing).
         if let (Some(h), [rows, cols]) = (heads, shape.as_slice())
             && h > 0
+            && *cols > 0
             && rows % (2 * h) == 0
         {
             data = unpermute_rows(&data, *rows, *cols, h);
@@ -157,6 +160,26 @@ impl WeightSource for GgufSource<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by fuzzing: an empty query tensor with 2^40 rows (its size bounded by nothing in
+    /// the file) must not be walked row by row.
+    #[test]
+    fn an_empty_tensor_with_countless_rows_reads_at_once() {
+        let bytes = gguf::write_f32(&[], &[("blk.0.attn_q.weight", vec![1 << 40, 0], vec![])]);
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let source = GgufSource::new(Gguf::parse(&bytes).unwrap(), 4, 2);
+            let t = source
+                .tensor("model.layers.0.self_attn.q_proj.weight")
+                .unwrap()
+                .unwrap();
+            done.send(t.shape).unwrap();
+        });
+        let shape = finished
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("reading an empty tensor took more than 10 s");
+        assert_eq!(shape, vec![1 << 40, 0]);
+    }
 
     #[test]
     fn unpermute_inverts_llama_cpp_permute() {
