@@ -92,7 +92,8 @@ pub fn checkpointed_model(
     device: &Device,
 ) -> Result<Llama> {
     let stored = SafetensorsSource::new(&[emulator])?;
-    let base = Factored(&stored);
+    let shape_of = |proj: &str| manifest.config.projection_shape(proj);
+    let base = Factored::new(&stored, &shape_of);
     let saved = SafetensorsSource::new(&[checkpoint])?;
     if let Some(l) = lora {
         return load_plan(&manifest.config, &base, &manifest.plan, device)?.with_lora(

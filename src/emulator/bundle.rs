@@ -226,7 +226,8 @@ impl Emulator {
         tokenizer.check_fits(manifest.config.vocab_size)?;
         tokenizer.chat_template = manifest.chat_template.clone();
         let stored = SafetensorsSource::new(&[weights])?;
-        let model = build(&manifest, &Factored(&stored))?;
+        let shape_of = |proj: &str| manifest.config.projection_shape(proj);
+        let model = build(&manifest, &Factored::new(&stored, &shape_of))?;
         Ok(Self {
             manifest,
             model,

@@ -56,6 +56,24 @@ impl LlamaConfig {
         self.num_attention_heads * self.head_dim()
     }
 
+    /// `[out, in]` of a decoder projection (`q_proj` ... `down_proj`), as Hugging Face stores it.
+    pub fn projection_shape(&self, proj: &str) -> Option<[usize; 2]> {
+        let (h, f, q) = (
+            self.hidden_size,
+            self.intermediate_size,
+            self.attention_width(),
+        );
+        let kv = self.num_key_value_heads * self.head_dim();
+        Some(match proj {
+            "q_proj" => [q, h],
+            "k_proj" | "v_proj" => [kv, h],
+            "o_proj" => [h, q],
+            "gate_proj" | "up_proj" => [f, h],
+            "down_proj" => [h, f],
+            _ => return None,
+        })
+    }
+
     /// RoPE's inverse frequencies `theta^(-2i/head_dim)`, `i < head_dim / 2`, with Llama 3's
     /// scaling applied when the config has it (as transformers' `_compute_llama3_parameters`).
     pub fn rope_inv_freq(&self) -> Vec<f64> {

@@ -39,31 +39,54 @@ impl WeightSource for Overlay<'_> {
 
 /// A source whose low-rank projections read as dense weights: `X.weight` absent but its
 /// factors present (Selective Rank Compression's storage, [`names::lowrank_factors`]) → `U·V`.
-/// Models load low-rank layers like raw ones through it.
-pub struct Factored<'a>(pub &'a dyn WeightSource);
+/// Models load low-rank layers like raw ones through it. The factors must multiply to the
+/// projection's shape (`shape_of("q_proj")`: `[out, in]` from the model's config) before any
+/// product is formed: two small factors can describe a matrix of any size.
+pub struct Factored<'a> {
+    source: &'a dyn WeightSource,
+    shape_of: &'a dyn Fn(&str) -> Option<[usize; 2]>,
+}
+
+impl<'a> Factored<'a> {
+    pub fn new(
+        source: &'a dyn WeightSource,
+        shape_of: &'a dyn Fn(&str) -> Option<[usize; 2]>,
+    ) -> Self {
+        Self { source, shape_of }
+    }
+}
 
 impl WeightSource for Factored<'_> {
     fn tensor(&self, hf_name: &str) -> Result<Option<HostTensor>> {
-        if let Some(t) = self.0.tensor(hf_name)? {
+        if let Some(t) = self.source.tensor(hf_name)? {
             return Ok(Some(t));
         }
         let Some(module) = names::module_of_weight(hf_name) else {
             return Ok(None);
         };
         let [u_name, v_name] = names::lowrank_factors(module);
-        let (Some(u), Some(v)) = (self.0.tensor(&u_name)?, self.0.tensor(&v_name)?) else {
+        let (Some(u), Some(v)) = (self.source.tensor(&u_name)?, self.source.tensor(&v_name)?)
+        else {
             return Ok(None);
         };
-        let (out, r, inp) = match (&u.shape[..], &v.shape[..]) {
-            ([o, r1], [r2, i]) if r1 == r2 => (*o, *r1, *i),
-            _ => {
-                return Err(crate::error::Error::ShapeMismatch {
-                    tensor: v_name,
-                    expected: vec![u.shape.get(1).copied().unwrap_or(0), 0],
-                    found: v.shape,
-                });
-            }
+        let projection = module.rsplit('.').next().unwrap_or_default();
+        let Some([out, inp]) = (self.shape_of)(projection) else {
+            return Err(crate::error::Error::Invalid(format!(
+                "`{u_name}` factors no projection of the model"
+            )));
         };
+        let r = u.shape.get(1).copied().unwrap_or(0);
+        if u.shape != [out, r] || v.shape != [r, inp] || r == 0 {
+            return Err(crate::error::Error::ShapeMismatch {
+                tensor: u_name,
+                expected: vec![out, inp],
+                found: vec![
+                    u.shape.first().copied().unwrap_or(0),
+                    r,
+                    v.shape.last().copied().unwrap_or(0),
+                ],
+            });
+        }
         let mut w = vec![0f32; out * inp];
         for o in 0..out {
             let row = &mut w[o * inp..(o + 1) * inp];
@@ -179,6 +202,47 @@ mod tests {
             .recv_timeout(std::time::Duration::from_secs(10))
             .expect("reading an empty tensor took more than 10 s");
         assert_eq!(shape, vec![1 << 40, 0]);
+    }
+
+    /// Two small factors may describe a matrix of any size (here 2^40 elements): they are
+    /// refused against the projection's shape before any product is formed.
+    #[test]
+    fn factors_that_do_not_make_the_projection_are_refused_before_multiplying() {
+        let module = "model.layers.0.self_attn.q_proj";
+        let [u, v] = names::lowrank_factors(module);
+        let factor = |shape: Vec<usize>| HostTensor {
+            data: vec![1.0; shape.iter().product()],
+            shape,
+        };
+        let stored = HostTensors(
+            [(u, factor(vec![1 << 20, 1])), (v, factor(vec![1, 1 << 20]))]
+                .into_iter()
+                .collect(),
+        );
+        let shape_of = |_: &str| Some([32, 32]);
+        let err = Factored::new(&stored, &shape_of)
+            .tensor(&names::weight(module))
+            .unwrap_err();
+        assert!(err.to_string().contains("q_proj"), "{err}");
+        let fitting = HostTensors(
+            [
+                (
+                    names::lowrank_factors(module)[0].clone(),
+                    factor(vec![32, 2]),
+                ),
+                (
+                    names::lowrank_factors(module)[1].clone(),
+                    factor(vec![2, 32]),
+                ),
+            ]
+            .into_iter()
+            .collect(),
+        );
+        let dense = Factored::new(&fitting, &shape_of).tensor(&names::weight(module));
+        assert_eq!(
+            dense.unwrap().map(|t| (t.shape, t.data[0])),
+            Some((vec![32, 32], 2.0))
+        );
     }
 
     #[test]
