@@ -337,12 +337,17 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     if a.json {
         println!("{}", serde_json::to_string_pretty(&results)?);
     } else {
-        println!("| task | docs | acc | ± | acc_norm | ± |");
-        println!("|---|---:|---:|---:|---:|---:|");
+        println!("| task | split | docs | acc | ± | acc_norm | ± |");
+        println!("|---|---|---:|---:|---:|---:|---:|");
         for r in &results {
+            // lm-eval reports only acc for some tasks; the JSON still carries acc_norm.
+            let norm = match Task::from_name(&r.task).map(Task::reports_acc_norm) {
+                Ok(true) => format!("{:.4} | {:.4}", r.acc_norm.value, r.acc_norm.stderr),
+                _ => "– | –".to_string(),
+            };
             println!(
-                "| {} | {} | {:.4} | {:.4} | {:.4} | {:.4} |",
-                r.task, r.docs, r.acc.value, r.acc.stderr, r.acc_norm.value, r.acc_norm.stderr
+                "| {} | {} | {} | {:.4} | {:.4} | {norm} |",
+                r.task, r.split, r.docs, r.acc.value, r.acc.stderr
             );
         }
     }
