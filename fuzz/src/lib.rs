@@ -80,12 +80,8 @@ pub fn emulator(bytes: &[u8]) -> bool {
 
 /// A single-file adapter, checked and plugged into the tiny model as `scaleot plugin` does.
 pub fn adapter(bytes: &[u8]) -> bool {
-    let Some((mode, file)) = bytes.split_first() else {
+    let Some(file) = after_mode_byte(bytes, reseal_adapter) else {
         return false;
-    };
-    let file = match mode % 2 {
-        1 => reseal_adapter(file).unwrap_or_else(|| file.to_vec()),
-        _ => file.to_vec(),
     };
     let Ok(adapter) = Adapter::load_single(&file) else {
         return false;
@@ -102,12 +98,8 @@ pub fn adapter(bytes: &[u8]) -> bool {
 
 /// A training checkpoint, resumed into a fresh session of the tiny run.
 pub fn checkpoint(bytes: &[u8]) -> bool {
-    let Some((mode, file)) = bytes.split_first() else {
+    let Some(file) = after_mode_byte(bytes, reseal_checkpoint) else {
         return false;
-    };
-    let file = match mode % 2 {
-        1 => reseal_checkpoint(file).unwrap_or_else(|| file.to_vec()),
-        _ => file.to_vec(),
     };
     let Ok(ckpt) = Checkpoint::from_bytes(file) else {
         return false;
@@ -373,6 +365,16 @@ fn tiny_session() -> Session {
         &session_run::settings(),
     )
     .expect("the tiny session starts")
+}
+
+/// The file after the leading mode byte, re-sealed by `reseal` when that byte is odd (and
+/// the file is readable enough to re-seal); None for empty input.
+fn after_mode_byte(bytes: &[u8], reseal: fn(&[u8]) -> Option<Vec<u8>>) -> Option<Vec<u8>> {
+    let (mode, file) = bytes.split_first()?;
+    Some(match mode % 2 {
+        1 => reseal(file).unwrap_or_else(|| file.to_vec()),
+        _ => file.to_vec(),
+    })
 }
 
 fn split_emulator(bytes: &[u8]) -> Option<(String, &[u8])> {
