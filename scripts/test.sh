@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command: sets up what is missing, fetches the real model and data, then runs
 # formatting, import and lint checks, all native tests, CLI smoke runs on the real model, the
-# lm-evaluation-harness parity, and the browser tests. Each stage's time is printed as it ends
+# lm-evaluation-harness parity, the browser tests, and the export check (what plug-in writes,
+# loaded by transformers, PEFT and gguf). Each stage's time is printed as it ends
 # and all of them at the end (also in target/ci-stages.txt).
 # Every crate is compiled once per target: the native release build (tests, binary, examples;
 # nothing rebuilds later) and the wasm32 release build that the browser test and Trunk share,
@@ -58,6 +59,9 @@ on_exit() {
 trap on_exit EXIT
 stage "setup: toolchain"; bash scripts/setup.sh
 beside fetch-assets bash scripts/fetch-assets.sh
+# The reference venv (PyTorch, transformers, PEFT, gguf: minutes of download and unpacking)
+# for the export check, which runs beside the browser stage.
+beside ref-venv bash tools/reference/setup-venv.sh exports
 stage "setup: web toolchain (model, data and corpus downloading beside it)"
 bash scripts/setup-web.sh
 stage "setup: model, data, corpus"; await fetch-assets
@@ -178,7 +182,14 @@ await wasm-build
 beside build-page bash scripts/build-page.sh
 stage "lm-evaluation-harness parity: full ARC-Easy, PIQA and COPA"
 bash tools/reference/eval_parity.sh
+# The browser stage mostly waits on Chromium (measured: 82 s CPU in 381 s): what plug-in
+# writes is loaded by transformers, PEFT and gguf beside it.
+await ref-venv
+beside export-check .venv-ref/bin/python tools/reference/check_exports.py
 stage "browser: WebGPU training parity (wasm-bindgen-test), the page end to end, privacy"
 await build-page
 bash scripts/page-test.sh --page-built
+stage "exports: transformers, PEFT and gguf load what plug-in writes (run beside the browser)"
+await export-check
+rm -rf target/export-check
 echo "all checks passed"

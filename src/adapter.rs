@@ -280,7 +280,7 @@ impl<'a> Adapter<'a> {
     }
 
     /// The tensor names the manifest promises.
-    fn expected_tensors(&self) -> Result<Vec<String>> {
+    pub(crate) fn expected_tensors(&self) -> Result<Vec<String>> {
         let layers = &self.manifest.layers;
         Ok(match &self.manifest.lora {
             None => layers
@@ -308,7 +308,7 @@ impl<'a> Adapter<'a> {
     }
 
     /// The adapter's tensor `hf_name`, refused when it holds NaN or infinite values.
-    fn stored(&self, hf_name: &str) -> Result<Option<HostTensor>> {
+    pub(crate) fn stored(&self, hf_name: &str) -> Result<Option<HostTensor>> {
         let Ok(view) = self.tensors.tensor(hf_name) else {
             return Ok(None);
         };

@@ -7,6 +7,7 @@ pub mod data;
 pub mod emulator;
 pub mod error;
 pub mod eval;
+pub mod export;
 pub mod generate;
 pub mod manifest;
 pub mod model;

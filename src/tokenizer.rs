@@ -217,6 +217,44 @@ impl Tokenizer {
         Ok(tok)
     }
 
+    /// The `tokenizer.ggml.*` GGUF metadata of this tokenizer, the inverse of
+    /// [`Self::from_gguf`]: special tokens as control tokens (type 3), the others normal (1).
+    pub fn to_gguf_metadata(&self) -> Vec<(String, MetaValue)> {
+        let strings = |items: &[String]| {
+            MetaValue::Array(items.iter().map(|t| MetaValue::Str(t.clone())).collect())
+        };
+        let types = (0..self.id_to_token.len() as u32)
+            .map(|id| match self.specials.iter().any(|(_, s)| *s == id) {
+                true => MetaValue::Int(3),
+                false => MetaValue::Int(1),
+            })
+            .collect();
+        let pre = if self.split_digits { "smollm" } else { "gpt2" };
+        let mut meta = vec![
+            ("tokenizer.ggml.model", MetaValue::Str("gpt2".into())),
+            ("tokenizer.ggml.pre", MetaValue::Str(pre.into())),
+            ("tokenizer.ggml.tokens", strings(&self.id_to_token)),
+            ("tokenizer.ggml.token_type", MetaValue::Array(types)),
+            ("tokenizer.ggml.merges", strings(&self.merge_list)),
+            ("tokenizer.ggml.add_bos_token", MetaValue::Bool(false)),
+            ("tokenizer.ggml.add_space_prefix", MetaValue::Bool(false)),
+        ];
+        let ids = [
+            ("tokenizer.ggml.bos_token_id", self.bos_id),
+            ("tokenizer.ggml.eos_token_id", self.eos_id),
+            ("tokenizer.ggml.padding_token_id", self.eos_id),
+        ];
+        for (key, id) in ids {
+            if let Some(id) = id {
+                meta.push((key, MetaValue::UInt(id as u64)));
+            }
+        }
+        if let Some(template) = &self.chat_template {
+            meta.push(("tokenizer.chat_template", MetaValue::Str(template.clone())));
+        }
+        meta.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+    }
+
     /// The model's chat template, compiled; an error says what to do when it has none.
     pub fn chat_template(&self) -> Result<crate::chat::ChatTemplate> {
         let source = self.chat_template.as_deref().ok_or_else(|| {
@@ -228,7 +266,54 @@ impl Tokenizer {
         crate::chat::ChatTemplate::new(source, token(self.bos_id), token(self.eos_id))
     }
 
-    /// From a Hugging Face `tokenizer.json` (BPE model with a ByteLevel pre-tokenizer).
+    /// From Hugging Face's tokenizer files: `tokenizer.json` and, when the folder has one,
+    /// `tokenizer_config.json`, whose `bos_token` / `eos_token` name the special tokens (they
+    /// override what the names in tokenizer.json suggest) and whose `chat_template` is the
+    /// model's.
+    pub fn from_hf_files(json: &str, config: Option<&str>) -> Result<Self> {
+        let mut tok = Self::from_hf_json(json)?;
+        let Some(text) = config else {
+            return Ok(tok);
+        };
+        let config: Value = serde_json::from_str(text).map_err(|error| Error::Json {
+            what: "tokenizer_config.json".into(),
+            error,
+        })?;
+        // A special token is a string or an AddedToken object; `null` means the model has none.
+        let named = |key: &str| -> Result<Option<Option<u32>>> {
+            let name = match &config[key] {
+                Value::Null if config.get(key).is_none() => return Ok(None),
+                Value::Null => return Ok(Some(None)),
+                Value::String(s) => s.as_str(),
+                v => v["content"].as_str().ok_or_else(|| {
+                    tok_err(format!("tokenizer_config.json `{key}` is not a token: {v}"))
+                })?,
+            };
+            match tok.token_to_id(name) {
+                Some(id) => Ok(Some(Some(id))),
+                None => Err(tok_err(format!(
+                    "tokenizer_config.json names `{name}` as {key}, but tokenizer.json has no such token"
+                ))),
+            }
+        };
+        let (bos, eos) = (named("bos_token")?, named("eos_token")?);
+        tok.bos_id = bos.unwrap_or(tok.bos_id);
+        tok.eos_id = eos.unwrap_or(tok.eos_id);
+        tok.chat_template = match &config["chat_template"] {
+            Value::String(s) => Some(s.clone()),
+            // The older form: a list of named templates, of which "default" is the chat one.
+            Value::Array(list) => list
+                .iter()
+                .find(|t| t["name"] == "default")
+                .and_then(|t| t["template"].as_str())
+                .map(str::to_owned),
+            _ => None,
+        };
+        Ok(tok)
+    }
+
+    /// From a Hugging Face `tokenizer.json` alone (BPE model with a ByteLevel pre-tokenizer);
+    /// the special tokens are guessed from their names (see [`Self::from_hf_files`]).
     pub fn from_hf_json(json: &str) -> Result<Self> {
         let j: Value = serde_json::from_str(json).map_err(|error| Error::Json {
             what: "tokenizer.json".into(),
@@ -303,6 +388,7 @@ impl Tokenizer {
                 .iter()
                 .find_map(|n| specials.iter().find(|(s, _)| s == n).map(|(_, id)| *id))
         };
+        // Files written before tokenizer_config.json carried them kept the ids here.
         let recorded = |key: &str| j["scaleot"][key].as_u64().map(|v| v as u32);
         let bos =
             recorded("bos_id").or_else(|| find(&["<|im_start|>", "<s>", "<|begin_of_text|>"]));
@@ -312,7 +398,8 @@ impl Tokenizer {
     }
 
     /// This tokenizer as a Hugging Face `tokenizer.json` document (BPE, ByteLevel), so that
-    /// an emulator bundle carries it and `from_hf_json` rebuilds the same encoder.
+    /// an emulator bundle carries it and `from_hf_json` rebuilds the same encoder; the special
+    /// tokens' roles and the chat template go in [`Self::to_hf_config`].
     pub fn to_hf_json(&self) -> Value {
         let byte_level = serde_json::json!({
             "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true
@@ -348,8 +435,40 @@ impl Tokenizer {
             "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
             "model": {"type": "BPE", "dropout": null, "unk_token": null, "fuse_unk": false,
                 "byte_fallback": false, "vocab": vocab, "merges": self.merge_list},
-            "scaleot": {"bos_id": self.bos_id, "eos_id": self.eos_id}
         })
+    }
+
+    /// The `tokenizer_config.json` that goes beside [`Self::to_hf_json`]: the special tokens
+    /// by role and the chat template, as transformers' `AutoTokenizer` and
+    /// `apply_chat_template` read them.
+    pub fn to_hf_config(&self, model_max_length: usize) -> Value {
+        let token = |id: Option<u32>| id.and_then(|i| self.id_to_token(i));
+        let mut specials = self.specials.clone();
+        specials.sort_by_key(|(_, id)| *id);
+        let decoder: serde_json::Map<String, Value> = specials
+            .iter()
+            .map(|(content, id)| {
+                let entry = serde_json::json!({"content": content, "single_word": false,
+                    "lstrip": false, "rstrip": false, "normalized": false, "special": true});
+                (id.to_string(), entry)
+            })
+            .collect();
+        let mut config = serde_json::json!({
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "added_tokens_decoder": decoder,
+            "bos_token": token(self.bos_id),
+            "eos_token": token(self.eos_id),
+            // Padding with end-of-text, as lm-eval and our scoring do.
+            "pad_token": token(self.eos_id),
+            "add_bos_token": false,
+            "add_prefix_space": false,
+            "clean_up_tokenization_spaces": false,
+            "model_max_length": model_max_length,
+        });
+        if let Some(template) = &self.chat_template {
+            config["chat_template"] = Value::from(template.as_str());
+        }
+        config
     }
 
     /// The token an empty context starts from when scoring (lm-eval's `prefix_token_id`: the

@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use burn::tensor::Device;
 use scaleot::eval::perplexity::{Perplexity, rolling_requests};
-use scaleot::eval::{self, Task, TaskResult, encode_pair, score_all};
+use scaleot::eval::{self, Task, TaskResult, continuation_logprobs, encode_pair, score_all};
 use scaleot::generate::{Sampling, generate as run_generate};
 use scaleot::model::{LoadedModel, token_tensor};
 use scaleot::tokenizer::Tokenizer;
@@ -45,6 +45,9 @@ pub struct GenerateArgs {
     /// Wrap the prompt in the model's chat format (<|im_start|>user ... assistant).
     #[arg(long)]
     chat: bool,
+    /// Print one JSON object (prompt and generated token ids, the text) instead of streaming.
+    #[arg(long)]
+    json: bool,
 }
 
 pub fn generate(a: GenerateArgs) -> Result<()> {
@@ -66,6 +69,13 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
     });
     let stop: Vec<u32> = m.tokenizer.eos_id.into_iter().collect();
     let start = Instant::now();
+    if a.json {
+        let sampling = sampling.as_ref();
+        let out = run_generate(&m.model, &ids, a.max_tokens, sampling, &stop, |_| {})?;
+        let text = m.tokenizer.decode(&out);
+        println!("{}", json!({"prompt_ids": ids, "ids": out, "text": text}));
+        return Ok(());
+    }
     print!("{}", a.prompt);
     let mut shown = String::new();
     let mut produced = Vec::new();
@@ -114,7 +124,15 @@ fn load_tokenizer(path: Option<PathBuf>) -> Result<Tokenizer> {
     let hint = "run `bash scripts/fetch-assets.sh` or pass --model";
     if path.is_dir() {
         let bytes = model_files::read(&path.join("tokenizer.json"), "tokenizer", hint)?;
-        Ok(Tokenizer::from_hf_json(std::str::from_utf8(&bytes)?)?)
+        let config = match path.join("tokenizer_config.json") {
+            p if p.is_file() => Some(model_files::read(&p, "tokenizer_config.json", hint)?),
+            _ => None,
+        };
+        let config = config.as_deref().map(std::str::from_utf8).transpose()?;
+        Ok(Tokenizer::from_hf_files(
+            std::str::from_utf8(&bytes)?,
+            config,
+        )?)
     } else {
         let bytes = model_files::read(&path, "model", hint)?;
         Ok(Tokenizer::from_gguf(&scaleot::weights::Gguf::parse(
@@ -153,19 +171,14 @@ pub fn score(a: ScoreArgs) -> Result<()> {
         bail!("the continuation is empty: nothing to score");
     }
     let pad = m.tokenizer.eos_id.unwrap_or(0);
-    let ll = score_all(
-        &m.model,
-        std::slice::from_ref(&req),
-        m.config.max_position_embeddings,
-        4096,
-        pad,
-        |_| {},
-    )?[0]
-        .loglik;
+    let logprobs = continuation_logprobs(&m.model, &req, m.config.max_position_embeddings, pad)?;
+    let ll: f64 = logprobs.iter().map(|&x| x as f64).sum();
     if a.json {
         println!(
             "{}",
-            json!({"loglikelihood": ll, "continuation_tokens": req.continuation.len()})
+            json!({"loglikelihood": ll, "continuation_tokens": req.continuation.len(),
+                "context_ids": req.context, "continuation_ids": req.continuation,
+                "token_logprobs": logprobs})
         );
     } else {
         println!(

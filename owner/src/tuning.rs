@@ -7,6 +7,7 @@ use anyhow::{Result, bail};
 use futures_lite::future::block_on;
 use scaleot::data;
 use scaleot::emulator::Emulator;
+use scaleot::model::ModelBytes;
 use scaleot::session::{Checkpoint, Progress, RunClock, RunHost, Session, Settings};
 use scaleot::train::{TrainConfig, Trainer};
 use serde_json::json;
@@ -55,7 +56,8 @@ pub struct FinetuneArgs {
     pub(crate) truncate: bool,
     #[arg(long, default_value_t = 0)]
     pub(crate) seed: u64,
-    /// Output adapter manifest; weights go beside it as .safetensors.
+    /// Output adapter manifest; weights go beside it as .safetensors. A name ending in
+    /// .safetensors writes the single file the page saves instead (manifest inside).
     #[arg(long, default_value = "adapter.json")]
     pub(crate) out: PathBuf,
     /// Save a checkpoint (OUT with extension .ckpt) every N steps (0: never).
@@ -213,8 +215,12 @@ pub fn finetune(a: &FinetuneArgs) -> Result<()> {
     let (w, m) = block_on(session.adapter(&metrics))?;
     // Each file whole or not at all; the manifest names the weights' hash, so a crash between
     // the two leaves a pair that `plugin` refuses rather than a mismatched one it accepts.
-    replace_file(&weights_beside(&a.out), &w)?;
-    replace_file(&a.out, serde_json::to_string_pretty(&m)?.as_bytes())?;
+    if a.out.extension().is_some_and(|e| e == "safetensors") {
+        replace_file(&a.out, &scaleot::adapter::embed_manifest(&w, &m)?)?;
+    } else {
+        replace_file(&weights_beside(&a.out), &w)?;
+        replace_file(&a.out, serde_json::to_string_pretty(&m)?.as_bytes())?;
+    }
     if let (Some(b), Some(f)) = (before, after) {
         println!("held-out loss {b:.4} → {f:.4}");
     }
@@ -230,6 +236,7 @@ pub fn finetune(a: &FinetuneArgs) -> Result<()> {
 }
 
 #[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("outputs").required(true).multiple(true).args(["out", "peft", "gguf"])))]
 pub struct PluginArgs {
     /// The full base model (.gguf or HF folder) the emulator was made from.
     #[arg(long)]
@@ -238,12 +245,33 @@ pub struct PluginArgs {
     /// single .safetensors file the browser page saves.
     #[arg(long)]
     adapter: PathBuf,
-    /// Output folder: a Hugging Face checkpoint (config.json, tokenizer.json, model.safetensors).
+    /// Output folder: the plugged model as a Hugging Face checkpoint (transformers'
+    /// AutoModelForCausalLM / AutoTokenizer load it).
     #[arg(long)]
-    out: PathBuf,
+    out: Option<PathBuf>,
+    /// Output folder: LoRA adapters as a PEFT adapter (`PeftModel.from_pretrained(base, DIR)`
+    /// applies them to the full model).
+    #[arg(long)]
+    peft: Option<PathBuf>,
+    /// Output file: the plugged model as GGUF for llama.cpp (see --gguf-type).
+    #[arg(long)]
+    gguf: Option<PathBuf>,
+    /// Precision of the GGUF's matrices: f16 or q8_0.
+    #[arg(long, default_value = "f16")]
+    gguf_type: String,
+}
+
+/// Writes each (name, bytes) of an export into `dir`.
+fn write_folder(dir: &Path, files: &[scaleot::export::File]) -> Result<()> {
+    for (name, bytes) in files {
+        write_file(&dir.join(name), bytes)?;
+    }
+    Ok(())
 }
 
 pub fn plugin(a: PluginArgs) -> Result<()> {
+    // Settings first: a bad one is refused before minutes of work.
+    let gguf_type = scaleot::export::GgufPrecision::parse(&a.gguf_type)?;
     let base_path = a.model.clone().unwrap_or_else(default_model);
     let bytes = read_model(&base_path)?;
     let opened = bytes.open()?;
@@ -251,35 +279,50 @@ pub fn plugin(a: PluginArgs) -> Result<()> {
     let adapter = files.adapter()?;
     adapter.check_base(&opened.sha256)?;
     adapter.check_layers(opened.config.num_hidden_layers)?;
-    let merged = adapter.plugged_into(opened.source.as_ref());
-    let ckpt = scaleot::model::write_checkpoint(&opened.config, &merged)?;
-    std::fs::create_dir_all(&a.out)?;
-    write_file(&a.out.join("model.safetensors"), &ckpt)?;
-    write_file(
-        &a.out.join("config.json"),
-        serde_json::to_string_pretty(&opened.config.to_hf_json())?.as_bytes(),
-    )?;
-    write_file(
-        &a.out.join("tokenizer.json"),
-        opened.tokenizer.to_hf_json().to_string().as_bytes(),
-    )?;
-    if let Some(template) = &opened.tokenizer.chat_template {
-        let config = json!({"chat_template": template});
-        write_file(
-            &a.out.join("tokenizer_config.json"),
-            serde_json::to_string_pretty(&config)?.as_bytes(),
-        )?;
-    }
-    println!(
-        "plugged {} adapter layers{} into {}; checkpoint in {}",
+    let described = format!(
+        "{} adapter layers{}",
         adapter.manifest.layers.len(),
         match &adapter.manifest.lora {
-            Some(l) => format!(" (LoRA r={} alpha={} merged)", l.rank, l.alpha),
+            Some(l) => format!(" (LoRA r={} alpha={})", l.rank, l.alpha),
             None => String::new(),
         },
-        base_path.display(),
-        a.out.display()
     );
+    if let Some(dir) = &a.peft {
+        let base_name = std::path::absolute(&base_path).unwrap_or(base_path.clone());
+        let peft = scaleot::export::peft_adapter(&adapter, &base_name.to_string_lossy())?;
+        write_folder(dir, &peft)?;
+        println!("{described} as a PEFT adapter in {}", dir.display());
+    }
+    let merged = adapter.plugged_into(opened.source.as_ref());
+    if let Some(dir) = &a.out {
+        let folder = scaleot::export::hf_folder(&opened.config, &opened.tokenizer, &merged)?;
+        write_folder(dir, &folder)?;
+        println!(
+            "plugged {described} into {}; Hugging Face checkpoint in {}",
+            base_path.display(),
+            dir.display()
+        );
+    }
+    if let Some(path) = &a.gguf {
+        let base_gguf = match &bytes {
+            ModelBytes::Gguf(b) => Some(scaleot::weights::Gguf::parse(b)?.metadata),
+            ModelBytes::Hf { .. } => None,
+        };
+        let file = scaleot::export::gguf_file(
+            &opened.config,
+            &opened.tokenizer,
+            &merged,
+            gguf_type,
+            base_gguf.as_ref(),
+        )?;
+        write_file(path, &file)?;
+        println!(
+            "plugged {described} into {}; GGUF ({}) in {}",
+            base_path.display(),
+            a.gguf_type.to_ascii_lowercase(),
+            path.display()
+        );
+    }
     Ok(())
 }
 

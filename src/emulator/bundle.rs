@@ -36,8 +36,12 @@ pub struct EmulatorManifest {
     pub full_params: u64,
     /// The tokenizer as a Hugging Face `tokenizer.json` document.
     pub tokenizer: serde_json::Value,
-    /// The model's chat template, for `messages` data.
-    #[serde(default)]
+    /// Its `tokenizer_config.json`: special tokens by role and the chat template (for
+    /// `messages` data).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer_config: Option<serde_json::Value>,
+    /// The chat template as bundles made before `tokenizer_config` kept it (read only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chat_template: Option<String>,
 }
 
@@ -165,7 +169,8 @@ pub fn write_bundle(
         emulator_params,
         full_params: full_param_count(cfg),
         tokenizer: spec.tokenizer.to_hf_json(),
-        chat_template: spec.tokenizer.chat_template.clone(),
+        tokenizer_config: Some(spec.tokenizer.to_hf_config(cfg.max_position_embeddings)),
+        chat_template: None,
     };
     Ok((weights, manifest))
 }
@@ -222,9 +227,13 @@ impl Emulator {
             });
         }
         SafeTensors::deserialize(weights).map_err(|e| Error::Safetensors(e.to_string()))?;
-        let mut tokenizer = Tokenizer::from_hf_json(&manifest.tokenizer.to_string())?;
+        let tokenizer_config = manifest.tokenizer_config.as_ref().map(|c| c.to_string());
+        let mut tokenizer =
+            Tokenizer::from_hf_files(&manifest.tokenizer.to_string(), tokenizer_config.as_deref())?;
         tokenizer.check_fits(manifest.config.vocab_size)?;
-        tokenizer.chat_template = manifest.chat_template.clone();
+        if tokenizer.chat_template.is_none() {
+            tokenizer.chat_template = manifest.chat_template.clone();
+        }
         let stored = SafetensorsSource::new(&[weights])?;
         let shape_of = |proj: &str| manifest.config.projection_shape(proj);
         let model = build(&manifest, &Factored::new(&stored, &shape_of))?;

@@ -321,6 +321,25 @@ pub fn plan_batches(rows: &[ScoringRow], max_tokens: usize) -> Vec<Vec<usize>> {
     batches
 }
 
+fn read(t: Tensor<1>) -> Result<Vec<f32>> {
+    t.into_data()
+        .try_into_vec::<f32>()
+        .map_err(|e| Error::Invalid(format!("reading scores back from the device: {e:?}")))
+}
+
+/// The log-probability of each continuation token of one request, in order (their sum is
+/// its log-likelihood; `scaleot score --json` prints both).
+pub fn continuation_logprobs(
+    model: &Llama,
+    req: &LoglikRequest,
+    max_len: usize,
+    pad: u32,
+) -> Result<Vec<f32>> {
+    let rows = scoring_rows(std::slice::from_ref(req), max_len);
+    let refs: Vec<&ScoringRow> = rows.iter().collect();
+    read(ScoringBatch::from_rows(&refs, pad).token_logprobs(model))
+}
+
 /// A scored request: the continuation's summed log-likelihood, and whether every token of it
 /// is the model's greedy choice (lm-eval's `is_greedy`).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -343,11 +362,6 @@ pub fn score_all(
 ) -> Result<Vec<Scored>> {
     let rows = scoring_rows(reqs, max_len);
     let batches = plan_batches(&rows, max_batch_tokens);
-    let read = |t: Tensor<1>| {
-        t.into_data()
-            .try_into_vec::<f32>()
-            .map_err(|e| Error::Invalid(format!("reading scores back from the device: {e:?}")))
-    };
     let score = |batch_rows: &[usize]| -> Result<(Vec<usize>, Vec<Scored>)> {
         let refs: Vec<&ScoringRow> = batch_rows.iter().map(|&i| &rows[i]).collect();
         let batch = ScoringBatch::from_rows(&refs, pad);

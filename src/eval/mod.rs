@@ -8,7 +8,7 @@ pub mod tasks;
 
 use serde::Serialize;
 
-pub use loglik::{LoglikRequest, Scored, encode_pair, score_all};
+pub use loglik::{LoglikRequest, Scored, continuation_logprobs, encode_pair, score_all};
 pub use tasks::{McDoc, TARGET_DELIMITER, Task};
 
 use crate::error::{Error, Result};

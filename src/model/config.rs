@@ -178,6 +178,38 @@ impl LlamaConfig {
         Ok(())
     }
 
+    /// The `llama.*` GGUF metadata llama.cpp reads, the inverse of [`Self::from_gguf`].
+    /// RoPE scaling has no GGUF form here (`from_gguf` refuses it too).
+    pub fn to_gguf_metadata(&self) -> Result<Vec<(String, MetaValue)>> {
+        if self.rope_scaling.is_some() {
+            return Err(Error::Invalid(
+                "this model uses Llama-3 RoPE scaling, which the GGUF export does not write: use the Hugging Face folder (`plugin --out`) instead".into(),
+            ));
+        }
+        let n = |v: usize| MetaValue::UInt(v as u64);
+        let mut meta = vec![
+            ("general.architecture", MetaValue::Str("llama".into())),
+            ("llama.block_count", n(self.num_hidden_layers)),
+            ("llama.context_length", n(self.max_position_embeddings)),
+            ("llama.embedding_length", n(self.hidden_size)),
+            ("llama.feed_forward_length", n(self.intermediate_size)),
+            ("llama.attention.head_count", n(self.num_attention_heads)),
+            ("llama.attention.head_count_kv", n(self.num_key_value_heads)),
+            ("llama.rope.freq_base", MetaValue::Float(self.rope_theta)),
+            (
+                "llama.attention.layer_norm_rms_epsilon",
+                MetaValue::Float(self.rms_norm_eps),
+            ),
+            ("llama.vocab_size", n(self.vocab_size)),
+            ("llama.rope.dimension_count", n(self.head_dim())),
+        ];
+        if self.explicit_head_dim.is_some() {
+            meta.push(("llama.attention.key_length", n(self.head_dim())));
+            meta.push(("llama.attention.value_length", n(self.head_dim())));
+        }
+        Ok(meta.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+    }
+
     /// From `<arch>.*` GGUF metadata. The vocabulary size falls back to the token list.
     pub fn from_gguf(g: &Gguf) -> Result<Self> {
         let arch = g

@@ -24,7 +24,7 @@ pub enum ModelBytes {
     Hf {
         config: String,
         tokenizer: String,
-        /// `tokenizer_config.json`, where the chat template lives (optional).
+        /// `tokenizer_config.json`: special tokens by role and the chat template (optional).
         tokenizer_config: Option<String>,
         shards: Vec<Vec<u8>>,
     },
@@ -55,7 +55,7 @@ impl<'a> OpenedModel<'a> {
     }
 
     /// A Hugging Face checkpoint: `config.json`, `tokenizer.json`, optionally
-    /// `tokenizer_config.json` (for the chat template), and safetensors shards.
+    /// `tokenizer_config.json` (special tokens by role, the chat template), and safetensors shards.
     pub fn hf(
         config_json: &str,
         tokenizer_json: &str,
@@ -63,14 +63,7 @@ impl<'a> OpenedModel<'a> {
         shards: &[&'a [u8]],
     ) -> Result<Self> {
         let config = LlamaConfig::from_hf_json(config_json)?;
-        let mut tokenizer = Tokenizer::from_hf_json(tokenizer_json)?;
-        if let Some(text) = tokenizer_config {
-            let v: serde_json::Value = serde_json::from_str(text).map_err(|error| Error::Json {
-                what: "tokenizer_config.json".into(),
-                error,
-            })?;
-            tokenizer.chat_template = v["chat_template"].as_str().map(str::to_owned);
-        }
+        let tokenizer = Tokenizer::from_hf_files(tokenizer_json, tokenizer_config)?;
         tokenizer.check_fits(config.vocab_size)?;
         Ok(Self {
             config,

@@ -312,37 +312,56 @@ fn pad4(bytes: &[u8]) -> [u8; 4] {
     m
 }
 
-/// A GGUF v3 file of f32 tensors with `meta`, each `shape` given outermost first (as burn
-/// and safetensors order it; GGUF stores it reversed): tiny test models and fuzzing seeds.
-pub fn write_f32(meta: &[(&str, MetaValue)], tensors: &[(&str, Vec<usize>, Vec<f32>)]) -> Vec<u8> {
+/// A tensor for [`write`]: its name, shape outermost first (as burn and safetensors order
+/// it; GGUF stores it reversed), ggml type, and its data already encoded in that type.
+pub struct TensorBytes {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub kind: GgmlType,
+    pub bytes: Vec<u8>,
+}
+
+/// Bytes between the start of the data section and each tensor (GGUF's default).
+const ALIGNMENT: usize = 32;
+
+/// A GGUF v3 file holding `meta` and `tensors`. Integers go out as 32-bit where every value
+/// of the entry fits (llama.cpp reads its counts and ids as u32 / i32), 64-bit otherwise;
+/// floats as f32.
+pub fn write(meta: &[(impl AsRef<str>, MetaValue)], tensors: &[TensorBytes]) -> Vec<u8> {
     fn s(out: &mut Vec<u8>, v: &str) {
         out.extend((v.len() as u64).to_le_bytes());
         out.extend(v.as_bytes());
     }
-    fn val(out: &mut Vec<u8>, v: &MetaValue) {
-        match v {
-            MetaValue::UInt(x) => out.extend((*x as u32).to_le_bytes()),
-            MetaValue::Int(x) => out.extend((*x as i32).to_le_bytes()),
-            MetaValue::Float(x) => out.extend((*x as f32).to_le_bytes()),
-            MetaValue::Bool(b) => out.push(*b as u8),
-            MetaValue::Str(x) => s(out, x),
-            MetaValue::Array(items) => {
-                out.extend(items.first().map_or(4, ty).to_le_bytes());
-                out.extend((items.len() as u64).to_le_bytes());
-                for i in items {
-                    val(out, i);
-                }
-            }
-        }
-    }
+    /// The GGUF value type of `v`, widened to 64 bits where one value needs it.
     fn ty(v: &MetaValue) -> u32 {
         match v {
-            MetaValue::UInt(_) => 4,
-            MetaValue::Int(_) => 5,
+            MetaValue::UInt(x) if u32::try_from(*x).is_ok() => 4,
+            MetaValue::UInt(_) => 10,
+            MetaValue::Int(x) if i32::try_from(*x).is_ok() => 5,
+            MetaValue::Int(_) => 11,
             MetaValue::Float(_) => 6,
             MetaValue::Bool(_) => 7,
             MetaValue::Str(_) => 8,
             MetaValue::Array(_) => 9,
+        }
+    }
+    fn val(out: &mut Vec<u8>, v: &MetaValue, as_ty: u32) {
+        match v {
+            MetaValue::UInt(x) if as_ty == 4 => out.extend((*x as u32).to_le_bytes()),
+            MetaValue::UInt(x) => out.extend(x.to_le_bytes()),
+            MetaValue::Int(x) if as_ty == 5 => out.extend((*x as i32).to_le_bytes()),
+            MetaValue::Int(x) => out.extend(x.to_le_bytes()),
+            MetaValue::Float(x) => out.extend((*x as f32).to_le_bytes()),
+            MetaValue::Bool(b) => out.push(*b as u8),
+            MetaValue::Str(x) => s(out, x),
+            MetaValue::Array(items) => {
+                let elem = items.iter().map(ty).max().unwrap_or(4);
+                out.extend(elem.to_le_bytes());
+                out.extend((items.len() as u64).to_le_bytes());
+                for i in items {
+                    val(out, i, elem);
+                }
+            }
         }
     }
     let mut out = b"GGUF".to_vec();
@@ -350,34 +369,45 @@ pub fn write_f32(meta: &[(&str, MetaValue)], tensors: &[(&str, Vec<usize>, Vec<f
     out.extend((tensors.len() as u64).to_le_bytes());
     out.extend((meta.len() as u64).to_le_bytes());
     for (k, v) in meta {
-        s(&mut out, k);
+        s(&mut out, k.as_ref());
         out.extend(ty(v).to_le_bytes());
-        val(&mut out, v);
+        val(&mut out, v, ty(v));
     }
     let mut offset = 0u64;
-    for (name, shape, data) in tensors {
-        s(&mut out, name);
-        out.extend((shape.len() as u32).to_le_bytes());
-        for d in shape.iter().rev() {
+    for t in tensors {
+        s(&mut out, &t.name);
+        out.extend((t.shape.len() as u32).to_le_bytes());
+        for d in t.shape.iter().rev() {
             out.extend((*d as u64).to_le_bytes());
         }
-        out.extend(0u32.to_le_bytes());
+        out.extend(t.kind.id().to_le_bytes());
         out.extend(offset.to_le_bytes());
-        offset += (data.len() * 4).div_ceil(32) as u64 * 32;
+        offset += t.bytes.len().div_ceil(ALIGNMENT) as u64 * ALIGNMENT as u64;
     }
-    while !out.len().is_multiple_of(32) {
-        out.push(0);
-    }
-    for (_, _, data) in tensors {
+    let pad = |out: &mut Vec<u8>, from: usize| {
+        out.resize(from + (out.len() - from).div_ceil(ALIGNMENT) * ALIGNMENT, 0)
+    };
+    pad(&mut out, 0);
+    for t in tensors {
         let start = out.len();
-        for x in data {
-            out.extend(x.to_le_bytes());
-        }
-        while !(out.len() - start).is_multiple_of(32) {
-            out.push(0);
-        }
+        out.extend(&t.bytes);
+        pad(&mut out, start);
     }
     out
+}
+
+/// A GGUF file of f32 tensors with `meta`: tiny test models and fuzzing seeds.
+pub fn write_f32(meta: &[(&str, MetaValue)], tensors: &[(&str, Vec<usize>, Vec<f32>)]) -> Vec<u8> {
+    let tensors: Vec<TensorBytes> = tensors
+        .iter()
+        .map(|(name, shape, data)| TensorBytes {
+            name: name.to_string(),
+            shape: shape.clone(),
+            kind: GgmlType::F32,
+            bytes: data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        })
+        .collect();
+    write(meta, &tensors)
 }
 
 #[cfg(test)]
@@ -418,6 +448,20 @@ mod tests {
             g.get("llama.block_count").and_then(MetaValue::as_u64),
             Some(2)
         );
+        // Wide integers, negative ones and arrays of them keep their values.
+        let wide = [
+            ("big", MetaValue::UInt(1 << 40)),
+            ("neg", MetaValue::Int(-(1 << 40))),
+            (
+                "list",
+                MetaValue::Array(vec![MetaValue::Int(1), MetaValue::Int(-(1 << 33))]),
+            ),
+        ];
+        let g2 = write_f32(&wide, &[]);
+        let g2 = Gguf::parse(&g2).unwrap();
+        for (key, value) in &wide {
+            assert_eq!(g2.get(key), Some(value), "{key}");
+        }
         let info = g.tensor_info("w").unwrap();
         assert_eq!(info.shape(), vec![2, 3]);
         assert_eq!(g.tensor_f32(info).unwrap(), vec![1., 2., 3., 4., 5., 6.]);

@@ -135,6 +135,25 @@ fn unpermute_rows(data: &[f32], rows: usize, cols: usize, n_heads: usize) -> Vec
     out
 }
 
+/// The inverse of [`unpermute_rows`]: HF's half-split Q/K rows in llama.cpp's order, for
+/// writing a GGUF.
+pub fn permute_rows(data: &[f32], rows: usize, cols: usize, n_heads: usize) -> Vec<f32> {
+    let head_dim = rows / n_heads;
+    let half = head_dim / 2;
+    let mut out = vec![0f32; data.len()];
+    for h in 0..n_heads {
+        for i in 0..half {
+            for j in 0..2 {
+                let src = h * head_dim + j * half + i;
+                let dst = h * head_dim + i * 2 + j;
+                out[dst * cols..(dst + 1) * cols]
+                    .copy_from_slice(&data[src * cols..(src + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
 /// GGUF as a [`WeightSource`], undoing llama.cpp's Q/K permutation.
 pub struct GgufSource<'a> {
     pub gguf: Gguf<'a>,
@@ -264,5 +283,6 @@ mod tests {
             }
         }
         assert_eq!(unpermute_rows(&permuted, rows, cols, heads), hf);
+        assert_eq!(permute_rows(&hf, rows, cols, heads), permuted);
     }
 }

@@ -37,6 +37,23 @@ impl GgmlType {
         }
     }
 
+    /// The ggml id this type has in a GGUF file.
+    pub fn id(self) -> u32 {
+        match self {
+            Self::F32 => 0,
+            Self::F16 => 1,
+            Self::Q4_0 => 2,
+            Self::Q4_1 => 3,
+            Self::Q5_0 => 6,
+            Self::Q5_1 => 7,
+            Self::Q8_0 => 8,
+            Self::Q4K => 12,
+            Self::Q6K => 14,
+            Self::BF16 => 30,
+            Self::Other(id) => id,
+        }
+    }
+
     pub fn name(self) -> String {
         match self {
             Self::F32 => "F32".into(),
@@ -77,6 +94,30 @@ impl GgmlType {
             .then(|| (n / per_block).checked_mul(bytes))
             .flatten()
     }
+}
+
+/// Encodes `data` as `ty` (ggml's reference `quantize_row_*`), for the types a GGUF is
+/// written in: F32, F16 and Q8_0 (`None` for the others, or when `data` is not a whole
+/// number of blocks).
+pub fn quantize(ty: GgmlType, data: &[f32]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(ty.byte_len(data.len())?);
+    match ty {
+        GgmlType::F32 => data.iter().for_each(|x| out.extend(x.to_le_bytes())),
+        GgmlType::F16 => data
+            .iter()
+            .for_each(|x| out.extend(f16::from_f32(*x).to_le_bytes())),
+        GgmlType::Q8_0 => {
+            for block in data.chunks_exact(32) {
+                let amax = block.iter().fold(0f32, |m, x| m.max(x.abs()));
+                let d = amax / 127.0;
+                let inv = if d == 0.0 { 0.0 } else { 1.0 / d };
+                out.extend(f16::from_f32(d).to_le_bytes());
+                out.extend(block.iter().map(|x| (x * inv).round() as i8 as u8));
+            }
+        }
+        _ => return None,
+    }
+    Some(out)
 }
 
 fn f16_at(b: &[u8], i: usize) -> f32 {
@@ -234,6 +275,29 @@ mod tests {
         assert_eq!(out[0], 10.0 * 0.5 - 1.0);
         assert_eq!(out[16], 3.0 * 0.5 - 1.0);
         assert_eq!(out[1], -1.0);
+    }
+
+    #[test]
+    fn written_types_read_back_within_their_step() {
+        let data: Vec<f32> = (0..64)
+            .map(|i| ((i * 37) % 23) as f32 / 7.0 - 1.5)
+            .collect();
+        for (ty, step) in [
+            (GgmlType::F32, 0.0),
+            (GgmlType::F16, 1e-3),
+            (GgmlType::Q8_0, 0.02),
+        ] {
+            let raw = quantize(ty, &data).unwrap();
+            assert_eq!(Some(raw.len()), ty.byte_len(data.len()));
+            assert_eq!(GgmlType::from_id(ty.id()), ty);
+            let mut back = vec![0f32; data.len()];
+            dequantize(ty, &raw, &mut back);
+            for (a, b) in data.iter().zip(&back) {
+                assert!((a - b).abs() <= step, "{ty:?}: {a} came back as {b}");
+            }
+        }
+        assert!(quantize(GgmlType::Q8_0, &data[..31]).is_none());
+        assert!(quantize(GgmlType::Q4_1, &data).is_none());
     }
 
     #[test]

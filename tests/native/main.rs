@@ -6,6 +6,7 @@ mod common;
 
 mod bad_input;
 mod browser_session;
+mod exports;
 mod fuzz;
 mod model_golden;
 mod offsite_tuning;
