@@ -441,6 +441,16 @@ pub fn peak_rss_mib() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
+/// Threads the CPU backend's matrix products use: rayon's pool, sized by `RAYON_NUM_THREADS`
+/// (what the benchmark scripts set for both sides) or else one per core.
+pub fn bench_threads() -> usize {
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
 pub fn bench(a: BenchArgs) -> Result<()> {
     let (m, dev) = open(&a.model)?;
     let vocab = m.model.vocab_size() as u32;
@@ -473,7 +483,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             "seconds_per_forward": secs,
             "tokens_per_second": tokens / secs,
             "peak_rss_mib": peak_rss_mib(),
-            "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            "threads": bench_threads(),
             "checksum": checksum,
         })
     );

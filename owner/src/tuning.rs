@@ -7,7 +7,7 @@ use anyhow::{Result, bail};
 use futures_lite::future::block_on;
 use scaleot::data;
 use scaleot::emulator::Emulator;
-use scaleot::model::ModelBytes;
+use scaleot::model::{LoraConfig, ModelBytes};
 use scaleot::session::{Checkpoint, Progress, RunClock, RunHost, Session, Settings};
 use scaleot::train::{TrainConfig, Trainer};
 use serde_json::json;
@@ -340,6 +340,10 @@ pub struct BenchTrainArgs {
     /// Timed steps (after one warm-up step).
     #[arg(long, default_value_t = 5)]
     iters: usize,
+    /// LoRA of this rank on every projection of the adapter layers (alpha 2r, as the page
+    /// trains) instead of whole adapter layers; 0: whole layers.
+    #[arg(long, default_value_t = 0)]
+    lora_rank: usize,
 }
 
 /// Tokens/s and peak memory of one adapter training step (forward, backward, AdamW) at
@@ -368,7 +372,18 @@ pub fn bench_train(a: BenchTrainArgs) -> Result<()> {
         ..TrainConfig::default()
     };
     let adapters = emu.adapter_positions();
-    let mut trainer = Trainer::new(emu.model, &adapters, cfg, examples.len())?;
+    let (model, what) = match a.lora_rank {
+        0 => (emu.model, "whole adapter layers".to_string()),
+        r => {
+            let lora = LoraConfig::new(r, 2.0 * r as f64, "all")?;
+            let model = emu.model.with_lora(&adapters, &lora, 0, None)?;
+            (
+                model,
+                format!("LoRA r={r} alpha={} on all projections", 2 * r),
+            )
+        }
+    };
+    let mut trainer = Trainer::new(model, &adapters, cfg, examples.len())?;
     let step = |trainer: &mut Trainer| -> Result<f32> {
         let v = crate::read_scalar(trainer.micro_step(&examples, 0)?)?;
         trainer.complete_micro_step(v)?;
@@ -384,10 +399,11 @@ pub fn bench_train(a: BenchTrainArgs) -> Result<()> {
     println!(
         "{}",
         json!({
-            "impl": format!("scaleot (burn {} autodiff, f32)", a.device.backend()), "batch": a.batch, "len": a.len, "iters": a.iters,
+            "impl": format!("scaleot (burn {} autodiff, f32)", a.device.backend()), "trains": what,
+            "batch": a.batch, "len": a.len, "iters": a.iters,
             "seconds_per_step": secs, "tokens_per_second": (a.batch * a.len) as f64 / secs,
             "peak_rss_mib": crate::commands::peak_rss_mib(),
-            "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            "threads": crate::commands::bench_threads(),
             "loss": loss,
         })
     );
