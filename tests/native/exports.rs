@@ -204,6 +204,13 @@ fn gguf_exports_read_back_as_the_plugged_model() {
     assert!(last.is_some());
     let err = GgufPrecision::parse("q4_k").unwrap_err().to_string();
     assert!(err.contains("f16 or q8_0"), "{err}");
+    // Llama-3 RoPE scaling has no GGUF form here: refused, pointing at the folder.
+    let llama3 =
+        std::fs::read_to_string(common::root().join("tests/fixtures/tiny-llama3/config.json"))
+            .unwrap();
+    let cfg = scaleot::model::LlamaConfig::from_hf_json(&llama3).unwrap();
+    let err = cfg.to_gguf_metadata().unwrap_err().to_string();
+    assert!(err.contains("plugin --out"), "{err}");
 }
 
 #[test]
