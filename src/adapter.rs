@@ -356,6 +356,13 @@ impl<'a> Adapter<'a> {
     }
 }
 
+/// The adapter file's own tensors (LoRA factors or whole layers), by their names.
+impl WeightSource for Adapter<'_> {
+    fn tensor(&self, hf_name: &str) -> Result<Option<HostTensor>> {
+        self.stored(hf_name)
+    }
+}
+
 /// A base model's weights with adapters plugged in, as one weight source.
 pub struct PluggedIn<'a> {
     adapter: &'a Adapter<'a>,

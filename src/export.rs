@@ -95,16 +95,7 @@ pub fn peft_adapter(adapter: &Adapter, base_model: &str) -> Result<Vec<File>> {
         "inference_mode": true,
         "modules_to_save": null,
     });
-    let tensors = adapter
-        .expected_tensors()?
-        .into_iter()
-        .map(|name| {
-            let t = adapter
-                .stored(&name)?
-                .ok_or_else(|| Error::MissingTensor(name.clone()))?;
-            Ok((name, t))
-        })
-        .collect::<Result<Vec<(String, HostTensor)>>>()?;
+    let tensors = adapter.required_all(adapter.expected_tensors()?)?;
     Ok(vec![
         json_file("adapter_config.json", &config)?,
         (
@@ -178,9 +169,7 @@ pub fn gguf_file(
     let meta: Vec<(String, MetaValue)> = arch.into_iter().chain(meta).collect();
     let mut tensors = Vec::new();
     for name in names::checkpoint(cfg.num_hidden_layers, cfg.tie_word_embeddings) {
-        let t = weights
-            .tensor(&name)?
-            .ok_or_else(|| Error::MissingTensor(name.clone()))?;
+        let t = weights.required(&name)?;
         let gguf_name = names::gguf(&name).ok_or_else(|| {
             Error::Invalid(format!("`{name}` has no GGUF name: cannot export it"))
         })?;

@@ -64,9 +64,7 @@ pub fn compress_attention(
             let name = names::weight(&module);
             let w = match extra.get(&name) {
                 Some(t) => t.clone(),
-                None => base
-                    .tensor(&name)?
-                    .ok_or_else(|| Error::MissingTensor(name.clone()))?,
+                None => base.required(&name)?,
             };
             let (out, inp) = match w.shape[..] {
                 [o, i] => (o, i),

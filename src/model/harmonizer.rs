@@ -76,11 +76,11 @@ impl Harmonizer {
         device: &Device,
     ) -> Result<Self> {
         let [norm, down, up] = names::harmonizer_tensors(layer);
-        let get = |name: &str| -> Result<HostTensor> {
-            src.tensor(name)?
-                .ok_or_else(|| Error::MissingTensor(name.to_owned()))
-        };
-        let (n, d, u) = (get(&norm)?, get(&down)?, get(&up)?);
+        let (n, d, u) = (
+            src.required(&norm)?,
+            src.required(&down)?,
+            src.required(&up)?,
+        );
         let rank = d.shape.first().copied().unwrap_or(0);
         check_shape(&norm, &n, &[hidden])?;
         check_shape(&down, &d, &[rank, hidden])?;

@@ -395,9 +395,7 @@ impl Llama {
         let (h, f, hd) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim());
         let q = cfg.attention_width();
         let fetch = |name: &str, shape: &[usize]| -> Result<HostTensor> {
-            let t = src
-                .tensor(name)?
-                .ok_or_else(|| Error::MissingTensor(name.to_owned()))?;
+            let t = src.required(name)?;
             check_shape(name, &t, shape)?;
             Ok(t)
         };

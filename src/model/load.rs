@@ -4,7 +4,7 @@ use crate::sha256_hex;
 use burn::tensor::Device;
 
 use super::{Llama, LlamaConfig};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::names;
 use crate::tokenizer::Tokenizer;
 use crate::weights::{Gguf, GgufSource, SafetensorsSource, WeightSource};
@@ -126,21 +126,17 @@ impl LoadedModel {
 /// A full f32 checkpoint in Hugging Face layout (`model.safetensors`) from any weight source
 /// (what plug-in writes).
 pub fn write_checkpoint(cfg: &LlamaConfig, src: &dyn WeightSource) -> Result<Vec<u8>> {
-    let tensors = names::checkpoint(cfg.num_hidden_layers, cfg.tie_word_embeddings)
-        .into_iter()
-        .map(|name| {
-            let t = src
-                .tensor(&name)?
-                .ok_or_else(|| Error::MissingTensor(name.clone()))?;
-            Ok((name, t))
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let tensors = src.required_all(names::checkpoint(
+        cfg.num_hidden_layers,
+        cfg.tie_word_embeddings,
+    ))?;
     crate::weights::safetensors::write_tensors(&tensors, "pt")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Error;
     use crate::weights::gguf::MetaValue;
     use crate::weights::gguf::write_f32;
 

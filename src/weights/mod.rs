@@ -20,6 +20,21 @@ pub struct HostTensor {
 pub trait WeightSource {
     /// `Ok(None)` when the tensor is absent (e.g. a tied `lm_head.weight`).
     fn tensor(&self, hf_name: &str) -> Result<Option<HostTensor>>;
+
+    /// The tensor `hf_name`, whose absence is an error naming it.
+    fn required(&self, hf_name: &str) -> Result<HostTensor> {
+        self.tensor(hf_name)?
+            .ok_or_else(|| crate::Error::MissingTensor(hf_name.to_owned()))
+    }
+
+    /// Every tensor of `names`, paired with its name (for writing them out).
+    fn required_all(&self, names: Vec<String>) -> Result<Vec<(String, HostTensor)>> {
+        let pair = |name: String| {
+            let t = self.required(&name)?;
+            Ok((name, t))
+        };
+        names.into_iter().map(pair).collect()
+    }
 }
 
 /// Tensors from `top` where it has them, else from `base` (adapters over a model).
@@ -116,17 +131,28 @@ impl WeightSource for HostTensors {
 pub use self::gguf::Gguf;
 pub use self::safetensors::SafetensorsSource;
 
-/// llama.cpp stores Q and K rows permuted for its interleaved RoPE; this restores HF's
-/// half-split order: rows of each head go from (pair, 2) to (2, pair).
-fn unpermute_rows(data: &[f32], rows: usize, cols: usize, n_heads: usize) -> Vec<f32> {
+/// llama.cpp stores Q and K rows permuted for its interleaved RoPE: within each head, its row
+/// `2i + j` is row `j·half + i` of HF's half-split order. `to_hf` restores HF's order (reading
+/// a GGUF); otherwise HF's rows go into llama.cpp's (writing one).
+fn reorder_rope_rows(
+    data: &[f32],
+    rows: usize,
+    cols: usize,
+    n_heads: usize,
+    to_hf: bool,
+) -> Vec<f32> {
     let head_dim = rows / n_heads;
     let half = head_dim / 2;
     let mut out = vec![0f32; data.len()];
     for h in 0..n_heads {
         for i in 0..half {
             for j in 0..2 {
-                let src = h * head_dim + i * 2 + j;
-                let dst = h * head_dim + j * half + i;
+                let (gguf_row, hf_row) = (h * head_dim + i * 2 + j, h * head_dim + j * half + i);
+                let (src, dst) = if to_hf {
+                    (gguf_row, hf_row)
+                } else {
+                    (hf_row, gguf_row)
+                };
                 out[dst * cols..(dst + 1) * cols]
                     .copy_from_slice(&data[src * cols..(src + 1) * cols]);
             }
@@ -135,23 +161,14 @@ fn unpermute_rows(data: &[f32], rows: usize, cols: usize, n_heads: usize) -> Vec
     out
 }
 
-/// The inverse of [`unpermute_rows`]: HF's half-split Q/K rows in llama.cpp's order, for
-/// writing a GGUF.
+/// llama.cpp's Q/K rows in HF's order (see [`reorder_rope_rows`]).
+fn unpermute_rows(data: &[f32], rows: usize, cols: usize, n_heads: usize) -> Vec<f32> {
+    reorder_rope_rows(data, rows, cols, n_heads, true)
+}
+
+/// HF's Q/K rows in llama.cpp's order, for writing a GGUF (see [`reorder_rope_rows`]).
 pub fn permute_rows(data: &[f32], rows: usize, cols: usize, n_heads: usize) -> Vec<f32> {
-    let head_dim = rows / n_heads;
-    let half = head_dim / 2;
-    let mut out = vec![0f32; data.len()];
-    for h in 0..n_heads {
-        for i in 0..half {
-            for j in 0..2 {
-                let src = h * head_dim + j * half + i;
-                let dst = h * head_dim + i * 2 + j;
-                out[dst * cols..(dst + 1) * cols]
-                    .copy_from_slice(&data[src * cols..(src + 1) * cols]);
-            }
-        }
-    }
-    out
+    reorder_rope_rows(data, rows, cols, n_heads, false)
 }
 
 /// GGUF as a [`WeightSource`], undoing llama.cpp's Q/K permutation.

@@ -11,9 +11,9 @@ use burn::tensor::Device;
 use scaleot::adapter::{self, Adapter, AdapterManifest};
 use scaleot::emulator::{Emulator, EmulatorManifest};
 use scaleot::export::{self, GgufPrecision};
-use scaleot::model::{LoadedModel, LoraConfig, ModelBytes};
+use scaleot::model::{LoadedModel, LoraConfig, ModelBytes, OpenedModel};
 use scaleot::tokenizer::Tokenizer;
-use scaleot::weights::HostTensor;
+use scaleot::weights::{HostTensor, WeightSource};
 
 const CHATML: &str =
     "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}";
@@ -58,71 +58,77 @@ fn text(files: &[export::File], name: &str) -> String {
     String::from_utf8(file(files, name).to_vec()).unwrap()
 }
 
-#[test]
-fn the_hugging_face_folder_reloads_as_the_plugged_model() {
-    let device = Device::flex();
+/// Runs `check` on the tiny model (with a chat template) and its LoRA adapter plugged in.
+fn with_plugged_model(check: impl FnOnce(&OpenedModel, &dyn WeightSource)) {
     let base = tiny_model_bytes();
     let (aw, am, _) = lora_adapter();
     let adapter = Adapter::load(&serde_json::to_string(&am).unwrap(), &aw).unwrap();
     let mut opened = base.open().unwrap();
     opened.tokenizer.chat_template = Some(CHATML.into());
-    let tokenizer = &opened.tokenizer;
-    let plugged = adapter.plugged_into(opened.source.as_ref());
-    let files = export::hf_folder(&opened.config, tokenizer, &plugged).unwrap();
-    let names: Vec<&str> = files.iter().map(|(n, _)| *n).collect();
-    assert_eq!(
-        names,
-        [
-            "model.safetensors",
-            "config.json",
-            "generation_config.json",
-            "tokenizer.json",
-            "tokenizer_config.json"
-        ]
-    );
-    // tokenizer.json holds only what Hugging Face's `tokenizers` knows.
-    let tok_json: serde_json::Value =
-        serde_json::from_str(&text(&files, "tokenizer.json")).unwrap();
-    let known = [
-        "version",
-        "truncation",
-        "padding",
-        "added_tokens",
-        "normalizer",
-        "pre_tokenizer",
-        "post_processor",
-        "decoder",
-        "model",
-    ];
-    for key in tok_json.as_object().unwrap().keys() {
-        assert!(known.contains(&key.as_str()), "tokenizer.json has `{key}`");
-    }
-    let config: serde_json::Value = serde_json::from_str(&text(&files, "config.json")).unwrap();
-    assert_eq!(config["bos_token_id"], 259);
-    assert_eq!(config["eos_token_id"], 260);
-    let generation: serde_json::Value =
-        serde_json::from_str(&text(&files, "generation_config.json")).unwrap();
-    assert_eq!(generation["eos_token_id"], 260);
+    check(&opened, &adapter.plugged_into(opened.source.as_ref()));
+}
 
-    let reloaded = ModelBytes::Hf {
-        config: text(&files, "config.json"),
-        tokenizer: text(&files, "tokenizer.json"),
-        tokenizer_config: Some(text(&files, "tokenizer_config.json")),
-        shards: vec![file(&files, "model.safetensors").to_vec()],
-    };
-    let again = LoadedModel::from_opened(reloaded.open().unwrap(), &device).unwrap();
-    let direct = scaleot::model::Llama::load(&opened.config, &plugged, &device).unwrap();
-    assert_eq!(logits(&again.model, &device), logits(&direct, &device));
-    let original =
-        scaleot::model::Llama::load(&opened.config, opened.source.as_ref(), &device).unwrap();
-    assert!(max_abs_diff(&logits(&direct, &device), &logits(&original, &device)) > 1e-3);
-    assert_eq!(
-        (again.tokenizer.bos_id, again.tokenizer.eos_id),
-        (Some(259), Some(260))
-    );
-    assert_eq!(again.tokenizer.chat_template.as_deref(), Some(CHATML));
-    let text = "the <|im_start|>theme 123";
-    assert_eq!(again.tokenizer.encode(text), tokenizer.encode(text));
+#[test]
+fn the_hugging_face_folder_reloads_as_the_plugged_model() {
+    with_plugged_model(|opened, plugged| {
+        let device = Device::flex();
+        let tokenizer = &opened.tokenizer;
+        let files = export::hf_folder(&opened.config, tokenizer, plugged).unwrap();
+        let names: Vec<&str> = files.iter().map(|(n, _)| *n).collect();
+        assert_eq!(
+            names,
+            [
+                "model.safetensors",
+                "config.json",
+                "generation_config.json",
+                "tokenizer.json",
+                "tokenizer_config.json"
+            ]
+        );
+        // tokenizer.json holds only what Hugging Face's `tokenizers` knows.
+        let tok_json: serde_json::Value =
+            serde_json::from_str(&text(&files, "tokenizer.json")).unwrap();
+        let known = [
+            "version",
+            "truncation",
+            "padding",
+            "added_tokens",
+            "normalizer",
+            "pre_tokenizer",
+            "post_processor",
+            "decoder",
+            "model",
+        ];
+        for key in tok_json.as_object().unwrap().keys() {
+            assert!(known.contains(&key.as_str()), "tokenizer.json has `{key}`");
+        }
+        let config: serde_json::Value = serde_json::from_str(&text(&files, "config.json")).unwrap();
+        assert_eq!(config["bos_token_id"], 259);
+        assert_eq!(config["eos_token_id"], 260);
+        let generation: serde_json::Value =
+            serde_json::from_str(&text(&files, "generation_config.json")).unwrap();
+        assert_eq!(generation["eos_token_id"], 260);
+
+        let reloaded = ModelBytes::Hf {
+            config: text(&files, "config.json"),
+            tokenizer: text(&files, "tokenizer.json"),
+            tokenizer_config: Some(text(&files, "tokenizer_config.json")),
+            shards: vec![file(&files, "model.safetensors").to_vec()],
+        };
+        let again = LoadedModel::from_opened(reloaded.open().unwrap(), &device).unwrap();
+        let direct = scaleot::model::Llama::load(&opened.config, plugged, &device).unwrap();
+        assert_eq!(logits(&again.model, &device), logits(&direct, &device));
+        let original =
+            scaleot::model::Llama::load(&opened.config, opened.source.as_ref(), &device).unwrap();
+        assert!(max_abs_diff(&logits(&direct, &device), &logits(&original, &device)) > 1e-3);
+        assert_eq!(
+            (again.tokenizer.bos_id, again.tokenizer.eos_id),
+            (Some(259), Some(260))
+        );
+        assert_eq!(again.tokenizer.chat_template.as_deref(), Some(CHATML));
+        let text = "the <|im_start|>theme 123";
+        assert_eq!(again.tokenizer.encode(text), tokenizer.encode(text));
+    });
 }
 
 /// tokenizer_config.json names the special tokens (as Hugging Face folders do); files written
@@ -155,62 +161,59 @@ fn special_tokens_come_from_tokenizer_config() {
 
 #[test]
 fn gguf_exports_read_back_as_the_plugged_model() {
-    let device = Device::flex();
-    let base = tiny_model_bytes();
-    let (aw, am, _) = lora_adapter();
-    let adapter = Adapter::load(&serde_json::to_string(&am).unwrap(), &aw).unwrap();
-    let mut opened = base.open().unwrap();
-    opened.tokenizer.chat_template = Some(CHATML.into());
-    let tokenizer = &opened.tokenizer;
-    let plugged = adapter.plugged_into(opened.source.as_ref());
-    let direct = scaleot::model::Llama::load(&opened.config, &plugged, &device).unwrap();
-    let want = logits(&direct, &device);
-    let mut last = None;
-    for (precision, tolerance) in [(GgufPrecision::F16, 2e-2), (GgufPrecision::Q8_0, 2e-1)] {
-        let bytes =
-            export::gguf_file(&opened.config, tokenizer, &plugged, precision, None).unwrap();
-        let m = LoadedModel::from_gguf(&bytes, &device).unwrap();
-        assert_eq!(m.config.num_hidden_layers, opened.config.num_hidden_layers);
-        let d = max_abs_diff(&logits(&m.model, &device), &want);
-        assert!(d < tolerance, "{precision:?}: logits moved by {d}");
-        assert!(d > 0.0, "{precision:?} must round something");
-        let text = "the <|im_start|>theme 123";
-        assert_eq!(m.tokenizer.encode(text), tokenizer.encode(text));
-        assert_eq!(
-            (m.tokenizer.bos_id, m.tokenizer.eos_id),
-            (Some(259), Some(260))
-        );
-        assert_eq!(m.tokenizer.chat_template.as_deref(), Some(CHATML));
-        // Written from a GGUF, the base's own general.* and tokenizer.* entries stay.
-        let g = scaleot::weights::Gguf::parse(&bytes).unwrap();
-        assert_eq!(
-            g.tensor_info("blk.0.attn_norm.weight").unwrap().kind,
-            scaleot::weights::quant::GgmlType::F32
-        );
-        let mut meta = g.metadata.clone();
-        meta.insert(
-            "general.name".into(),
-            scaleot::weights::gguf::MetaValue::Str("tiny".into()),
-        );
-        let again =
-            export::gguf_file(&opened.config, tokenizer, &plugged, precision, Some(&meta)).unwrap();
-        let g2 = scaleot::weights::Gguf::parse(&again).unwrap();
-        assert_eq!(
-            g2.get("general.name").and_then(|v| v.as_str()),
-            Some("tiny")
-        );
-        last = Some(bytes);
-    }
-    assert!(last.is_some());
-    let err = GgufPrecision::parse("q4_k").unwrap_err().to_string();
-    assert!(err.contains("f16 or q8_0"), "{err}");
-    // Llama-3 RoPE scaling has no GGUF form here: refused, pointing at the folder.
-    let llama3 =
-        std::fs::read_to_string(common::root().join("tests/fixtures/tiny-llama3/config.json"))
-            .unwrap();
-    let cfg = scaleot::model::LlamaConfig::from_hf_json(&llama3).unwrap();
-    let err = cfg.to_gguf_metadata().unwrap_err().to_string();
-    assert!(err.contains("plugin --out"), "{err}");
+    with_plugged_model(|opened, plugged| {
+        let device = Device::flex();
+        let tokenizer = &opened.tokenizer;
+        let direct = scaleot::model::Llama::load(&opened.config, plugged, &device).unwrap();
+        let want = logits(&direct, &device);
+        let mut last = None;
+        for (precision, tolerance) in [(GgufPrecision::F16, 2e-2), (GgufPrecision::Q8_0, 2e-1)] {
+            let bytes =
+                export::gguf_file(&opened.config, tokenizer, plugged, precision, None).unwrap();
+            let m = LoadedModel::from_gguf(&bytes, &device).unwrap();
+            assert_eq!(m.config.num_hidden_layers, opened.config.num_hidden_layers);
+            let d = max_abs_diff(&logits(&m.model, &device), &want);
+            assert!(d < tolerance, "{precision:?}: logits moved by {d}");
+            assert!(d > 0.0, "{precision:?} must round something");
+            let text = "the <|im_start|>theme 123";
+            assert_eq!(m.tokenizer.encode(text), tokenizer.encode(text));
+            assert_eq!(
+                (m.tokenizer.bos_id, m.tokenizer.eos_id),
+                (Some(259), Some(260))
+            );
+            assert_eq!(m.tokenizer.chat_template.as_deref(), Some(CHATML));
+            // Written from a GGUF, the base's own general.* and tokenizer.* entries stay.
+            let g = scaleot::weights::Gguf::parse(&bytes).unwrap();
+            assert_eq!(
+                g.tensor_info("blk.0.attn_norm.weight").unwrap().kind,
+                scaleot::weights::quant::GgmlType::F32
+            );
+            let mut meta = g.metadata.clone();
+            meta.insert(
+                "general.name".into(),
+                scaleot::weights::gguf::MetaValue::Str("tiny".into()),
+            );
+            let again =
+                export::gguf_file(&opened.config, tokenizer, plugged, precision, Some(&meta))
+                    .unwrap();
+            let g2 = scaleot::weights::Gguf::parse(&again).unwrap();
+            assert_eq!(
+                g2.get("general.name").and_then(|v| v.as_str()),
+                Some("tiny")
+            );
+            last = Some(bytes);
+        }
+        assert!(last.is_some());
+        let err = GgufPrecision::parse("q4_k").unwrap_err().to_string();
+        assert!(err.contains("f16 or q8_0"), "{err}");
+        // Llama-3 RoPE scaling has no GGUF form here: refused, pointing at the folder.
+        let llama3 =
+            std::fs::read_to_string(common::root().join("tests/fixtures/tiny-llama3/config.json"))
+                .unwrap();
+        let cfg = scaleot::model::LlamaConfig::from_hf_json(&llama3).unwrap();
+        let err = cfg.to_gguf_metadata().unwrap_err().to_string();
+        assert!(err.contains("plugin --out"), "{err}");
+    });
 }
 
 #[test]
