@@ -42,7 +42,7 @@ pub struct GenerateArgs {
     top_p: f32,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Wrap the prompt in the model's chat format (<|im_start|>user ... assistant).
+    /// Wrap the prompt in the model's chat template, as a user turn awaiting the answer.
     #[arg(long)]
     chat: bool,
     /// Print one JSON object (prompt and generated token ids, the text) instead of streaming.
@@ -53,10 +53,11 @@ pub struct GenerateArgs {
 pub fn generate(a: GenerateArgs) -> Result<()> {
     let (m, _) = open(&a.model)?;
     let prompt = if a.chat {
-        format!(
-            "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n",
-            a.prompt
-        )
+        let user = scaleot::chat::Message {
+            role: "user".into(),
+            content: a.prompt.clone(),
+        };
+        m.tokenizer.chat_template()?.render(&[user], true)?
     } else {
         a.prompt.clone()
     };
@@ -76,7 +77,10 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         println!("{}", json!({"prompt_ids": ids, "ids": out, "text": text}));
         return Ok(());
     }
-    print!("{}", a.prompt);
+    match a.chat {
+        true => println!("{}", a.prompt), // the answer is a turn of its own
+        false => print!("{}", a.prompt),
+    }
     let mut shown = String::new();
     let mut produced = Vec::new();
     let out = run_generate(
@@ -86,6 +90,9 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         sampling.as_ref(),
         &stop,
         |t| {
+            if stop.contains(&t) {
+                return; // the end-of-turn token is not text
+            }
             // Print the text delta so multi-byte characters spanning tokens come out whole.
             produced.push(t);
             let text = m.tokenizer.decode(&produced);
@@ -98,7 +105,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
             }
         },
     )?;
-    let rest = m.tokenizer.decode(&out);
+    let rest = m.tokenizer.decode(&produced);
     println!("{}", rest.strip_prefix(shown.as_str()).unwrap_or(""));
     eprintln!(
         "[{} tokens in {:.2}s]",
