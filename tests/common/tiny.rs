@@ -146,6 +146,25 @@ pub fn bundle(base: &ModelBytes, keep: usize) -> (Vec<u8>, EmulatorManifest) {
     write_bundle(spec, opened.source.as_ref()).unwrap()
 }
 
+/// The adapters' tensors of `model` read back to the host, by name (what an adapter file holds).
+pub fn read_adapter_tensors(
+    model: &Llama,
+    plan: &[scaleot::emulator::LayerKind],
+) -> Vec<(String, HostTensor)> {
+    scaleot::adapter::adapter_tensors(model, plan)
+        .into_iter()
+        .map(|(n, shape, t)| {
+            (
+                n,
+                HostTensor {
+                    shape,
+                    data: t.into_data().try_into_vec().unwrap(),
+                },
+            )
+        })
+        .collect()
+}
+
 /// Every weight of the model by name: embedding, norms, projections, LoRA factors.
 pub fn all_weights(model: &Llama) -> Vec<(String, Vec<f32>)> {
     let host = |t: burn::tensor::Tensor<2>| -> Vec<f32> { t.into_data().try_into_vec().unwrap() };

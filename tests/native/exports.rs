@@ -5,7 +5,9 @@
 
 use crate::common;
 
-use common::tiny::{bundle, logits, max_abs_diff, tiny_model_bytes, tiny_tokenizer};
+use common::tiny::{
+    bundle, logits, max_abs_diff, read_adapter_tensors, tiny_model_bytes, tiny_tokenizer,
+};
 
 use burn::tensor::Device;
 use scaleot::adapter::{self, Adapter, AdapterManifest};
@@ -13,7 +15,7 @@ use scaleot::emulator::{Emulator, EmulatorManifest};
 use scaleot::export::{self, GgufPrecision};
 use scaleot::model::{LoadedModel, LoraConfig, ModelBytes, OpenedModel};
 use scaleot::tokenizer::Tokenizer;
-use scaleot::weights::{HostTensor, WeightSource};
+use scaleot::weights::WeightSource;
 
 const CHATML: &str =
     "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}";
@@ -32,18 +34,15 @@ fn lora_adapter() -> (Vec<u8>, AdapterManifest, EmulatorManifest) {
     let lora = LoraConfig::new(4, 8.0, "q_proj,v_proj,down_proj").unwrap();
     let positions = emu.adapter_positions();
     let model = emu.model.with_lora(&positions, &lora, 7, None).unwrap();
-    let tensors = adapter::adapter_tensors(&model, &manifest.plan)
-        .into_iter()
-        .map(|(name, shape, t)| {
-            let mut data: Vec<f32> = t.into_data().try_into_vec().unwrap();
-            if name.ends_with("lora_B.weight") {
-                data.iter_mut()
-                    .enumerate()
-                    .for_each(|(i, x)| *x = 0.05 * ((i % 7) as f32 - 3.0));
-            }
-            (name, HostTensor { shape, data })
-        })
-        .collect();
+    let mut tensors = read_adapter_tensors(&model, &manifest.plan);
+    for (name, t) in &mut tensors {
+        if name.ends_with("lora_B.weight") {
+            t.data
+                .iter_mut()
+                .enumerate()
+                .for_each(|(i, x)| *x = 0.05 * ((i % 7) as f32 - 3.0));
+        }
+    }
     let json = serde_json::json!({});
     let (aw, am) =
         adapter::write_adapter(tensors, &manifest, Some(&lora), json.clone(), json).unwrap();
@@ -256,13 +255,7 @@ fn peft_export_holds_the_factors_and_refuses_whole_layers() {
         &device,
     )
     .unwrap();
-    let tensors = adapter::adapter_tensors(&emu.model, &manifest.plan)
-        .into_iter()
-        .map(|(n, shape, t)| {
-            let data = t.into_data().try_into_vec().unwrap();
-            (n, HostTensor { shape, data })
-        })
-        .collect();
+    let tensors = read_adapter_tensors(&emu.model, &manifest.plan);
     let json = serde_json::json!({});
     let (lw, lm) = adapter::write_adapter(tensors, &manifest, None, json.clone(), json).unwrap();
     let layers = Adapter::load(&serde_json::to_string(&lm).unwrap(), &lw).unwrap();

@@ -4,7 +4,8 @@
 use crate::common;
 
 use common::tiny::{
-    all_weights, bundle, logits, max_abs_diff, tiny_model_bytes, tiny_model_edited,
+    all_weights, bundle, logits, max_abs_diff, read_adapter_tensors, tiny_model_bytes,
+    tiny_model_edited,
 };
 
 use burn::module::Module;
@@ -22,24 +23,6 @@ use scaleot::weights::{HostTensor, SafetensorsSource, WeightSource};
 
 fn load_emulator(weights: &[u8], manifest: &EmulatorManifest, device: &Device) -> Emulator {
     Emulator::load(&serde_json::to_string(manifest).unwrap(), weights, device).unwrap()
-}
-
-fn read_adapter_tensors(
-    model: &Llama,
-    plan: &[scaleot::emulator::LayerKind],
-) -> Vec<(String, HostTensor)> {
-    adapter::adapter_tensors(model, plan)
-        .into_iter()
-        .map(|(n, shape, t)| {
-            (
-                n,
-                HostTensor {
-                    shape,
-                    data: t.into_data().try_into_vec().unwrap(),
-                },
-            )
-        })
-        .collect()
 }
 
 /// The adapter file an untrained emulator would hand back.
