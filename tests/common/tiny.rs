@@ -4,7 +4,7 @@
 
 use burn::tensor::Device;
 use scaleot::emulator::{
-    AdapterSplit, BundleSpec, EmulatorManifest, FrozenDtype, uniform_drop, write_bundle,
+    AdapterSplit, BundleSpec, Emulator, EmulatorManifest, FrozenDtype, uniform_drop, write_bundle,
 };
 use scaleot::model::{LayerSlot, Llama, LlamaConfig, ModelBytes, token_tensor};
 use scaleot::tokenizer::Tokenizer;
@@ -144,6 +144,11 @@ pub fn bundle(base: &ModelBytes, keep: usize) -> (Vec<u8>, EmulatorManifest) {
         frozen_dtype: FrozenDtype::F32,
     };
     write_bundle(spec, opened.source.as_ref()).unwrap()
+}
+
+/// An emulator bundle loaded on `device`.
+pub fn load_emulator(weights: &[u8], manifest: &EmulatorManifest, device: &Device) -> Emulator {
+    Emulator::load(&serde_json::to_string(manifest).unwrap(), weights, device).unwrap()
 }
 
 /// The adapters' tensors of `model` read back to the host, by name (what an adapter file holds).

@@ -6,12 +6,13 @@
 use crate::common;
 
 use common::tiny::{
-    bundle, logits, max_abs_diff, read_adapter_tensors, tiny_model_bytes, tiny_tokenizer,
+    bundle, load_emulator, logits, max_abs_diff, read_adapter_tensors, tiny_model_bytes,
+    tiny_tokenizer,
 };
 
 use burn::tensor::Device;
 use scaleot::adapter::{self, Adapter, AdapterManifest};
-use scaleot::emulator::{Emulator, EmulatorManifest};
+use scaleot::emulator::EmulatorManifest;
 use scaleot::export::{self, GgufPrecision};
 use scaleot::model::{LoadedModel, LoraConfig, ModelBytes, OpenedModel};
 use scaleot::tokenizer::Tokenizer;
@@ -25,12 +26,7 @@ const CHATML: &str =
 fn lora_adapter() -> (Vec<u8>, AdapterManifest, EmulatorManifest) {
     let device = Device::flex();
     let (weights, manifest) = bundle(&tiny_model_bytes(), 2);
-    let emu = Emulator::load(
-        &serde_json::to_string(&manifest).unwrap(),
-        &weights,
-        &device,
-    )
-    .unwrap();
+    let emu = load_emulator(&weights, &manifest, &device);
     let lora = LoraConfig::new(4, 8.0, "q_proj,v_proj,down_proj").unwrap();
     let positions = emu.adapter_positions();
     let model = emu.model.with_lora(&positions, &lora, 7, None).unwrap();
@@ -249,12 +245,7 @@ fn peft_export_holds_the_factors_and_refuses_whole_layers() {
     // Whole tuned layers have no LoRA form: refused, pointing at the merged checkpoint.
     let device = Device::flex();
     let (weights, _) = bundle(&tiny_model_bytes(), 2);
-    let emu = Emulator::load(
-        &serde_json::to_string(&manifest).unwrap(),
-        &weights,
-        &device,
-    )
-    .unwrap();
+    let emu = load_emulator(&weights, &manifest, &device);
     let tensors = read_adapter_tensors(&emu.model, &manifest.plan);
     let json = serde_json::json!({});
     let (lw, lm) = adapter::write_adapter(tensors, &manifest, None, json.clone(), json).unwrap();

@@ -4,8 +4,8 @@
 use crate::common;
 
 use common::tiny::{
-    all_weights, bundle, logits, max_abs_diff, read_adapter_tensors, tiny_model_bytes,
-    tiny_model_edited,
+    all_weights, bundle, load_emulator, logits, max_abs_diff, read_adapter_tensors,
+    tiny_model_bytes, tiny_model_edited,
 };
 
 use burn::module::Module;
@@ -20,10 +20,6 @@ use scaleot::tokenizer::Tokenizer;
 use scaleot::train::{TrainConfig, Trainer};
 use scaleot::weights::safetensors::write_tensors;
 use scaleot::weights::{HostTensor, SafetensorsSource, WeightSource};
-
-fn load_emulator(weights: &[u8], manifest: &EmulatorManifest, device: &Device) -> Emulator {
-    Emulator::load(&serde_json::to_string(manifest).unwrap(), weights, device).unwrap()
-}
 
 /// The adapter file an untrained emulator would hand back.
 fn untouched_adapter_file(
