@@ -53,6 +53,13 @@ impl std::fmt::Debug for Tokenizer {
     }
 }
 
+/// A special token as Hugging Face describes one (an AddedToken), in tokenizer.json's
+/// `added_tokens` (with its id) and tokenizer_config.json's `added_tokens_decoder`.
+fn special_token_entry(content: &str) -> Value {
+    serde_json::json!({"content": content, "single_word": false, "lstrip": false,
+        "rstrip": false, "normalized": false, "special": true})
+}
+
 /// GPT-2's `bytes_to_unicode`: printable bytes map to themselves, the rest to U+0100 onwards.
 pub(crate) fn byte_alphabet() -> [char; 256] {
     let mut table = ['\0'; 256];
@@ -416,8 +423,9 @@ impl Tokenizer {
         let added: Vec<Value> = specials
             .iter()
             .map(|(content, id)| {
-                serde_json::json!({"id": id, "content": content, "single_word": false,
-                    "lstrip": false, "rstrip": false, "normalized": false, "special": true})
+                let mut entry = special_token_entry(content);
+                entry["id"] = Value::from(*id);
+                entry
             })
             .collect();
         let vocab: serde_json::Map<String, Value> = self
@@ -448,8 +456,7 @@ impl Tokenizer {
         let decoder: serde_json::Map<String, Value> = specials
             .iter()
             .map(|(content, id)| {
-                let entry = serde_json::json!({"content": content, "single_word": false,
-                    "lstrip": false, "rstrip": false, "normalized": false, "special": true});
+                let entry = special_token_entry(content);
                 (id.to_string(), entry)
             })
             .collect();
