@@ -389,7 +389,9 @@ pub fn bench_train(a: BenchTrainArgs) -> Result<()> {
         trainer.complete_micro_step(v)?;
         Ok(v)
     };
+    let warm_up = Instant::now();
     step(&mut trainer)?;
+    let first_step_seconds = warm_up.elapsed().as_secs_f64();
     let start = Instant::now();
     let mut loss = 0.0;
     for _ in 0..a.iters {
@@ -402,6 +404,7 @@ pub fn bench_train(a: BenchTrainArgs) -> Result<()> {
             "impl": format!("scaleot (burn {} autodiff, f32)", a.device.backend()), "trains": what,
             "batch": a.batch, "len": a.len, "iters": a.iters,
             "seconds_per_step": secs, "tokens_per_second": (a.batch * a.len) as f64 / secs,
+            "first_step_seconds": first_step_seconds,
             "peak_rss_mib": crate::commands::peak_rss_mib(),
             "threads": crate::commands::bench_threads(),
             "loss": loss,

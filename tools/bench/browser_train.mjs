@@ -1,38 +1,91 @@
-// Browser training throughput: drives the served page in headless Chromium (WebGPU; SwiftShader
-// without a GPU), trains whole adapter layers on a plain-text file, prints tokens/s and the time
-// to the first step as JSON. usage: node browser_train.mjs URL TEXT_FILE STEPS BATCH LEN
+// Browser training throughput: drives the served page in headless Chromium, trains the adapters
+// on a plain-text file and prints one JSON line: tokens/s (batch x length per step, timed from the
+// end of step 1 to the end of the last, as `scaleot bench-train` times its steps), the first
+// step's time, and the peak memory of Chromium's processes.
+// DEVICE webgpu: WebGPU (SwiftShader without a GPU, the machine's GPU with one); cpu: Chromium
+// without WebGPU, so the page falls back to its wasm CPU backend. CHROMIUM_FLAGS: more switches.
+// usage: node browser_train.mjs URL TEXT_FILE STEPS BATCH LEN LORA_RANK DEVICE
+import { readFileSync, readdirSync } from 'node:fs';
 import { chromium } from '../web/node_modules/playwright-core/index.mjs';
 
-const [url, file, steps, batch, len] = process.argv.slice(2);
-const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', headless: true,
-  args: ['--no-sandbox', '--disable-dev-shm-usage', '--enable-unsafe-webgpu', '--no-first-run'] });
+const [url, file, steps, batch, len, loraRank, device] = process.argv.slice(2);
+if (!['webgpu', 'cpu'].includes(device)) throw new Error(`DEVICE must be webgpu or cpu, not ${device}`);
+const args = ['--no-sandbox', '--disable-dev-shm-usage', '--no-first-run'];
+if (device === 'webgpu') args.push('--enable-unsafe-webgpu');
+// Extra Chromium switches for experiments, e.g. --enable-dawn-features=disable_robustness.
+args.push(...(process.env.CHROMIUM_FLAGS ?? '').split(' ').filter(Boolean));
+const server = await chromium.launchServer({ executablePath: '/usr/bin/chromium', headless: true, args });
+const browser = await chromium.connect(server.wsEndpoint());
+
+// Peak resident memory (VmHWM) of every process under Chromium's, in MiB, by process type.
+// Processes peak at different moments, so the total is an upper bound of the joint peak.
+const peakMiB = (root) => {
+  const byType = {};
+  const visit = (pid) => {
+    let status, cmdline;
+    try {
+      status = readFileSync(`/proc/${pid}/status`, 'utf8');
+      cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+    } catch { return; }
+    const kib = Number((/VmHWM:\s+(\d+)/.exec(status) ?? [])[1] ?? 0);
+    const type = (/--type=([\w-]+)/.exec(cmdline) ?? [])[1] ?? 'browser';
+    byType[type] = (byType[type] ?? 0) + kib / 1024;
+    for (const tid of readdirSync(`/proc/${pid}/task`)) {
+      let children = '';
+      try { children = readFileSync(`/proc/${pid}/task/${tid}/children`, 'utf8'); } catch { /* gone */ }
+      for (const c of children.split(' ').filter(Boolean)) visit(c);
+    }
+  };
+  visit(root);
+  return byType;
+};
+
 const wait = (page, sel, re, timeout) => page.waitForFunction(([s, src]) =>
-  new RegExp(src).test(document.querySelector(s)?.textContent ?? ''), [sel, re.source], { timeout });
+  new RegExp(src).test(document.querySelector(s)?.textContent ?? ''), [sel, re.source], { timeout, polling: 50 });
+// What the page says, every minute, on stderr (a long run shows where it is).
+const say = async (page) => console.error(`[page] ${(await Promise.all(['#emu-info', '#data-info', '#train-stats']
+  .map((s) => page.textContent(s).catch(() => '')))).map((t) => (t ?? '').trim().slice(0, 100)).join(' | ')}`);
 try {
   const page = await browser.newPage();
   page.on('console', (m) => { if (m.type() === 'error') console.error(`[page] ${m.text()}`); });
+  page.on('pageerror', (e) => console.error(`[page] ${e}`));
+  const ticker = setInterval(() => say(page).catch(() => {}), 60_000);
+  ticker.unref();
   const t0 = Date.now();
   await page.goto(url);
-  await wait(page, '#emu-info', /Emulator ready/, 900_000);
+  await wait(page, '#emu-info', /Emulator ready/, 1_800_000);
   const loadSeconds = (Date.now() - t0) / 1000;
+  const backend = (await page.textContent('#backend')).trim();
+  if ((device === 'webgpu') !== /device: WebGPU/.test(backend)) throw new Error(`asked for ${device}, the page says: ${backend}`);
   await page.setInputFiles('#data-file', file);
   await wait(page, '#data-info', /training examples/, 300_000);
-  for (const [id, v] of Object.entries({ steps, batch, 'seq-len': len, 'lora-rank': 0, 'held-out': 0.05, lr: 1e-4 })) {
+  for (const [id, v] of Object.entries({ steps, batch, 'seq-len': len, 'lora-rank': loraRank, 'held-out': 0.05, lr: 1e-4 })) {
     await page.fill(`#${id}`, String(v));
   }
-  const t1 = Date.now();
+  // Each step's end, as the page shows it: an observer records the first time each "step k/"
+  // appears (a fast step can replace the text before any poll would see it).
+  await page.evaluate(() => {
+    window.stepTimes = {};
+    const stats = document.querySelector('#train-stats');
+    new MutationObserver(() => {
+      const k = (/step (\d+)\//.exec(stats.textContent) ?? [])[1];
+      if (k && !(k in window.stepTimes)) window.stepTimes[k] = performance.now();
+    }).observe(stats, { childList: true, characterData: true, subtree: true });
+    window.trainClicked = performance.now();
+  });
   await page.click('#train-btn');
-  await wait(page, '#train-stats', /step 1\//, 1_800_000);
-  const firstStep = (Date.now() - t1) / 1000;
-  await wait(page, '#train-stats', /Finished/, 3_600_000);
-  const total = (Date.now() - t1) / 1000;
-  const stats = await page.textContent('#train-stats');
-  const backend = await page.textContent('#backend');
-  const tps = Number((/([\d.]+) tokens\/s/.exec(stats) ?? [])[1]);
-  // Steady state: the steps after the first (which compiles the GPU kernels).
-  const steady = (Number(steps) - 1) * Number(batch) * Number(len) / Math.max(total - firstStep, 1e-9);
-  console.log(JSON.stringify({ impl: 'browser (wasm + WebGPU)', backend, load_seconds: loadSeconds,
-    first_step_seconds: firstStep, tokens_per_second_incl_first: tps, tokens_per_second: steady }));
+  await wait(page, '#train-stats', /Finished|Stopped/, 7_200_000);
+  const [clicked, times] = await page.evaluate(() => [window.trainClicked, window.stepTimes]);
+  const [first, last] = [times['1'], times[String(steps)]];
+  if (first === undefined || last === undefined) throw new Error(`steps seen: ${JSON.stringify(times)}`);
+  const firstStep = (first - clicked) / 1000;
+  const steady = (Number(steps) - 1) * Number(batch) * Number(len) / Math.max((last - first) / 1000, 1e-9);
+  const memory = peakMiB(server.process().pid);
+  const total = Object.values(memory).reduce((a, b) => a + b, 0);
+  console.log(JSON.stringify({ impl: `browser (${backend})`, device, load_seconds: loadSeconds,
+    first_step_seconds: firstStep, tokens_per_second: steady, peak_rss_mib: total,
+    peak_rss_mib_by_process: memory }));
 } finally {
   await browser.close();
+  await server.close();
 }
