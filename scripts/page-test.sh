@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Browser tests: the wasm-bindgen test (WebGPU training = native CPU losses) and the page
 # test (a whole session in headless Chromium against `scaleot serve`, privacy checks, then the
-# native binary plugs in the downloaded adapter). Needs scripts/setup-web.sh and the owner
-# binary (cargo build --release -p scaleot-owner). `--page-built`: dist/ is already built by
+# native binary plugs in the downloaded adapter). Needs scripts/setup-web.sh, the owner
+# binary (cargo build --release -p scaleot-owner) and the real model (scripts/fetch-assets.sh:
+# SmolLM2's emulator is trained on the CPU fallback). `--page-built`: dist/ is already built by
 # scripts/build-page.sh (test.sh builds it beside the native stages).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,15 +36,18 @@ serve() { # serve NAME [ARGS...]: `scaleot serve` on a free port; its URL in $se
   local name=$1; shift
   "$bin" serve "$@" --port 0 > "$out/$name.out" 2> "$out/$name.log" &
   servers+=($!)
-  for _ in $(seq 50); do grep -q "^serving" "$out/$name.out" 2>/dev/null && break; sleep 0.2; done
+  for _ in $(seq 300); do grep -q "^serving" "$out/$name.out" 2>/dev/null && break; sleep 0.2; done
   served=$(sed -n 's/^serving //p' "$out/$name.out")
   [[ -n "$served" ]] || { cat "$out/$name.log"; echo "scaleot serve did not start" >&2; exit 1; }
 }
 serve serve --emulator "$out/emu.json"; url=$served
 serve serve-page; page_only=$served
+# The real model's emulator (SmolLM2, 2+2 adapters): the page trains it on the CPU fallback.
+"$bin" emulator --adapters 2+2 --out "$out/smollm2-emu.json"
+serve serve-real --emulator "$out/smollm2-emu.json"; real=$served
 
-echo "==> page test at $url (and $page_only without an emulator)"
-node tests/page/page-test.mjs "$url" tests/fixtures/notes-sample.jsonl "$out" "$page_only" "$out/emu.json"
+echo "==> page test at $url (and $page_only without an emulator, $real with SmolLM2's)"
+node tests/page/page-test.mjs "$url" tests/fixtures/notes-sample.jsonl "$out" "$page_only" "$out/emu.json" "$real"
 part "page test"
 # The servers saw only reads of their own files.
 if cat "$out"/serve*.log | grep -v -E '^(GET|HEAD) ' | grep -E '^[A-Z]+ /'; then

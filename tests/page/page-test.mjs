@@ -6,13 +6,13 @@
 // is recorded and the test fails if any leaves the origin, is not a GET, or carries data.
 //
 // With PAGE_ONLY_URL (a server without an emulator) and EMU_JSON, it also loads the emulator from
-// local files.
-// usage: node tests/page/page-test.mjs BASE_URL DATA_FILE OUT_DIR [PAGE_ONLY_URL EMU_JSON]
+// local files; with REAL_URL (a server with SmolLM2's emulator), it trains that on the CPU fallback.
+// usage: node tests/page/page-test.mjs BASE_URL DATA_FILE OUT_DIR [PAGE_ONLY_URL EMU_JSON [REAL_URL]]
 import { chromium } from '../../tools/web/node_modules/playwright-core/index.mjs';
 import { readFileSync, writeFileSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 
-const [base, dataFile, out, pageOnly, emuJson] = process.argv.slice(2);
+const [base, dataFile, out, pageOnly, emuJson, realUrl] = process.argv.slice(2);
 if (!base || !dataFile || !out) {
   console.error('usage: node tests/page/page-test.mjs BASE_URL DATA_FILE OUT_DIR');
   process.exit(2);
@@ -158,6 +158,39 @@ try {
   check(/diverged/.test(await text(page, '#message')), `divergence explained: "${await text(page, '#message')}"`);
 } finally {
   await noGpu.close();
+}
+
+// At real size (REAL_URL: a server with SmolLM2's emulator): the CPU fallback loads the real
+// emulator, trains two optimizer steps and shows the held-out loss before and after.
+if (realUrl) {
+  const real = await chromium.launch({ executablePath: '/usr/bin/chromium', headless: true,
+    args: [...flags, '--disable-webgpu'] });
+  try {
+    const page = await real.newPage();
+    record(page, log, realUrl);
+    const t0 = Date.now();
+    await page.goto(realUrl);
+    await waitText(page, '#emu-info', /Emulator ready/, 600_000);
+    metrics.real_emulator_ready_seconds = (Date.now() - t0) / 1000;
+    const info = await text(page, '#emu-info');
+    check(/\d+\.\dM parameters of the full model's 134\.5M/.test(info), `SmolLM2's emulator loaded: ${info}`);
+    check((await text(page, '#backend')).includes('CPU'), 'real size: on the CPU fallback');
+    await page.setInputFiles('#data-file', dataFile);
+    await waitText(page, '#data-info', /training examples/, 60_000);
+    await setSettings(page, { steps: 2, batch: 1, lr: 0.001, 'seq-len': 32, 'lora-rank': 8, 'held-out': 0.25 });
+    const tTrain = Date.now();
+    await page.click('#train-btn');
+    await waitText(page, '#train-stats', /Finished after 2 steps/, 900_000);
+    await waitText(page, '#eval', /after/, 300_000);
+    metrics.real_cpu_train_seconds = (Date.now() - tTrain) / 1000;
+    metrics.real_cpu_stats = await text(page, '#train-stats');
+    metrics.real_cpu_eval = await text(page, '#eval');
+    const losses = [...metrics.real_cpu_eval.matchAll(/loss (?:before|after): ([\d.]+)/g)].map((m) => Number(m[1]));
+    check(losses.length === 2 && losses.every((l) => l > 0 && l < 20),
+      `real size, 2 steps on the CPU fallback, held-out loss before and after: ${metrics.real_cpu_eval}`);
+  } finally {
+    await real.close();
+  }
 }
 
 // A site without an emulator: the page asks for the files, and loads them from disk.
