@@ -146,21 +146,43 @@ fn mib(bytes: f64) -> f64 {
 /// What a browser tab can hold: wasm32 addresses 4 GiB, and the page needs room besides the model.
 pub const BROWSER_MEMORY_BYTES: f64 = 3.0 * 1024.0 * 1024.0 * 1024.0;
 
-/// Refuses an emulator a browser cannot train: its file plus f32 weights over
-/// [`BROWSER_MEMORY_BYTES`], or (on a GPU, `max_buffer` = WebGPU's
-/// `maxStorageBufferBindingSize`/`maxBufferSize`) an embedding larger than one buffer.
+/// Refuses an emulator a browser cannot train, before its weights are downloaded: more tab
+/// memory than [`BROWSER_MEMORY_BYTES`], or (on a GPU, `max_buffer` = WebGPU's
+/// `maxStorageBufferBindingSize`/`maxBufferSize`) an embedding larger than one buffer. The tab
+/// keeps the downloaded file; on the CPU fallback it also holds every weight in f32, while on a
+/// GPU the weights live in GPU memory and the tab holds only the tensors being uploaded (at most
+/// the embedding and a copy of the largest matrix besides it).
 pub fn check_fits(manifest: &EmulatorManifest, max_buffer: Option<f64>) -> Result<()> {
-    let memory = manifest.weights_bytes as f64 + manifest.emulator_params as f64 * 4.0;
-    if memory > BROWSER_MEMORY_BYTES {
-        return Err(Error::Invalid(format!(
-            "this emulator is too large for a browser tab: it needs about {:.1} GiB of memory, and a page can hold about {:.0} GiB. Ask the model owner for a smaller emulator (fewer kept layers, stronger rank compression, f16 frozen weights)",
-            memory / 1073741824.0,
-            BROWSER_MEMORY_BYTES / 1073741824.0
-        )));
-    }
     let c = &manifest.config;
     // In f64: on wasm32 the product of a file's dimensions can exceed a 32-bit usize.
     let embedding = c.vocab_size as f64 * c.hidden_size as f64 * 4.0;
+    let largest = embedding.max(c.intermediate_size as f64 * c.hidden_size as f64 * 4.0);
+    let f32_weights = manifest.emulator_params as f64 * 4.0;
+    let resident = match max_buffer {
+        Some(_) => embedding + 2.0 * largest,
+        None => f32_weights,
+    };
+    let memory = manifest.weights_bytes as f64 + resident;
+    if memory > BROWSER_MEMORY_BYTES {
+        let gib = |bytes: f64| bytes / 1073741824.0;
+        let on_gpu = manifest.weights_bytes as f64 + embedding + 2.0 * largest;
+        let (place, advice) = match max_buffer {
+            None if on_gpu <= BROWSER_MEMORY_BYTES => (
+                " on the CPU",
+                format!(
+                    " (with WebGPU its weights would live on the GPU and the page would need about {:.1} GiB: use a browser with WebGPU)",
+                    gib(on_gpu)
+                ),
+            ),
+            None => (" on the CPU", String::new()),
+            Some(_) => ("", String::new()),
+        };
+        return Err(Error::Invalid(format!(
+            "this emulator is too large for a browser tab{place}: it needs about {:.1} GiB of memory, and a page can hold about {:.0} GiB{advice}. Ask the model owner for a smaller emulator (fewer kept layers, stronger rank compression, f16 frozen weights)",
+            gib(memory),
+            gib(BROWSER_MEMORY_BYTES)
+        )));
+    }
     if let Some(limit) = max_buffer.filter(|&l| embedding > l) {
         return Err(Error::Invalid(format!(
             "this emulator is too large for this GPU: its embedding needs {:.0} MiB in one buffer, and this GPU allows {:.0} MiB. Ask the model owner for a smaller emulator (a smaller model or vocabulary) or use a device with a larger GPU",

@@ -152,6 +152,21 @@ fn settings_and_estimates_are_sane() {
     huge.weights_bytes = 7_000_000_000;
     let err = check_fits(&huge, None).unwrap_err().to_string();
     assert!(err.contains("too large for a browser tab"), "{err}");
+    assert!(check_fits(&huge, Some(1e9)).is_err());
+    // A ~1B emulator (10 of 16 layers x 2048 kept, f16 frozen weights, f32 adapters): on WebGPU
+    // its weights live on the GPU and the tab holds the file; on the CPU it would not fit.
+    let mut one_b = s.manifest.clone();
+    one_b.config.vocab_size = 32_000;
+    one_b.config.hidden_size = 2048;
+    one_b.config.intermediate_size = 8192;
+    one_b.emulator_params = 673_000_000;
+    one_b.weights_bytes = 1_830_000_000;
+    assert!(check_fits(&one_b, Some(1024.0 * 1024.0 * 1024.0)).is_ok());
+    let err = check_fits(&one_b, None).unwrap_err().to_string();
+    assert!(
+        err.contains("on the CPU") && err.contains("use a browser with WebGPU"),
+        "{err}"
+    );
     assert!(batch_warning(&e, 1e9).is_none());
     let warn = batch_warning(&e, 64.0 * 1024.0).unwrap();
     assert!(warn.contains("lower the batch size"), "{warn}");

@@ -40,8 +40,18 @@ const peakMiB = (root) => {
   return byType;
 };
 
-const wait = (page, sel, re, timeout) => page.waitForFunction(([s, src]) =>
-  new RegExp(src).test(document.querySelector(s)?.textContent ?? ''), [sel, re.source], { timeout, polling: 50 });
+// Waits until `sel` shows `re`; an error the page shows (#message) ends the run with that message
+// (e.g. an emulator refused as too large for this device).
+const wait = async (page, sel, re, timeout) => {
+  const seen = await page.waitForFunction(([s, src]) => {
+    const m = document.querySelector('#message');
+    const error = m && !m.hidden ? m.textContent.trim() : '';
+    if (error) return `error: ${error}`;
+    return new RegExp(src).test(document.querySelector(s)?.textContent ?? '') && 'ok';
+  }, [sel, re.source], { timeout, polling: 50 });
+  const what = await seen.jsonValue();
+  if (what !== 'ok') throw new Error(`the page says ${what}`);
+};
 // What the page says, every minute, on stderr (a long run shows where it is).
 const say = async (page) => console.error(`[page] ${(await Promise.all(['#emu-info', '#data-info', '#train-stats']
   .map((s) => page.textContent(s).catch(() => '')))).map((t) => (t ?? '').trim().slice(0, 100)).join(' | ')}`);
@@ -57,9 +67,14 @@ try {
   const loadSeconds = (Date.now() - t0) / 1000;
   const backend = (await page.textContent('#backend')).trim();
   if ((device === 'webgpu') !== /device: WebGPU/.test(backend)) throw new Error(`asked for ${device}, the page says: ${backend}`);
+  // Which GPU WebGPU runs on (SwiftShader is Chromium's software one).
+  const adapter = await page.evaluate(async () => {
+    const a = await navigator.gpu?.requestAdapter();
+    return a ? [a.info.vendor, a.info.architecture, a.info.description].filter(Boolean).join(' ') : null;
+  });
   await page.setInputFiles('#data-file', file);
   await wait(page, '#data-info', /training examples/, 300_000);
-  for (const [id, v] of Object.entries({ steps, batch, 'seq-len': len, 'lora-rank': loraRank, 'held-out': 0.05, lr: 1e-4 })) {
+  for (const [id, v] of Object.entries({ steps, batch, 'seq-len': len, 'lora-rank': loraRank, 'held-out': process.env.HELD_OUT ?? 0.05, lr: 1e-4 })) {
     await page.fill(`#${id}`, String(v));
   }
   // Each step's end, as the page shows it: an observer records the first time each "step k/"
@@ -82,9 +97,13 @@ try {
   const steady = (Number(steps) - 1) * Number(batch) * Number(len) / Math.max((last - first) / 1000, 1e-9);
   const memory = peakMiB(server.process().pid);
   const total = Object.values(memory).reduce((a, b) => a + b, 0);
-  console.log(JSON.stringify({ impl: `browser (${backend})`, device, load_seconds: loadSeconds,
+  console.log(JSON.stringify({ impl: `browser (${backend})`, device, adapter, load_seconds: loadSeconds,
     first_step_seconds: firstStep, tokens_per_second: steady, peak_rss_mib: total,
     peak_rss_mib_by_process: memory }));
+} catch (e) {
+  // What the page refused (its own message) is a result: one JSON line saying so.
+  if (!/^the page says/.test(e.message)) throw e;
+  console.log(JSON.stringify({ impl: 'browser', device, refused: e.message.replace(/^the page says error: /, '') }));
 } finally {
   await browser.close();
   await server.close();

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The browser against native on a real GPU, in a few minutes: tools/bench/browser_vs_native.sh on
+# the machine's own GPU (Chromium's WebGPU on its Vulkan driver, the native binary on the same
+# driver, and on CUDA where there is an NVIDIA GPU) for SmolLM2's emulator and for a ~1B LLaMA's
+# (random weights: speed and memory do not depend on them), LoRA r=8, with tokens/s, peak memory
+# (GPU memory from nvidia-smi on NVIDIA) and the ratios; each run's table in
+# target/gpu-browser-check-EMU.txt.
+# Needs: the GPU's Vulkan driver and the Vulkan loader (libvulkan1); for the browser rows Chromium
+# (/usr/bin/chromium) and scripts/setup-web.sh; on a machine without them (or without cargo, given
+# binaries built elsewhere) the rows that need them are left out and the script says so.
+# Usage: [STEPS=6] [BATCH=4] [LEN=128] [SMOLLM2=real|random] tools/gpu_browser_check.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export ICD=system LORA=${LORA:-8} CPU_THREADS=${CPU_THREADS:-1}
+# Chromium on Linux reaches a GPU's WebGPU through Vulkan only with these switches.
+export CHROMIUM_FLAGS=${CHROMIUM_FLAGS:---enable-features=Vulkan --ignore-gpu-blocklist}
+command -v nvidia-smi >/dev/null && { nvidia-smi -L; export CUDA=${CUDA:-1}; }
+# The real model needs a download; its random twin trains at the same speed in the same memory.
+smollm2=smollm2; [[ ${SMOLLM2:-real} == random ]] && smollm2=random:smollm2-135m
+mkdir -p target
+for emu in "$smollm2" llama-1b; do
+  echo "==> $emu"
+  EMU=$emu bash tools/bench/browser_vs_native.sh "${STEPS:-6}" "${BATCH:-4}" "${LEN:-128}" \
+    | tee "target/gpu-browser-check-${emu#random:}.txt"
+  # WebGPU on Chromium's software adapter would be a wrong figure here.
+  if grep -qi swiftshader target/bench-browser/row-a.json 2>/dev/null; then
+    echo "Chromium's WebGPU ran on SwiftShader, not on the GPU: check CHROMIUM_FLAGS and the Vulkan driver" >&2
+    exit 1
+  fi
+done
