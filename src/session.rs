@@ -157,15 +157,11 @@ pub fn check_fits(manifest: &EmulatorManifest, max_buffer: Option<f64>) -> Resul
     // In f64: on wasm32 the product of a file's dimensions can exceed a 32-bit usize.
     let embedding = c.vocab_size as f64 * c.hidden_size as f64 * 4.0;
     let largest = embedding.max(c.intermediate_size as f64 * c.hidden_size as f64 * 4.0);
-    let f32_weights = manifest.emulator_params as f64 * 4.0;
-    let resident = match max_buffer {
-        Some(_) => embedding + 2.0 * largest,
-        None => f32_weights,
-    };
-    let memory = manifest.weights_bytes as f64 + resident;
+    let on_gpu = manifest.weights_bytes as f64 + embedding + 2.0 * largest;
+    let on_cpu = manifest.weights_bytes as f64 + manifest.emulator_params as f64 * 4.0;
+    let memory = if max_buffer.is_some() { on_gpu } else { on_cpu };
     if memory > BROWSER_MEMORY_BYTES {
         let gib = |bytes: f64| bytes / 1073741824.0;
-        let on_gpu = manifest.weights_bytes as f64 + embedding + 2.0 * largest;
         let (place, advice) = match max_buffer {
             None if on_gpu <= BROWSER_MEMORY_BYTES => (
                 " on the CPU",
