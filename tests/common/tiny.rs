@@ -85,17 +85,9 @@ pub fn tiny_model_bytes_with(identity: impl Fn(usize) -> bool) -> ModelBytes {
 /// The tiny model with `edit(name, values)` applied to each of its tensors.
 pub fn tiny_model_edited(edit: impl Fn(&str, &mut Vec<f32>)) -> ModelBytes {
     let cfg = tiny_config();
-    let mut state = 42u64;
-    let mut rand = |n: usize, scale: f32| -> Vec<f32> {
-        (0..n)
-            .map(|_| {
-                state = state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 * scale
-            })
-            .collect()
-    };
+    let mut uniform = lcg_uniform(42);
+    let mut rand =
+        |n: usize, scale: f32| -> Vec<f32> { (0..n).map(|_| uniform() * 2.0 * scale).collect() };
     let mut tensors = Vec::new();
     for name in scaleot::names::checkpoint(cfg.num_hidden_layers, cfg.tie_word_embeddings) {
         let (shape, scale) = tiny_shape(&cfg, &name);
@@ -113,6 +105,18 @@ pub fn tiny_model_edited(edit: impl Fn(&str, &mut Vec<f32>)) -> ModelBytes {
         tokenizer: tiny_tokenizer().to_hf_json().to_string(),
         tokenizer_config: None,
         shards: vec![write_tensors(&tensors, "pt").unwrap()],
+    }
+}
+
+/// Deterministic uniform values in [-0.5, 0.5) from a 64-bit LCG seeded with `seed`: random
+/// weights that are the same on every machine.
+pub fn lcg_uniform(seed: u64) -> impl FnMut() -> f32 {
+    let mut state = seed;
+    move || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
     }
 }
 

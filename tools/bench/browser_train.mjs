@@ -40,17 +40,17 @@ const peakMiB = (root) => {
   return byType;
 };
 
-// Waits until `sel` shows `re`; an error the page shows (#message) ends the run with that message
-// (e.g. an emulator refused as too large for this device).
+// An error the page shows (#message), e.g. an emulator refused as too large for this device.
+class PageRefused extends Error {}
+// Waits until `sel` shows `re`; an error the page shows instead ends the run with its message.
 const wait = async (page, sel, re, timeout) => {
   const seen = await page.waitForFunction(([s, src]) => {
     const m = document.querySelector('#message');
-    const error = m && !m.hidden ? m.textContent.trim() : '';
-    if (error) return `error: ${error}`;
-    return new RegExp(src).test(document.querySelector(s)?.textContent ?? '') && 'ok';
+    if (m && !m.hidden && m.textContent.trim()) return { error: m.textContent.trim() };
+    return new RegExp(src).test(document.querySelector(s)?.textContent ?? '') && {};
   }, [sel, re.source], { timeout, polling: 50 });
-  const what = await seen.jsonValue();
-  if (what !== 'ok') throw new Error(`the page says ${what}`);
+  const { error } = await seen.jsonValue();
+  if (error) throw new PageRefused(error);
 };
 // What the page says, every minute, on stderr (a long run shows where it is).
 const say = async (page) => console.error(`[page] ${(await Promise.all(['#emu-info', '#data-info', '#train-stats']
@@ -102,8 +102,8 @@ try {
     peak_rss_mib_by_process: memory }));
 } catch (e) {
   // What the page refused (its own message) is a result: one JSON line saying so.
-  if (!/^the page says/.test(e.message)) throw e;
-  console.log(JSON.stringify({ impl: 'browser', device, refused: e.message.replace(/^the page says error: /, '') }));
+  if (!(e instanceof PageRefused)) throw e;
+  console.log(JSON.stringify({ impl: 'browser', device, refused: e.message }));
 } finally {
   await browser.close();
   await server.close();

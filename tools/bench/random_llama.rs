@@ -52,13 +52,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = std::path::Path::new(out);
     std::fs::create_dir_all(out)?;
     // Uniform values of standard deviation 0.02 (the usual initialisation), norms near 1.
-    let mut state = 7u64;
-    let mut uniform = move || {
-        state = state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-    };
+    let mut uniform = tiny::lcg_uniform(7);
     let mut items = Vec::new();
     let mut params = 0usize;
     for name in scaleot::names::checkpoint(cfg.num_hidden_layers, cfg.tie_word_embeddings) {
