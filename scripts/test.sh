@@ -168,15 +168,22 @@ cp "$ot/imp.json" "$ot/bad-imp.json"; cp "$ot/imp.safetensors" "$ot/bad-imp.safe
 printf 'x' | dd of="$ot/bad-imp.safetensors" bs=1 seek=200 conv=notrunc status=none
 refused "$ot/r3.log" "corrupted" "$bin" emulator --method scaleot --importance "$ot/bad-imp.json" \
   --alpha 0.5 --out "$ot/x.json"
-"$bin" report --tasks arc_easy --methods uniform-drop,uniform-drop-distill,scaleot \
-  --importance "$ot/imp.json" --betas 1,0.5 --distill-steps 1 --steps 1 --batch-size 2 --limit 4 \
-  --held-out 0.01 --skip-full-ft --out "$ot/report"
-grep -q "scaleot b=0.5: Plug-in" "$ot/report/report.md"
-# SRC runs for ScaleOT only (--src-methods); both owner-side runs are in the cost table.
-if grep -q "uniform-drop b=0.5" "$ot/report/report.md"; then exit 1; fi
+# A sweep over two sizes: the distillation at one of them, SRC for ScaleOT only
+# (--src-methods), LoRA on every layer as the upper bound; every difference with its interval.
+"$bin" report --tasks arc_easy --alphas 0.5,0.25 \
+  --methods uniform-drop,uniform-drop-distill@0.5,scaleot@0.5 --importance "$ot/imp.json" \
+  --betas 1,0.5 --distill-steps 1 --steps 1 --batch-size 2 --lora-rank 2 --limit 4 \
+  --held-out 0.01 --full-ft all --out "$ot/report"
+grep -q "scaleot a=0.5 b=0.5: Plug-in" "$ot/report/report.md"
+grep -q "uniform-drop a=0.25 b=1: Plug-in" "$ot/report/report.md"
+if grep -q "uniform-drop a=0.5 b=0.5\|scaleot a=0.25" "$ot/report/report.md"; then exit 1; fi
+grep -q "| Full FT (every layer) |" "$ot/report/report.md"
+grep -q "| scaleot a=0.5 b=1: Plug-in − uniform-drop's | [-+][0-9.]* \[" "$ot/report/report.md"
+grep -q "| ScaleOT plug-in − uniform LayerDrop plug-in, a=0.5 |" "$ot/report/report.md"
 grep -q "| ScaleOT importance.*| 3 | 2 x 128 (+2 scored) |" "$ot/report/report.md"
-grep -q "| Offsite-Tuning distillation (uniform-drop-distill b=1) | 1 |" "$ot/report/report.md"
+grep -q "| Offsite-Tuning distillation (uniform-drop-distill a=0.5 b=1) | 1 |" "$ot/report/report.md"
 test -s "$ot/report/privacy-utility.svg"
+test -s "$ot/report/size-utility.svg"
 rm -rf "$ot"
 stage "wasm32 build + clippy: what the smoke stages above left of it"
 await wasm-build

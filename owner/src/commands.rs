@@ -7,7 +7,9 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use burn::tensor::Device;
 use scaleot::eval::perplexity::{Perplexity, rolling_requests};
-use scaleot::eval::{self, Task, TaskResult, continuation_logprobs, encode_pair, score_all};
+use scaleot::eval::{
+    self, DocSample, Task, TaskResult, continuation_logprobs, encode_pair, score_all,
+};
 use scaleot::generate::{Sampling, generate as run_generate};
 use scaleot::model::{LoadedModel, token_tensor};
 use scaleot::tokenizer::Tokenizer;
@@ -353,7 +355,7 @@ fn scored_model(a: &ScoredModelArgs) -> Result<(scaleot::model::Llama, Tokenizer
 }
 
 pub fn eval(a: EvalArgs) -> Result<()> {
-    let results = evaluate(&a)?;
+    let results: Vec<TaskResult> = evaluate(&a)?.into_iter().map(|e| e.result).collect();
     if a.json {
         println!("{}", serde_json::to_string_pretty(&results)?);
     } else {
@@ -374,8 +376,15 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     Ok(())
 }
 
-/// Runs an evaluation and returns each task's metrics.
-pub fn evaluate(a: &EvalArgs) -> Result<Vec<TaskResult>> {
+/// One task's evaluation: its metrics and each document's record (what a paired comparison
+/// of two models reads).
+pub struct Evaluated {
+    pub result: TaskResult,
+    pub samples: Vec<DocSample>,
+}
+
+/// Runs an evaluation and returns each task's metrics and records.
+pub fn evaluate(a: &EvalArgs) -> Result<Vec<Evaluated>> {
     let tasks = Task::parse_list(&a.tasks)?;
     if tasks.is_empty() {
         bail!("no tasks given: pass --tasks arc_easy,piqa,...");
@@ -396,7 +405,7 @@ pub fn evaluate(a: &EvalArgs) -> Result<Vec<TaskResult>> {
     };
     let (model, tokenizer, max_len) = scored_model(&a.target)?;
     let pad = tokenizer.eos_id.unwrap_or(0);
-    let mut results: Vec<TaskResult> = Vec::new();
+    let mut results = Vec::new();
     for (task, docs) in tasks.iter().zip(&docs) {
         let reqs = eval::requests_for(&tokenizer, docs)?;
         let mut counter = progress::Counter::new(reqs.len() as u64, task.name(), "requests");
@@ -422,7 +431,7 @@ pub fn evaluate(a: &EvalArgs) -> Result<Vec<TaskResult>> {
             reqs.len(),
             start.elapsed().as_secs_f64()
         );
-        results.push(r);
+        results.push(Evaluated { result: r, samples });
     }
     Ok(results)
 }
@@ -521,7 +530,11 @@ mod tests {
             args.limit = Some(5);
             args.split = Some(split.into());
             args.samples = Some(samples.clone());
-            let results = evaluate(&args).unwrap();
+            let results: Vec<TaskResult> = evaluate(&args)
+                .unwrap()
+                .into_iter()
+                .map(|e| e.result)
+                .collect();
             let text = std::fs::read_to_string(&samples).unwrap();
             let records: Vec<serde_json::Value> = text
                 .lines()

@@ -75,9 +75,16 @@ impl Distiller {
             ));
         }
         let n = teacher.layers.len();
-        if plan.len() != n || split.middle(n)?.is_empty() {
+        if plan.len() != n {
             return Err(Error::Invalid(
                 "the teacher must be the full model the emulator plan was made for".into(),
+            ));
+        }
+        if split.middle(n)?.is_empty() {
+            return Err(Error::setting(
+                "adapters",
+                split,
+                "leaves no middle layers to distill",
             ));
         }
         let middle: Vec<usize> = (split.bottom..student.layers.len() - split.top).collect();

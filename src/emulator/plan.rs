@@ -75,11 +75,12 @@ impl AdapterSplit {
         })
     }
 
-    /// Indices of the middle (emulated) layers of an `n`-layer model.
+    /// Indices of the middle (emulated) layers of an `n`-layer model. Empty when every layer
+    /// is an adapter (the full model tuned everywhere: the report's upper bound).
     pub fn middle(&self, n: usize) -> Result<std::ops::Range<usize>> {
-        if self.bottom + self.top >= n {
+        if self.bottom + self.top > n {
             return Err(Error::Invalid(format!(
-                "{}+{} adapter layers leave no middle layers in a {n}-layer model",
+                "{}+{} adapter layers are more than the {n} layers of the model",
                 self.bottom, self.top
             )));
         }
@@ -98,7 +99,7 @@ impl std::fmt::Display for AdapterSplit {
 pub fn uniform_drop(n_layers: usize, split: AdapterSplit, keep: usize) -> Result<Vec<LayerKind>> {
     let middle = split.middle(n_layers)?;
     let m = middle.len();
-    if keep == 0 || keep > m {
+    if (keep == 0 && m > 0) || keep > m {
         return Err(Error::setting(
             "keep",
             keep,
@@ -112,7 +113,7 @@ pub fn uniform_drop(n_layers: usize, split: AdapterSplit, keep: usize) -> Result
         }
     }
     for i in 0..keep {
-        let idx = if keep == 1 {
+        let idx = if keep <= 1 {
             0
         } else {
             ((i * (m - 1)) as f64 / (keep - 1) as f64).round() as usize
@@ -136,6 +137,16 @@ mod tests {
         assert_eq!(plan[27], LayerKind::Raw);
         assert_eq!(plan[0], LayerKind::Adapter);
         assert_eq!(plan[29], LayerKind::Adapter);
+    }
+
+    #[test]
+    fn every_layer_can_be_an_adapter_but_not_more() {
+        let split = AdapterSplit::parse("15+15").unwrap();
+        let plan = uniform_drop(30, split, 0).unwrap();
+        assert!(plan.iter().all(|k| *k == LayerKind::Adapter));
+        assert!(uniform_drop(30, split, 1).is_err());
+        let too_many = AdapterSplit::parse("16+15").unwrap();
+        assert!(too_many.middle(30).is_err());
     }
 
     #[test]

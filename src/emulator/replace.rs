@@ -225,6 +225,13 @@ impl LayerReplace {
             ));
         }
         let middle = cfg.adapters.middle(n)?;
+        if middle.is_empty() {
+            return Err(Error::setting(
+                "adapters",
+                cfg.adapters,
+                "leaves no middle layers to score",
+            ));
+        }
         let device = model.device();
         let hidden = model.embed_tokens.dims()[1];
         let eps = model.norm.eps;

@@ -1,10 +1,17 @@
-//! `scaleot report`: the paper's protocol at our scale. For each task: Full ZS and Full FT;
-//! for each emulator method (and SRC setting): Emulator ZS, Emulator FT, Plug-in, and the
+//! `scaleot report`: the paper's protocol at our scale, swept over emulator sizes. For each
+//! task: Full ZS and Full FT (the adapter layers tuned on the full model, and LoRA or whole
+//! layers tuned everywhere: the upper bound); for each emulator method, share of middle layers
+//! emulated (alpha) and SRC strength (beta): Emulator ZS, Emulator FT, Plug-in, and the
 //! emulator's size. Every cell runs typed requests of the commands a user would run, and records
-//! their command lines (generated from the same requests); finished cells are cached in
-//! `OUT/results.json` with those commands, emulators and adapters under names hashed from their
-//! settings, so an interrupted report continues where it stopped and a changed setting never
-//! reuses a stale result. Writes `report.md`, `report.json` and `privacy-utility.svg`.
+//! their command lines (generated from the same requests) and each document's correctness;
+//! finished cells are cached in `OUT/results.json` with those commands, emulators and adapters
+//! under names hashed from their settings, so an interrupted report continues where it stopped
+//! and a changed setting never reuses a stale result. Writes `report.md` (accuracies, every
+//! difference with a paired bootstrap interval, the targets), `report.json` and two plots.
+
+mod bootstrap;
+mod plot;
+mod write;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,7 +20,6 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use scaleot::emulator::replace::{HarmonizerLoss, ScoreOn};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use crate::build_emulator::{EmulatorArgs, Method};
 use crate::commands::EvalArgs;
@@ -24,21 +30,26 @@ use crate::tuning::FinetuneArgs;
 #[derive(clap::Args)]
 pub struct ReportArgs {
     /// Tasks to tune and evaluate on.
-    #[arg(long, default_value = "arc_easy,piqa,sciq")]
+    #[arg(long, default_value = "arc_easy,piqa,sciq,openbookqa")]
     tasks: String,
-    /// Emulator methods: uniform-drop, uniform-drop-distill, dynamic-drop, scaleot.
-    #[arg(long, default_value = "uniform-drop,dynamic-drop,scaleot")]
+    /// Emulator methods: uniform-drop, uniform-drop-distill, dynamic-drop, scaleot; `NAME@A`
+    /// runs a method at alpha A only (one of --alphas).
+    #[arg(
+        long,
+        default_value = "uniform-drop,dynamic-drop,scaleot,uniform-drop-distill@0.5"
+    )]
     methods: String,
     /// `scaleot importance` output (for dynamic-drop and scaleot).
     #[arg(long)]
     importance: Option<PathBuf>,
     #[arg(long, default_value = "2+2")]
     adapters: String,
-    /// Share of middle layers dropped / replaced (uniform-drop keeps the same number).
-    #[arg(long, default_value_t = 0.5)]
-    alpha: f64,
+    /// Shares of middle layers dropped / replaced (uniform-drop keeps the same number), in the
+    /// order they run; the report sorts them.
+    #[arg(long, default_value = "0.25,0.5,0.75")]
+    alphas: String,
     /// SRC settings, comma-separated (1 = no rank compression).
-    #[arg(long, default_value = "1")]
+    #[arg(long, default_value = "1,0.5")]
     betas: String,
     /// The methods that also get the betas below 1 (the others run at beta 1 only).
     #[arg(long, default_value = "scaleot")]
@@ -63,9 +74,11 @@ pub struct ReportArgs {
     /// Distillation steps for uniform-drop-distill.
     #[arg(long, default_value_t = 200)]
     distill_steps: usize,
-    /// Skip Full FT (adapters tuned on the full model).
-    #[arg(long)]
-    skip_full_ft: bool,
+    /// The Full FT upper bounds, comma-separated (empty: none): `adapters` tunes the adapter
+    /// layers on the full model, `all` tunes every layer (with --lora-rank: LoRA on every
+    /// layer) at the same settings.
+    #[arg(long, default_value = "adapters,all")]
+    full_ft: String,
     /// Only the first N evaluation documents per task (for quick runs).
     #[arg(long)]
     limit: Option<usize>,
@@ -87,7 +100,10 @@ enum Setting {
     FullZs,
     /// The adapter layers tuned on the full model.
     FullFt,
-    /// One stage of an emulator setting (`label`: method and SRC strength, `scaleot b=0.5`).
+    /// Every layer tuned on the full model (LoRA on every layer, or whole layers).
+    FullFtAll,
+    /// One stage of an emulator setting (`label`: method, alpha and SRC strength,
+    /// `scaleot a=0.5 b=0.5`).
     Emulator { label: String, stage: Stage },
 }
 
@@ -111,6 +127,14 @@ impl Stage {
             Self::PlugIn => "plug-in",
         }
     }
+
+    fn title(self) -> &'static str {
+        match self {
+            Self::Zs => "Emulator ZS",
+            Self::Ft => "Emulator FT",
+            Self::PlugIn => "Plug-in",
+        }
+    }
 }
 
 impl Setting {
@@ -127,13 +151,14 @@ impl std::fmt::Display for Setting {
         match self {
             Self::FullZs => f.write_str("full-zs"),
             Self::FullFt => f.write_str("full-ft"),
+            Self::FullFtAll => f.write_str("full-ft-all"),
             Self::Emulator { label, stage } => write!(f, "{label}/{}", stage.name()),
         }
     }
 }
 
 /// A cell of the report: a setting on a task. Written `setting/task` in the JSON files
-/// (`full-zs/arc_easy`, `scaleot b=0.5/plug-in/piqa`).
+/// (`full-zs/arc_easy`, `scaleot a=0.5 b=0.5/plug-in/piqa`).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct CellKey {
     setting: Setting,
@@ -156,6 +181,7 @@ impl std::str::FromStr for CellKey {
         let setting = match setting {
             "full-zs" => Setting::FullZs,
             "full-ft" => Setting::FullFt,
+            "full-ft-all" => Setting::FullFtAll,
             other => {
                 let (label, stage) = other
                     .rsplit_once('/')
@@ -195,15 +221,32 @@ struct Cell {
     acc_norm: f64,
     acc_norm_stderr: f64,
     docs: usize,
+    /// Each document's acc in split order, `1` or `0`: what the paired bootstrap resamples.
+    #[serde(default)]
+    correct: String,
     /// The commands that produced it: a cached cell counts only while they stay the same.
     commands: Vec<String>,
     seconds: f64,
+}
+
+impl Cell {
+    /// Each document's acc, or nothing for a cell cached before they were recorded.
+    fn correct(&self) -> Option<Vec<f64>> {
+        let flags: Vec<f64> = self
+            .correct
+            .bytes()
+            .map(|b| f64::from(u8::from(b == b'1')))
+            .collect();
+        (flags.len() == self.docs && self.docs > 0).then_some(flags)
+    }
 }
 
 /// An emulator's identity and size.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct EmulatorInfo {
     method: String,
+    #[serde(default)]
+    alpha: f64,
     beta: f64,
     params: u64,
     full_params: u64,
@@ -220,12 +263,60 @@ struct Results {
 }
 
 impl Results {
-    fn acc(&self, setting: &Setting, task: &str) -> Option<f64> {
-        let key = CellKey {
+    fn cell(&self, setting: &Setting, task: &str) -> Option<&Cell> {
+        self.cells.get(&CellKey {
             setting: setting.clone(),
             task: task.into(),
-        };
-        self.cells.get(&key).map(|c| c.acc)
+        })
+    }
+
+    fn acc(&self, setting: &Setting, task: &str) -> Option<f64> {
+        self.cell(setting, task).map(|c| c.acc)
+    }
+
+    /// The mean accuracy of a setting over `tasks`, if it has every one.
+    fn average(&self, setting: &Setting, tasks: &[String]) -> Option<f64> {
+        let v: Vec<f64> = tasks.iter().filter_map(|t| self.acc(setting, t)).collect();
+        (!v.is_empty() && v.len() == tasks.len()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+    }
+
+    /// `a − b` in points over `tasks` (one task: that task's), with its paired bootstrap
+    /// interval; `None` while either side misses a task or its per-document record.
+    fn difference(
+        &self,
+        a: &Setting,
+        b: &Setting,
+        tasks: &[String],
+    ) -> Option<bootstrap::Difference> {
+        let pairs: Vec<(Vec<f64>, Vec<f64>)> = tasks
+            .iter()
+            .map(|t| Some((self.cell(a, t)?.correct()?, self.cell(b, t)?.correct()?)))
+            .collect::<Option<_>>()?;
+        let refs: Vec<(&[f64], &[f64])> = pairs
+            .iter()
+            .map(|(x, y)| (x.as_slice(), y.as_slice()))
+            .collect();
+        bootstrap::paired(&refs).ok()
+    }
+}
+
+/// An emulator setting of the sweep: method, alpha and SRC strength.
+#[derive(Debug, Clone, PartialEq)]
+struct EmulatorSetting {
+    method: String,
+    alpha: f64,
+    beta: f64,
+}
+
+impl EmulatorSetting {
+    /// `scaleot a=0.5 b=1`: the report's name for it.
+    fn label(&self) -> String {
+        format!("{} a={} b={}", self.method, self.alpha, self.beta)
+    }
+
+    /// The method and SRC strength: one line through the alphas in the plots.
+    fn series(&self) -> String {
+        format!("{} b={}", self.method, self.beta)
     }
 }
 
@@ -268,8 +359,9 @@ impl Runner {
         eval
     }
 
-    /// Evaluates a cell unless it is cached with the same commands; `finetune` (when the
-    /// cell needs tuned adapters) runs first unless its adapter file exists.
+    /// Evaluates a cell unless it is cached with the same commands and its per-document
+    /// record; `finetune` (when the cell needs tuned adapters) runs first unless its adapter
+    /// file exists.
     fn cell(
         &mut self,
         key: CellKey,
@@ -285,7 +377,7 @@ impl Runner {
             .results
             .cells
             .get(&key)
-            .is_some_and(|c| c.commands == commands)
+            .is_some_and(|c| c.commands == commands && c.correct().is_some())
         {
             return Ok(());
         }
@@ -296,8 +388,11 @@ impl Runner {
         {
             crate::tuning::finetune(f)?;
         }
-        let r = crate::commands::evaluate(&eval)?;
-        let r = r.first().context("the evaluation returned nothing")?;
+        let evaluated = crate::commands::evaluate(&eval)?;
+        let e = evaluated
+            .first()
+            .context("the evaluation returned nothing")?;
+        let r = &e.result;
         self.results.cells.insert(
             key,
             Cell {
@@ -306,6 +401,11 @@ impl Runner {
                 acc_norm: r.acc_norm.value,
                 acc_norm_stderr: r.acc_norm.stderr,
                 docs: r.docs,
+                correct: e
+                    .samples
+                    .iter()
+                    .map(|s| if s.acc > 0.5 { '1' } else { '0' })
+                    .collect(),
                 commands,
                 seconds: start.elapsed().as_secs_f64(),
             },
@@ -372,6 +472,7 @@ impl Runner {
                 label.to_string(),
                 EmulatorInfo {
                     method: manifest.method.clone(),
+                    alpha: request.alpha,
                     beta,
                     params: manifest.emulator_params,
                     full_params: manifest.full_params,
@@ -389,6 +490,29 @@ impl Runner {
         self.save()?;
         Ok(path)
     }
+
+    /// Full FT: the adapters of `emulator` (one that keeps every layer) tuned on each task
+    /// and plugged into the full model.
+    fn full_ft(
+        &mut self,
+        setting: Setting,
+        emulator: &Path,
+        name: &str,
+        tasks: &[String],
+        data: &BTreeMap<&str, PathBuf>,
+        a: &ReportArgs,
+    ) -> Result<()> {
+        for t in tasks {
+            let ft = self.finetune_request(emulator, &data[t.as_str()], &format!("{name}-{t}"), a);
+            let eval = self.eval_request(t, None, Some(&ft.out));
+            let key = CellKey {
+                setting: setting.clone(),
+                task: t.clone(),
+            };
+            self.cell(key, eval, Some(&ft))?;
+        }
+        Ok(())
+    }
 }
 
 /// The report's emulator methods.
@@ -399,25 +523,81 @@ const METHODS: [&str; 4] = [
     "scaleot",
 ];
 
+/// Comma-separated numbers of a flag.
+fn numbers(flag: &str, list: &str) -> Result<Vec<f64>> {
+    list.split(',')
+        .map(|x| {
+            x.trim()
+                .parse::<f64>()
+                .with_context(|| format!("--{flag}: `{x}` is not a number"))
+        })
+        .collect()
+}
+
+/// The sweep's emulator settings in the order they run: alphas in the given order, then
+/// methods, then betas.
+fn sweep(a: &ReportArgs) -> Result<Vec<EmulatorSetting>> {
+    let alphas = numbers("alphas", &a.alphas)?;
+    let betas = numbers("betas", &a.betas)?;
+    if let Some(x) = alphas
+        .iter()
+        .find(|x| !(0.0..1.0).contains(*x) || **x == 0.0)
+    {
+        bail!("--alphas: {x} is not a share of middle layers in (0, 1)");
+    }
+    if let Some(b) = betas.iter().find(|b| !(**b > 0.0 && **b <= 1.0)) {
+        bail!("--betas: {b} is not an SRC strength in (0, 1]");
+    }
+    let src_methods: Vec<&str> = a.src_methods.split(',').map(str::trim).collect();
+    let mut methods: Vec<(String, Option<f64>)> = Vec::new();
+    for m in a.methods.split(',').map(str::trim) {
+        let (name, only) = match m.split_once('@') {
+            Some((name, at)) => (name, Some(numbers("methods", at)?[0])),
+            None => (m, None),
+        };
+        if !METHODS.contains(&name) {
+            bail!("unknown method `{name}`: {}", METHODS.join(", "));
+        }
+        if matches!(name, "dynamic-drop" | "scaleot") && a.importance.is_none() {
+            bail!("method {name} needs --importance FILE.json (run `scaleot importance` first)");
+        }
+        if let Some(at) = only
+            && !alphas.contains(&at)
+        {
+            bail!("--methods {m}: {at} is not one of --alphas {}", a.alphas);
+        }
+        methods.push((name.to_string(), only));
+    }
+    let mut settings = Vec::new();
+    for &alpha in &alphas {
+        for (method, only) in &methods {
+            if only.is_some_and(|at| at != alpha) {
+                continue;
+            }
+            let with_src = src_methods.contains(&method.as_str());
+            for &beta in betas.iter().filter(|&&b| b >= 1.0 || with_src) {
+                settings.push(EmulatorSetting {
+                    method: method.clone(),
+                    alpha,
+                    beta,
+                });
+            }
+        }
+    }
+    Ok(settings)
+}
+
 pub fn report(a: ReportArgs) -> Result<()> {
     let tasks: Vec<String> = a.tasks.split(',').map(|t| t.trim().to_string()).collect();
-    let methods: Vec<String> = a.methods.split(',').map(|t| t.trim().to_string()).collect();
-    let betas: Vec<f64> = a
-        .betas
+    let settings = sweep(&a)?;
+    let full_ft: Vec<&str> = a
+        .full_ft
         .split(',')
-        .map(|b| {
-            b.trim()
-                .parse::<f64>()
-                .with_context(|| format!("--betas: `{b}` is not a number"))
-        })
-        .collect::<Result<_>>()?;
-    for m in &methods {
-        if !METHODS.contains(&m.as_str()) {
-            bail!("unknown method `{m}`: {}", METHODS.join(", "));
-        }
-        if matches!(m.as_str(), "dynamic-drop" | "scaleot") && a.importance.is_none() {
-            bail!("method {m} needs --importance FILE.json (run `scaleot importance` first)");
-        }
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    if let Some(bad) = full_ft.iter().find(|f| !matches!(**f, "adapters" | "all")) {
+        bail!("--full-ft: `{bad}` is neither `adapters` nor `all`");
     }
     std::fs::create_dir_all(a.out.join("data"))?;
     let cache = a.out.join("results.json");
@@ -438,10 +618,6 @@ pub fn report(a: ReportArgs) -> Result<()> {
         .iter()
         .map(|t| (t.as_str(), a.out.join(format!("data/{t}.jsonl"))))
         .collect();
-    let key = |setting: Setting, task: &str| CellKey {
-        setting,
-        task: task.into(),
-    };
     for t in &tasks {
         if !data[t.as_str()].exists() {
             let task = scaleot::eval::Task::from_name(t)?;
@@ -449,7 +625,11 @@ pub fn report(a: ReportArgs) -> Result<()> {
             crate::datasets::write_mc_jsonl(&docs, &data[t.as_str()])?;
         }
         let eval = run.eval_request(t, None, None);
-        run.cell(key(Setting::FullZs, t), eval, None)?;
+        let key = CellKey {
+            setting: Setting::FullZs,
+            task: t.clone(),
+        };
+        run.cell(key, eval, None)?;
     }
     let emulator_request = |method: Method| {
         let mut e = EmulatorArgs::new(method, PathBuf::new());
@@ -457,86 +637,90 @@ pub fn report(a: ReportArgs) -> Result<()> {
         e.adapters = a.adapters.clone();
         e
     };
-    let mut emulators: Vec<(String, PathBuf)> = Vec::new(); // (label, manifest path)
-    if !a.skip_full_ft {
+    if full_ft.contains(&"adapters") {
         // The same adapter layers tuned on the full model: an emulator that keeps every layer.
         let mut full = emulator_request(Method::UniformDrop);
         full.alpha = 0.0;
         let path = run.emulator("full", "full", full, 1.0)?;
+        run.full_ft(Setting::FullFt, &path, "full-ft", &tasks, &data, &a)?;
+    }
+    if full_ft.contains(&"all") {
+        // Every layer an adapter: LoRA (or whole layers) tuned everywhere on the full model.
+        let model = a
+            .model
+            .clone()
+            .unwrap_or_else(crate::model_files::default_model);
+        let layers = crate::model_files::read_model(&model)?
+            .open()?
+            .config
+            .num_hidden_layers;
+        let mut all = emulator_request(Method::UniformDrop);
+        all.alpha = 0.0;
+        all.adapters = format!("{}+{}", layers / 2, layers - layers / 2);
+        let path = run.emulator("full-all", "full-all", all, 1.0)?;
+        run.full_ft(Setting::FullFtAll, &path, "full-ft-all", &tasks, &data, &a)?;
+    }
+    let mut emulators: Vec<(EmulatorSetting, PathBuf)> = Vec::new();
+    for s in &settings {
+        let label = s.label();
+        let name = format!("{}-a{}-b{}", s.method, s.alpha, s.beta);
+        let mut request = emulator_request(match s.method.as_str() {
+            "uniform-drop" | "uniform-drop-distill" => Method::UniformDrop,
+            "dynamic-drop" => Method::DynamicDrop,
+            _ => Method::Scaleot,
+        });
+        request.alpha = s.alpha;
+        if s.method == "uniform-drop-distill" {
+            request.distill.distill = true;
+            request.distill.distill_steps = a.distill_steps;
+            request.distill.device = a.device;
+        }
+        if request.method != Method::UniformDrop {
+            request.importance = a.importance.clone();
+        }
+        if s.beta < 1.0 {
+            request.beta = s.beta;
+            request.src_projections = a.src_projections.clone();
+        }
+        let path = run.emulator(&label, &name, request, s.beta)?;
+        emulators.push((s.clone(), path.clone()));
         for t in &tasks {
-            let ft = run.finetune_request(&path, &data[t.as_str()], &format!("full-ft-{t}"), &a);
+            let key = |stage| CellKey {
+                setting: Setting::emulator(&label, stage),
+                task: t.clone(),
+            };
+            let eval = run.eval_request(t, Some(&path), None);
+            run.cell(key(Stage::Zs), eval, None)?;
+            let ft = run.finetune_request(&path, &data[t.as_str()], &format!("{name}-{t}"), &a);
+            let eval = run.eval_request(t, Some(&path), Some(&ft.out));
+            run.cell(key(Stage::Ft), eval, Some(&ft))?;
             let eval = run.eval_request(t, None, Some(&ft.out));
-            run.cell(key(Setting::FullFt, t), eval, Some(&ft))?;
+            run.cell(key(Stage::PlugIn), eval, None)?;
         }
     }
-    let src_methods: Vec<&str> = a.src_methods.split(',').map(str::trim).collect();
-    for m in &methods {
-        let with_src = src_methods.contains(&m.as_str());
-        for &beta in betas.iter().filter(|&&b| b >= 1.0 || with_src) {
-            let label = format!("{m} b={beta}");
-            let mut request = emulator_request(match m.as_str() {
-                "uniform-drop" | "uniform-drop-distill" => Method::UniformDrop,
-                "dynamic-drop" => Method::DynamicDrop,
-                _ => Method::Scaleot,
-            });
-            request.alpha = a.alpha;
-            if m == "uniform-drop-distill" {
-                request.distill.distill = true;
-                request.distill.distill_steps = a.distill_steps;
-                request.distill.device = a.device;
-            }
-            if request.method != Method::UniformDrop {
-                request.importance = a.importance.clone();
-            }
-            if beta < 1.0 {
-                request.beta = beta;
-                request.src_projections = a.src_projections.clone();
-            }
-            let path = run.emulator(&label, &format!("{m}-b{beta}"), request, beta)?;
-            emulators.push((label.clone(), path.clone()));
-            for t in &tasks {
-                let eval = run.eval_request(t, Some(&path), None);
-                run.cell(key(Setting::emulator(&label, Stage::Zs), t), eval, None)?;
-                let ft =
-                    run.finetune_request(&path, &data[t.as_str()], &format!("{m}-b{beta}-{t}"), &a);
-                let eval = run.eval_request(t, Some(&path), Some(&ft.out));
-                run.cell(
-                    key(Setting::emulator(&label, Stage::Ft), t),
-                    eval,
-                    Some(&ft),
-                )?;
-                let eval = run.eval_request(t, None, Some(&ft.out));
-                run.cell(key(Setting::emulator(&label, Stage::PlugIn), t), eval, None)?;
-            }
-        }
-    }
-    let labels: Vec<String> = emulators.iter().map(|(l, _)| l.clone()).collect();
-    let costs = owner_costs(a.importance.as_deref(), &emulators)?;
+    let with_paths: Vec<(String, PathBuf)> = emulators
+        .iter()
+        .map(|(s, p)| (s.label(), p.clone()))
+        .collect();
+    let costs = owner_costs(a.importance.as_deref(), &with_paths)?;
     let model = a
         .model
         .clone()
         .unwrap_or_else(crate::model_files::default_model);
-    write_outputs(
+    let settings: Vec<EmulatorSetting> = emulators.into_iter().map(|(s, _)| s).collect();
+    write::write_outputs(
         &a.out,
         &run.results,
-        &tasks,
-        &labels,
-        !a.skip_full_ft,
+        &write::Layout {
+            tasks: &tasks,
+            settings: &settings,
+            full_ft: &full_ft,
+            model: &model.display().to_string(),
+        },
         &costs,
-        &model.display().to_string(),
     )?;
     println!("report written to {}", a.out.join("report.md").display());
     Ok(())
-}
-
-fn mean(xs: &[f64]) -> Option<f64> {
-    (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64)
-}
-
-/// The average accuracy of a setting over the tasks that have it.
-fn average(r: &Results, setting: &Setting, tasks: &[String]) -> Option<f64> {
-    let v: Vec<f64> = tasks.iter().filter_map(|t| r.acc(setting, t)).collect();
-    (v.len() == tasks.len()).then(|| mean(&v)).flatten()
 }
 
 /// What making an emulator cost the owner: one row per training run behind the report.
@@ -605,239 +789,6 @@ fn owner_costs(
     Ok(costs)
 }
 
-fn write_outputs(
-    out: &Path,
-    r: &Results,
-    tasks: &[String],
-    labels: &[String],
-    full_ft: bool,
-    costs: &[OwnerCost],
-    model: &str,
-) -> Result<()> {
-    let pct = |x: Option<f64>| x.map_or("–".to_string(), |v| format!("{:.1}", 100.0 * v));
-    let docs: Vec<String> = tasks
-        .iter()
-        .map(|t| {
-            let key = CellKey {
-                setting: Setting::FullZs,
-                task: t.clone(),
-            };
-            let n = r.cells.get(&key).map_or(0, |c| c.docs);
-            format!("{t} {n}")
-        })
-        .collect();
-    let mut md = format!(
-        "# ScaleOT report\n\nBase model: {model}. Accuracy (acc, %) on each task's validation split \
-         (documents: {}); `avg` over the tasks.\n\n",
-        docs.join(", ")
-    );
-    md += &format!(
-        "| setting | emulator size | {} | avg |\n|---|---|",
-        tasks.join(" | ")
-    );
-    md += &"---|".repeat(tasks.len() + 1);
-    md += "\n";
-    let mut row = |name: &str, size: &str, key: &Setting| {
-        let vals: Vec<String> = tasks.iter().map(|t| pct(r.acc(key, t))).collect();
-        md += &format!(
-            "| {name} | {size} | {} | {} |\n",
-            vals.join(" | "),
-            pct(average(r, key, tasks))
-        );
-    };
-    row("Full ZS", "100%", &Setting::FullZs);
-    if full_ft {
-        row(
-            "Full FT (adapters tuned on the full model)",
-            "100%",
-            &Setting::FullFt,
-        );
-    }
-    for l in labels {
-        let size = r.emulators.get(l).map_or("?".to_string(), |e| {
-            format!(
-                "{:.0}% ({:.1}M, {:.0} MiB)",
-                100.0 * e.params as f64 / e.full_params as f64,
-                e.params as f64 / 1e6,
-                e.bytes as f64 / 1048576.0
-            )
-        });
-        for (stage, name) in [
-            (Stage::Zs, "Emulator ZS"),
-            (Stage::Ft, "Emulator FT"),
-            (Stage::PlugIn, "Plug-in"),
-        ] {
-            row(&format!("{l}: {name}"), &size, &Setting::emulator(l, stage));
-        }
-    }
-    md += "\n## Targets (task averages, points of accuracy)\n\n";
-    let avg = |k: &Setting| average(r, k, tasks).map(|v| 100.0 * v);
-    let stage = |l: &str, stage: Stage| avg(&Setting::emulator(l, stage));
-    let plug = |l: &str| stage(l, Stage::PlugIn);
-    // (what, measured, target, met)
-    let mut targets: Vec<(String, f64, &str, bool)> = Vec::new();
-    let base_of = |m: &str| labels.iter().find(|l| *l == &format!("{m} b=1"));
-    if let (Some(ps), Some(pu)) = (
-        base_of("scaleot").and_then(|s| plug(s)),
-        base_of("uniform-drop").and_then(|u| plug(u)),
-    ) {
-        targets.push((
-            "ScaleOT plug-in − uniform LayerDrop plug-in".into(),
-            ps - pu,
-            "> 0",
-            ps > pu,
-        ));
-    }
-    for l in labels {
-        if let (Some(p), Some(f)) = (plug(l), avg(&Setting::FullFt)) {
-            let d = p - f;
-            targets.push((
-                format!("{l}: Plug-in − Full FT"),
-                d,
-                "within ±1.5",
-                d.abs() <= 1.5,
-            ));
-        }
-        if let (Some(p), Some(e)) = (plug(l), stage(l, Stage::Ft)) {
-            targets.push((
-                format!("{l}: Plug-in − Emulator FT"),
-                p - e,
-                "≥ 3",
-                p - e >= 3.0,
-            ));
-        }
-        // SRC: against the same method without rank compression.
-        let Some((method, beta)) = l.split_once(" b=") else {
-            continue;
-        };
-        if beta == "1" {
-            continue;
-        }
-        let plain = format!("{method} b=1");
-        for (what, st) in [("Emulator ZS", Stage::Zs), ("Emulator FT", Stage::Ft)] {
-            if let (Some(x), Some(y)) = (stage(l, st), stage(&plain, st)) {
-                targets.push((format!("{l}: SRC change of {what}"), x - y, "< 0", x < y));
-            }
-        }
-        if let (Some(x), Some(y)) = (plug(l), plug(&plain)) {
-            targets.push((
-                format!("{l}: SRC change of Plug-in"),
-                x - y,
-                "within ±0.5",
-                (x - y).abs() < 0.5,
-            ));
-        }
-    }
-    md += "| target | measured | wanted | |\n|---|---:|---|---|\n";
-    for (name, value, wanted, met) in &targets {
-        md += &format!(
-            "| {name} | {value:+.1} | {wanted} | {} |\n",
-            if *met { "met" } else { "missed" }
-        );
-    }
-    if !costs.is_empty() {
-        md += "\n## Owner-side cost (from the runs' own records)\n\n";
-        md += "| run | steps | batch | wall time | s/step | peak RSS |\n|---|---:|---|---:|---:|---:|\n";
-        for c in costs {
-            md += &format!(
-                "| {} | {} | {} | {:.0} s | {:.2} | {} |\n",
-                c.run,
-                c.steps,
-                c.batch,
-                c.seconds,
-                c.seconds / c.steps.max(1) as f64,
-                c.peak_rss_mib.map_or("?".into(), |m| format!("{m:.0} MiB"))
-            );
-        }
-    }
-    md += "\n## Commands\n\nEvery cell's commands are in `report.json`; emulators:\n\n";
-    for (l, e) in &r.emulators {
-        md += &format!("- {l}: `{}`\n", e.command);
-    }
-    write_file(&out.join("report.md"), md.as_bytes())?;
-    write_file(
-        &out.join("report.json"),
-        serde_json::to_string_pretty(
-            &json!({"tasks": tasks, "settings": labels, "results": r, "owner_costs": costs}),
-        )?
-        .as_bytes(),
-    )?;
-    plot(&out.join("privacy-utility.svg"), r, tasks, labels)
-}
-
-/// Privacy versus utility: x = Emulator FT (what the data owner's tuning reveals of the
-/// model; lower is more private), y = Plug-in (what the owner gets back), one point per
-/// emulator setting (task average), with Full ZS / Full FT as reference lines.
-fn plot(path: &Path, r: &Results, tasks: &[String], labels: &[String]) -> Result<()> {
-    use plotters::prelude::*;
-    let points: Vec<(String, f64, f64)> = labels
-        .iter()
-        .filter_map(|l| {
-            let x = average(r, &Setting::emulator(l, Stage::Ft), tasks)?;
-            let y = average(r, &Setting::emulator(l, Stage::PlugIn), tasks)?;
-            Some((l.clone(), 100.0 * x, 100.0 * y))
-        })
-        .collect();
-    let refs: Vec<(&str, f64)> = [("Full ZS", Setting::FullZs), ("Full FT", Setting::FullFt)]
-        .iter()
-        .filter_map(|(n, k)| average(r, k, tasks).map(|v| (*n, 100.0 * v)))
-        .collect();
-    let ys = points.iter().map(|p| p.2).chain(refs.iter().map(|r| r.1));
-    let (lo, hi) = ys.fold((f64::MAX, f64::MIN), |(a, b), y| (a.min(y), b.max(y)));
-    let (lo, hi) = if lo > hi {
-        (0.0, 100.0)
-    } else {
-        (lo - 3.0, hi + 3.0)
-    };
-    let xs = points.iter().map(|p| p.1);
-    let (xlo, xhi) = xs.fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(x), b.max(x)));
-    let (xlo, xhi) = if xlo > xhi {
-        (0.0, 100.0)
-    } else {
-        (xlo - 3.0, xhi + 3.0)
-    };
-    let root = SVGBackend::new(path, (720, 480)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "privacy vs utility (task average, acc %)",
-            ("sans-serif", 18),
-        )
-        .margin(16)
-        .x_label_area_size(40)
-        .y_label_area_size(50)
-        .build_cartesian_2d(xlo..xhi, lo..hi)?;
-    chart
-        .configure_mesh()
-        .x_desc("Emulator FT (lower = more private)")
-        .y_desc("Plug-in (higher = more useful)")
-        .draw()?;
-    for (i, (name, y)) in refs.iter().enumerate() {
-        let color = if i == 0 { BLACK } else { BLUE };
-        chart
-            .draw_series(LineSeries::new(
-                [(xlo, *y), (xhi, *y)],
-                color.stroke_width(1),
-            ))?
-            .label(*name)
-            .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color));
-    }
-    for (i, (label, x, y)) in points.iter().enumerate() {
-        let color = Palette99::pick(i + 2).to_rgba();
-        chart
-            .draw_series([Circle::new((*x, *y), 5, color.filled())])?
-            .label(label.as_str())
-            .legend(move |(x, y)| Circle::new((x + 8, y), 4, color.filled()));
-    }
-    chart
-        .configure_series_labels()
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.8))
-        .draw()?;
-    root.present()?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -894,6 +845,8 @@ mod tests {
         for name in [
             "full-zs/arc_easy",
             "full-ft/piqa",
+            "full-ft-all/sciq",
+            "scaleot a=0.25 b=1/emu-ft/arc_easy",
             "scaleot b=0.5/plug-in/openbookqa",
             "uniform-drop-distill b=1/emu-zs/sciq",
         ] {
