@@ -644,22 +644,6 @@ pub fn report(a: ReportArgs) -> Result<()> {
         let path = run.emulator("full", "full", full, 1.0)?;
         run.full_ft(Setting::FullFt, &path, "full-ft", &tasks, &data, &a)?;
     }
-    if full_ft.contains(&"all") {
-        // Every layer an adapter: LoRA (or whole layers) tuned everywhere on the full model.
-        let model = a
-            .model
-            .clone()
-            .unwrap_or_else(crate::model_files::default_model);
-        let layers = crate::model_files::read_model(&model)?
-            .open()?
-            .config
-            .num_hidden_layers;
-        let mut all = emulator_request(Method::UniformDrop);
-        all.alpha = 0.0;
-        all.adapters = format!("{}+{}", layers / 2, layers - layers / 2);
-        let path = run.emulator("full-all", "full-all", all, 1.0)?;
-        run.full_ft(Setting::FullFtAll, &path, "full-ft-all", &tasks, &data, &a)?;
-    }
     let mut emulators: Vec<(EmulatorSetting, PathBuf)> = Vec::new();
     for s in &settings {
         let label = s.label();
@@ -697,6 +681,23 @@ pub fn report(a: ReportArgs) -> Result<()> {
             let eval = run.eval_request(t, None, Some(&ft.out));
             run.cell(key(Stage::PlugIn), eval, None)?;
         }
+    }
+    // The every-layer upper bound last: the sweep's own cells come first in a long run.
+    if full_ft.contains(&"all") {
+        // Every layer an adapter: LoRA (or whole layers) tuned everywhere on the full model.
+        let model = a
+            .model
+            .clone()
+            .unwrap_or_else(crate::model_files::default_model);
+        let layers = crate::model_files::read_model(&model)?
+            .open()?
+            .config
+            .num_hidden_layers;
+        let mut all = emulator_request(Method::UniformDrop);
+        all.alpha = 0.0;
+        all.adapters = format!("{}+{}", layers / 2, layers - layers / 2);
+        let path = run.emulator("full-all", "full-all", all, 1.0)?;
+        run.full_ft(Setting::FullFtAll, &path, "full-ft-all", &tasks, &data, &a)?;
     }
     let with_paths: Vec<(String, PathBuf)> = emulators
         .iter()
