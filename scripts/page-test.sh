@@ -14,8 +14,9 @@ t=$SECONDS
 part() { echo "[stage]   $1: $((SECONDS - t))s" >&2; t=$SECONDS; }
 
 echo "==> wasm-bindgen-test in headless Chromium (WebGPU on SwiftShader)"
-# Release, like Trunk's build below: the wasm32 dependencies are compiled once for both.
-WASM_BINDGEN_TEST_TIMEOUT=900 cargo test --release --target wasm32-unknown-unknown --test web_session
+# The page's profile (`web`, see Cargo.toml), like Trunk's build below: the wasm32 dependencies
+# are compiled once for both, and the test runs the code the page ships.
+WASM_BINDGEN_TEST_TIMEOUT=900 cargo test --profile web --target wasm32-unknown-unknown --test web_session
 part "wasm-bindgen-test (build + run)"
 
 if [[ ${1:-} != --page-built ]]; then

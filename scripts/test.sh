@@ -5,8 +5,8 @@
 # loaded by transformers, PEFT and gguf). Each stage's time is printed as it ends
 # and all of them at the end (also in target/ci-stages.txt).
 # Every crate is compiled once per target: the native release build (tests, binary, examples;
-# nothing rebuilds later) and the wasm32 release build that the browser test and Trunk share,
-# started beside the native smoke stages.
+# nothing rebuilds later) and the wasm32 build (Cargo profile `web`) that the browser test and
+# Trunk share, started beside the native smoke stages.
 # Clippy lints our own crates while those builds compile them, so no dependency is compiled a
 # second time just to be checked.
 set -euo pipefail
@@ -85,7 +85,7 @@ stage "native tests"; cargo test --release --workspace
 # and finishes alone before the parity stage, which keeps both cores busy (beside it, both ran
 # at half speed and lost time to each other's thread pools).
 beside wasm-build bash -c 'start=$SECONDS
-  cargo test --release --target wasm32-unknown-unknown --test web_session --no-run
+  cargo test --profile web --target wasm32-unknown-unknown --test web_session --no-run
   echo "wasm32 build + clippy: $((SECONDS - start))s"'
 stage "CLI smoke: generate, perplexity, every task's data loader"
 bin=target/release/scaleot
