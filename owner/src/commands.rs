@@ -260,7 +260,9 @@ pub struct EvalArgs {
     /// Comma-separated: arc_easy,arc_challenge,piqa,sciq,openbookqa,hellaswag,winogrande,copa
     #[arg(long, default_value = "arc_easy,piqa")]
     pub(crate) tasks: String,
-    /// The split to evaluate: validation (default), test or train, where the data has it.
+    /// The split to evaluate: validation (default), test or train, where the data has it;
+    /// SciQ also `tune` / `held-out`, the even / odd half of its validation set (it has no
+    /// train split: `scaleot report` tunes on one half and evaluates on the other).
     #[arg(long)]
     pub(crate) split: Option<String>,
     /// Also write one JSON line per document (task, split, index, per-choice log-likelihoods

@@ -179,12 +179,22 @@ fn json_value(array: &dyn Array, row: usize) -> Result<Value> {
 }
 
 /// A task's documents of one split with lm-eval's prompts, optionally the first `limit`.
+/// SciQ has no train split: its `tune` and `held-out` splits are the even and odd rows of its
+/// validation set, so what is tuned on one half is evaluated on the other.
 pub fn load_docs(
     assets: &Path,
     task: Task,
     split: &str,
     limit: Option<usize>,
 ) -> Result<Vec<McDoc>> {
+    if task == Task::Sciq && matches!(split, "tune" | "held-out") {
+        let mut docs = sciq_half(
+            load_docs(assets, task, "validation", None)?,
+            split == "tune",
+        );
+        docs.truncate(limit.unwrap_or(usize::MAX));
+        return Ok(docs);
+    }
     let mut docs = match split_source(assets, task, split)? {
         SplitSource::Arrow(path) => read_arrow_rows(&path)?
             .iter()
@@ -201,7 +211,7 @@ pub fn load_docs(
 }
 
 /// Which half of SciQ's validation set (it has no train split): even rows tune, odd rows test.
-pub fn sciq_half(docs: Vec<McDoc>, tune: bool) -> Vec<McDoc> {
+fn sciq_half(docs: Vec<McDoc>, tune: bool) -> Vec<McDoc> {
     docs.into_iter()
         .enumerate()
         .filter(|(i, _)| (i % 2 == 0) == tune)
@@ -212,12 +222,15 @@ pub fn sciq_half(docs: Vec<McDoc>, tune: bool) -> Vec<McDoc> {
 /// A task's training documents with lm-eval's prompts: the `train` split (OLMo's requests,
 /// deduplicated; the 5-shot context is ignored), or SciQ's tune half.
 pub fn load_train_docs(assets: &Path, task: Task) -> Result<Vec<McDoc>> {
+    load_docs(assets, task, tuning_split(task).0, None)
+}
+
+/// The split a task's adapters are tuned on and the split that measures them without having
+/// been tuned on: `train` and `validation`, or SciQ's two halves of its validation set.
+pub fn tuning_split(task: Task) -> (&'static str, &'static str) {
     match task {
-        Task::Sciq => Ok(sciq_half(
-            load_docs(assets, task, "validation", None)?,
-            true,
-        )),
-        _ => load_docs(assets, task, "train", None),
+        Task::Sciq => ("tune", "held-out"),
+        _ => ("train", "validation"),
     }
 }
 
@@ -303,6 +316,25 @@ pub fn write_mc_jsonl(docs: &[McDoc], out: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// SciQ's two halves split its validation set: 500 documents each, none in both, and
+    /// the report tunes on one and evaluates on the other.
+    #[test]
+    fn sciq_tunes_on_one_half_of_validation_and_is_measured_on_the_other() {
+        let assets = crate::model_files::assets_dir();
+        let all = load_docs(&assets, Task::Sciq, "validation", None).unwrap();
+        let (tune, held_out) = tuning_split(Task::Sciq);
+        let tune = load_docs(&assets, Task::Sciq, tune, None).unwrap();
+        let held_out = load_docs(&assets, Task::Sciq, held_out, None).unwrap();
+        assert_eq!((tune.len(), held_out.len()), (500, 500));
+        assert_eq!(tune[0], all[0]);
+        assert_eq!(held_out[0], all[1]);
+        assert!(held_out.iter().all(|d| !tune.contains(d)));
+        assert_eq!(load_train_docs(&assets, Task::Sciq).unwrap(), tune);
+        assert_eq!(tuning_split(Task::Piqa), ("train", "validation"));
+        let first = load_docs(&assets, Task::Sciq, "held-out", Some(3)).unwrap();
+        assert_eq!(first, held_out[..3]);
+    }
 
     /// Every task's validation set reads in full (lm-eval's document counts), and a
     /// `datasets` Sequence of dicts comes out as a dict of lists, as Hugging Face gives it.

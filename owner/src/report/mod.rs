@@ -351,6 +351,12 @@ impl Runner {
         adapter: Option<&Path>,
     ) -> EvalArgs {
         let mut eval = EvalArgs::new(task);
+        // Documents the adapters were never tuned on (SciQ: the half of its validation set
+        // the report does not tune on).
+        if let Ok(t) = scaleot::eval::Task::from_name(task) {
+            let (_, held_out) = crate::datasets::tuning_split(t);
+            eval.split = (held_out != "validation").then(|| held_out.to_string());
+        }
         eval.limit = self.limit;
         eval.target.model.model = self.model.clone();
         eval.target.model.device = self.device;
