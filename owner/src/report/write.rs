@@ -257,7 +257,8 @@ pub(super) fn write_outputs(
         .collect();
     let mut md = format!(
         "# ScaleOT report\n\nBase model: {}. Accuracy (acc, %) on each task's validation split \
-         (documents: {}); `mean` over the tasks. A difference is given with its paired bootstrap \
+         (SciQ, which has no train split: the half of it no adapter was tuned on; documents: {}); \
+         `mean` over the tasks. A difference is given with its paired bootstrap \
          95 % interval over documents, `+1.2 [-0.4, +2.8]`; \"within noise\" when the interval \
          contains 0.\n\n",
         l.model,
@@ -265,7 +266,7 @@ pub(super) fn write_outputs(
     );
     // Summary: one row per emulator.
     md += "## Summary (mean over the tasks)\n\n";
-    md += "| setting | alpha | emulator size | Emulator ZS | Emulator FT | Plug-in | Plug-in − Emulator FT |\n";
+    md += "| setting | alpha | emulator size | Emulator ZS | Emulator FT | Plug-in (full model) | Plug-in − Emulator FT |\n";
     md += "|---|---:|---|---:|---:|---:|---|\n";
     for (name, setting) in upper_bounds(l) {
         md += &format!(
