@@ -848,6 +848,47 @@ mod tests {
     }
 
     #[test]
+    fn the_sweep_runs_alphas_in_order_restricts_at_methods_and_gives_src_to_its_methods() {
+        let args = |extra: &[&str]| {
+            let mut argv: Vec<String> = ["--importance", "imp.json"].map(String::from).to_vec();
+            if !extra.contains(&"--alphas") {
+                argv.extend(["--alphas", "0.5,0.25"].map(String::from));
+            }
+            argv.extend(extra.iter().map(|s| s.to_string()));
+            parse::<ReportArgs>(&argv)
+        };
+        let labels = |a: &ReportArgs| -> Vec<String> {
+            sweep(a)
+                .unwrap()
+                .iter()
+                .map(EmulatorSetting::label)
+                .collect()
+        };
+        let a = args(&["--methods", "uniform-drop,uniform-drop-distill@0.5,scaleot"]);
+        assert_eq!(
+            labels(&a),
+            [
+                "uniform-drop a=0.5 b=1",
+                "uniform-drop-distill a=0.5 b=1",
+                "scaleot a=0.5 b=1",
+                "scaleot a=0.5 b=0.5",
+                "uniform-drop a=0.25 b=1",
+                "scaleot a=0.25 b=1",
+                "scaleot a=0.25 b=0.5",
+            ]
+        );
+        for bad in [
+            ["--methods", "scaleot@0.75"],
+            ["--methods", "scaleot@x"],
+            ["--methods", "layerdrop"],
+            ["--alphas", "0"],
+            ["--betas", "1.5"],
+        ] {
+            assert!(sweep(&args(&bad)).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn cell_keys_read_back_from_their_names() {
         for name in [
             "full-zs/arc_easy",
