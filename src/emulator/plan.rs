@@ -113,7 +113,7 @@ pub fn uniform_drop(n_layers: usize, split: AdapterSplit, keep: usize) -> Result
         }
     }
     for i in 0..keep {
-        let idx = if keep <= 1 {
+        let idx = if keep == 1 {
             0
         } else {
             ((i * (m - 1)) as f64 / (keep - 1) as f64).round() as usize
