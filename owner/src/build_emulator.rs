@@ -9,8 +9,8 @@ use clap::ValueEnum;
 use scaleot::emulator::corpus::{CorpusFile, corpus_rows};
 use scaleot::emulator::distill::distill as run_distillation;
 use scaleot::emulator::importance::ImportanceFile;
-use scaleot::emulator::rank::{matrix_count, parse_projections};
-use scaleot::emulator::{AdapterSplit, DistillConfig, FrozenDtype, LayerKind, Recipe};
+use scaleot::emulator::rank::parse_projections;
+use scaleot::emulator::{AdapterSplit, DistillConfig, FrozenDtype, LayerKind, Recipe, SrcRule};
 use scaleot::model::OpenedModel;
 use scaleot::tokenizer::Tokenizer;
 use serde_json::json;
@@ -73,6 +73,13 @@ pub struct EmulatorArgs {
     /// The attention projections SRC compresses (comma-separated from q,k,v,o).
     #[arg(long, default_value = "q,k,v,o")]
     pub(crate) src_projections: String,
+    /// How SRC picks each matrix's rank: `share` (the paper's: beta of every matrix),
+    /// `energy` (the same total rank, one share of spectrum energy for all), `importance` (the
+    /// same total rank, more for important layers), `least` (only the less important half of
+    /// the kept layers, at beta). Left out of command lines at its default.
+    #[arg(long, default_value = "share")]
+    #[serde(skip_serializing_if = "is_share")]
+    pub(crate) src_rule: String,
     /// The output of `scaleot importance` (scores + harmonizers).
     #[arg(long)]
     pub(crate) importance: Option<PathBuf>,
@@ -132,6 +139,7 @@ impl EmulatorArgs {
             alpha: 0.5,
             beta: 1.0,
             src_projections: "q,k,v,o".into(),
+            src_rule: "share".into(),
             importance: None,
             select: Select::Global,
             frozen_dtype: Precision::F16,
@@ -172,6 +180,7 @@ pub fn emulator(a: &EmulatorArgs) -> Result<()> {
         alpha: a.alpha,
         beta: a.beta,
         src_projections: parse_projections(&a.src_projections)?,
+        src_rule: SrcRule::from_name(&a.src_rule)?,
         select: match a.select {
             Select::Global => scaleot::emulator::Select::Global,
             Select::Group => scaleot::emulator::Select::Group,
@@ -199,7 +208,7 @@ pub fn emulator(a: &EmulatorArgs) -> Result<()> {
         assembly.add_distilled(&recipe, &cfg, distilled, run)?;
     }
     if recipe.beta < 1.0 {
-        let svds = matrix_count(&assembly.plan, &recipe.src_projections);
+        let svds = assembly.compression(&recipe).svd_count(&assembly.plan)?;
         let pb = progress::bar(svds as u64, "SVD", "matrices");
         assembly.compress(&recipe, &opened, &mut || pb.inc(1))?;
         pb.finish_and_clear();
@@ -229,6 +238,11 @@ pub fn emulator(a: &EmulatorArgs) -> Result<()> {
         manifest.weights_sha256
     );
     Ok(())
+}
+
+/// The default SRC rule: cached command lines made before the flag existed stay the same.
+fn is_share(rule: &str) -> bool {
+    rule == SrcRule::Share.name()
 }
 
 /// Reads an importance file (manifest + the harmonizer weights beside it).

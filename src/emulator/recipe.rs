@@ -8,7 +8,7 @@
 //! 3. Optionally [`Assembly::compress`]: Selective Rank Compression of the kept middle layers.
 //! 4. [`Assembly::write`]: the bundle (weights + manifest).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde_json::json;
 
@@ -16,6 +16,7 @@ use super::bundle::{BundleSpec, EmulatorManifest, FrozenDtype, write_bundle};
 use super::distill::{DistillConfig, Distilled};
 use super::importance::ImportanceFile;
 use super::plan::{AdapterSplit, LayerKind, uniform_drop};
+use super::rank::{Compression, SrcRule};
 use super::replace::least_important;
 use crate::error::{Error, Result};
 use crate::model::OpenedModel;
@@ -70,6 +71,8 @@ pub struct Recipe {
     pub beta: f64,
     /// The attention projections SRC factors (`q_proj`, ...).
     pub src_projections: Vec<&'static str>,
+    /// How SRC chooses each matrix's rank.
+    pub src_rule: SrcRule,
     pub select: Select,
     /// Storage precision of the frozen layers (adapters are always f32).
     pub frozen_dtype: FrozenDtype,
@@ -81,12 +84,21 @@ pub struct Assembly {
     pub plan: Vec<LayerKind>,
     pub tensors: HashMap<String, HostTensor>,
     pub params: serde_json::Value,
+    /// Dynamic LayerReplace's keep probability per middle layer (empty without importance).
+    pub keep_probability: BTreeMap<usize, f64>,
 }
 
 impl Recipe {
     /// Checks the settings that need no model.
     pub fn validate(&self) -> Result<()> {
         check_beta(self.beta)?;
+        if self.src_rule != SrcRule::Share && self.beta >= 1.0 {
+            return Err(Error::setting(
+                "src_rule",
+                self.src_rule.name(),
+                "chooses ranks for Selective Rank Compression: give a beta below 1",
+            ));
+        }
         if !(0.0..1.0).contains(&self.alpha) {
             return Err(Error::setting("alpha", self.alpha, "must be in [0, 1)"));
         }
@@ -105,6 +117,7 @@ impl Recipe {
         let n = base.config.num_hidden_layers;
         let middle = split.middle(n)?;
         let mut tensors = HashMap::new();
+        let mut keep_probability = BTreeMap::new();
         let mut params = json!({"adapters": split.to_string(), "beta": self.beta});
         let plan = match self.method {
             Method::UniformDrop => {
@@ -125,6 +138,9 @@ impl Recipe {
                     )
                 })?;
                 imp.check(&base.sha256, split, middle.clone())?;
+                keep_probability = (middle.clone())
+                    .zip(imp.manifest.keep_probabilities.iter().copied())
+                    .collect();
                 let group = (self.select == Select::Group).then_some(imp.manifest.config.group);
                 let replaced =
                     least_important(&imp.manifest.scores, middle.start, self.alpha, group)?;
@@ -156,6 +172,7 @@ impl Recipe {
             plan,
             tensors,
             params,
+            keep_probability,
         })
     }
 }
@@ -193,6 +210,12 @@ impl Assembly {
         Ok(())
     }
 
+    /// Step 3's compression: Selective Rank Compression as `recipe` asks, reading this
+    /// assembly's importance.
+    pub fn compression<'a>(&'a self, recipe: &'a Recipe) -> Compression<'a> {
+        compression(recipe, &self.keep_probability)
+    }
+
     /// Step 3: Selective Rank Compression at `recipe.beta` (nothing at 1); `on_matrix`
     /// follows each SVD.
     #[cfg(not(target_family = "wasm"))]
@@ -205,14 +228,13 @@ impl Assembly {
         if recipe.beta >= 1.0 {
             return Ok(());
         }
-        let ranks = super::rank::compress_attention(
+        let ranks = compression(recipe, &self.keep_probability).apply(
             &mut self.plan,
             &mut self.tensors,
             base.source.as_ref(),
-            recipe.beta,
-            &recipe.src_projections,
             on_matrix,
         )?;
+        self.params["src_rule"] = json!(recipe.src_rule.name());
         self.params["src_ranks"] = json!(ranks);
         Ok(())
     }
@@ -238,6 +260,19 @@ impl Assembly {
             frozen_dtype: recipe.frozen_dtype,
         };
         write_bundle(spec, &weights)
+    }
+}
+
+/// `recipe`'s Selective Rank Compression with the keep probabilities of its plan.
+fn compression<'a>(
+    recipe: &'a Recipe,
+    keep_probability: &'a BTreeMap<usize, f64>,
+) -> Compression<'a> {
+    Compression {
+        beta: recipe.beta,
+        rule: recipe.src_rule,
+        projections: &recipe.src_projections,
+        importance: (!keep_probability.is_empty()).then_some(keep_probability),
     }
 }
 
@@ -271,6 +306,7 @@ mod tests {
             alpha: 0.5,
             beta: 1.0,
             src_projections: vec!["q_proj"],
+            src_rule: SrcRule::Share,
             select: Select::Global,
             frozen_dtype: FrozenDtype::F16,
         };
@@ -289,6 +325,13 @@ mod tests {
                     ..recipe.clone()
                 },
                 "beta",
+            ),
+            (
+                Recipe {
+                    src_rule: SrcRule::Energy,
+                    ..recipe.clone()
+                },
+                "src_rule",
             ),
             (
                 Recipe {

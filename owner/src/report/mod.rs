@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use scaleot::emulator::SrcRule;
 use scaleot::emulator::replace::{HarmonizerLoss, ScoreOn};
 use scaleot::eval::Task;
 use serde::{Deserialize, Serialize};
@@ -58,6 +59,10 @@ pub struct ReportArgs {
     /// The attention projections SRC compresses (comma-separated from q,k,v,o).
     #[arg(long, default_value = "q,k,v,o")]
     src_projections: String,
+    /// How SRC picks ranks, comma-separated (`scaleot emulator --src-rule`): each rule runs
+    /// for every SRC method and beta below 1; `RULE@A` at alpha A only.
+    #[arg(long, default_value = "share")]
+    src_rules: String,
     /// Fine-tuning steps for every FT cell.
     #[arg(long, default_value_t = 150)]
     steps: usize,
@@ -301,23 +306,38 @@ impl Results {
     }
 }
 
-/// An emulator setting of the sweep: method, alpha and SRC strength.
+/// An emulator setting of the sweep: method, alpha, SRC strength and rule.
 #[derive(Debug, Clone, PartialEq)]
 struct EmulatorSetting {
     method: String,
     alpha: f64,
     beta: f64,
+    src_rule: SrcRule,
 }
 
 impl EmulatorSetting {
-    /// `scaleot a=0.5 b=1`: the report's name for it.
+    /// `scaleot a=0.5 b=1`, `scaleot a=0.5 b=0.5 energy`: the report's name for it.
     fn label(&self) -> String {
-        format!("{} a={} b={}", self.method, self.alpha, self.beta)
+        format!(
+            "{} a={} b={}{}",
+            self.method,
+            self.alpha,
+            self.beta,
+            self.rule_suffix()
+        )
     }
 
-    /// The method and SRC strength: one line through the alphas in the plots.
+    /// The method and SRC strength and rule: one line through the alphas in the plots.
     fn series(&self) -> String {
-        format!("{} b={}", self.method, self.beta)
+        format!("{} b={}{}", self.method, self.beta, self.rule_suffix())
+    }
+
+    /// Nothing for the paper's rule, ` energy` for another.
+    fn rule_suffix(&self) -> String {
+        match self.src_rule {
+            SrcRule::Share => String::new(),
+            other => format!(" {}", other.name()),
+        }
     }
 }
 
@@ -533,6 +553,29 @@ const METHODS: [&str; 4] = [
     "scaleot",
 ];
 
+/// `NAME` or `NAME@A` items of a comma-separated flag: each name with the one alpha it is
+/// restricted to, checked against `alphas`.
+fn restricted<'a>(
+    flag: &str,
+    list: &'a str,
+    alphas: &[f64],
+) -> Result<Vec<(&'a str, Option<f64>)>> {
+    let mut out = Vec::new();
+    for item in list.split(',').map(str::trim) {
+        let (name, only) = match item.split_once('@') {
+            Some((name, at)) => (name, Some(numbers(flag, at)?[0])),
+            None => (item, None),
+        };
+        if let Some(at) = only
+            && !alphas.contains(&at)
+        {
+            bail!("--{flag} {item}: {at} is not one of the alphas");
+        }
+        out.push((name, only));
+    }
+    Ok(out)
+}
+
 /// Comma-separated numbers of a flag.
 fn numbers(flag: &str, list: &str) -> Result<Vec<f64>> {
     list.split(',')
@@ -556,38 +599,44 @@ fn sweep(a: &ReportArgs) -> Result<Vec<EmulatorSetting>> {
         bail!("--betas: {b} is not an SRC strength in (0, 1]");
     }
     let src_methods: Vec<&str> = a.src_methods.split(',').map(str::trim).collect();
-    let mut methods: Vec<(String, Option<f64>)> = Vec::new();
-    for m in a.methods.split(',').map(str::trim) {
-        let (name, only) = match m.split_once('@') {
-            Some((name, at)) => (name, Some(numbers("methods", at)?[0])),
-            None => (m, None),
-        };
-        if !METHODS.contains(&name) {
+    let methods = restricted("methods", &a.methods, &alphas)?;
+    for (name, _) in &methods {
+        if !METHODS.contains(name) {
             bail!("unknown method `{name}`: {}", METHODS.join(", "));
         }
-        if matches!(name, "dynamic-drop" | "scaleot") && a.importance.is_none() {
+        if matches!(*name, "dynamic-drop" | "scaleot") && a.importance.is_none() {
             bail!("method {name} needs --importance FILE.json (run `scaleot importance` first)");
         }
-        if let Some(at) = only
-            && !alphas.contains(&at)
-        {
-            bail!("--methods {m}: {at} is not one of --alphas {}", a.alphas);
-        }
-        methods.push((name.to_string(), only));
     }
+    let rules = restricted("src-rules", &a.src_rules, &alphas)?
+        .into_iter()
+        .map(|(name, only)| Ok((SrcRule::from_name(name)?, only)))
+        .collect::<Result<Vec<_>>>()?;
+    let at = |only: &Option<f64>, alpha: f64| only.is_none_or(|at| at == alpha);
     let mut settings = Vec::new();
     for &alpha in &alphas {
-        for (method, only) in &methods {
-            if only.is_some_and(|at| at != alpha) {
-                continue;
-            }
-            let with_src = src_methods.contains(&method.as_str());
+        for (method, _) in methods.iter().filter(|(_, only)| at(only, alpha)) {
+            let with_src = src_methods.contains(method);
             for &beta in betas.iter().filter(|&&b| b >= 1.0 || with_src) {
-                settings.push(EmulatorSetting {
-                    method: method.clone(),
+                let setting = |src_rule| EmulatorSetting {
+                    method: method.to_string(),
                     alpha,
                     beta,
-                });
+                    src_rule,
+                };
+                if beta >= 1.0 {
+                    settings.push(setting(SrcRule::Share));
+                    continue;
+                }
+                for (rule, _) in rules.iter().filter(|(_, only)| at(only, alpha)) {
+                    if rule.needs_importance() && !matches!(*method, "dynamic-drop" | "scaleot") {
+                        bail!(
+                            "--src-rules {}: needs importance, which {method} has not",
+                            rule.name()
+                        );
+                    }
+                    settings.push(setting(*rule));
+                }
             }
         }
     }
@@ -658,7 +707,8 @@ pub fn report(a: ReportArgs) -> Result<()> {
     let mut emulators: Vec<(EmulatorSetting, PathBuf)> = Vec::new();
     for s in &settings {
         let label = s.label();
-        let name = format!("{}-a{}-b{}", s.method, s.alpha, s.beta);
+        let name =
+            format!("{}-a{}-b{}", s.method, s.alpha, s.beta) + &s.rule_suffix().replace(' ', "-");
         let mut request = emulator_request(match s.method.as_str() {
             "uniform-drop" | "uniform-drop-distill" => Method::UniformDrop,
             "dynamic-drop" => Method::DynamicDrop,
@@ -676,6 +726,7 @@ pub fn report(a: ReportArgs) -> Result<()> {
         if s.beta < 1.0 {
             request.beta = s.beta;
             request.src_projections = a.src_projections.clone();
+            request.src_rule = s.src_rule.name().into();
         }
         let path = run.emulator(&label, &name, request, s.beta)?;
         emulators.push((s.clone(), path.clone()));
@@ -875,12 +926,46 @@ mod tests {
                 "scaleot a=0.25 b=0.5",
             ]
         );
+        // Rules for every SRC method and beta below 1, `@` restricting them to one alpha;
+        // a rule that reads importance needs a method that has it.
+        let a = args(&[
+            "--methods",
+            "scaleot,dynamic-drop",
+            "--src-methods",
+            "scaleot,dynamic-drop",
+            "--src-rules",
+            "share,energy@0.5,least",
+            "--alphas",
+            "0.5,0.25",
+        ]);
+        assert_eq!(
+            labels(&a)[..5],
+            [
+                "scaleot a=0.5 b=1",
+                "scaleot a=0.5 b=0.5",
+                "scaleot a=0.5 b=0.5 energy",
+                "scaleot a=0.5 b=0.5 least",
+                "dynamic-drop a=0.5 b=1",
+            ]
+        );
+        assert_eq!(labels(&a).len(), 8 + 6);
+        let a = args(&[
+            "--methods",
+            "uniform-drop",
+            "--src-methods",
+            "uniform-drop",
+            "--src-rules",
+            "importance",
+        ]);
+        assert!(sweep(&a).is_err(), "uniform-drop has no importance");
         for bad in [
             ["--methods", "scaleot@0.75"],
             ["--methods", "scaleot@x"],
             ["--methods", "layerdrop"],
             ["--alphas", "0"],
             ["--betas", "1.5"],
+            ["--src-rules", "spectrum"],
+            ["--src-rules", "energy@0.75"],
         ] {
             assert!(sweep(&args(&bad)).is_err(), "{bad:?}");
         }
