@@ -9,20 +9,20 @@
 # Every stage is resumable: run it again after an interruption and finished work is kept.
 # Settings via environment: TASKS (arc_easy), METHODS (uniform-drop,scaleot; NAME@A runs a method
 # at alpha A only), ALPHAS (0.5; shares of middle layers emulated), BETAS (1; SRC strengths for
-# ScaleOT), FULL_FT (adapters; `all` adds every layer tuned), LIMIT (all; evaluation documents per
+# ScaleOT), SRC_RULES (share; how SRC picks ranks, RULE@A at one alpha), FULL_FT (adapters; `all` adds every layer tuned), LIMIT (all; evaluation documents per
 # task), STEPS (150), LR (5e-4), LORA_RANK (8; 0 tunes whole adapter layers), IMPORTANCE_STEPS
 # (100), IMPORTANCE_OPTS (more `scaleot importance` options), OUT (target/run).
 # The size sweep of results/smollm2-135m/sweep/ (about 15 hours of this 2-core machine; cached
 # cell by cell, so it can run over several sittings):
 #   TASKS=arc_easy,piqa,sciq,openbookqa ALPHAS=0.5,0.75,0.25 BETAS=1,0.5 FULL_FT=adapters,all \
 #     METHODS=uniform-drop,dynamic-drop,scaleot,uniform-drop-distill@0.5 STEPS=100 OUT=target/sweep \
-#     bash scripts/run.sh
+#     SRC_RULES=share,energy@0.5,importance@0.5,least@0.5 bash scripts/run.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 TASKS=${TASKS:-arc_easy} METHODS=${METHODS:-uniform-drop,scaleot} STEPS=${STEPS:-150}
 LR=${LR:-5e-4} LORA_RANK=${LORA_RANK:-8} IMPORTANCE_STEPS=${IMPORTANCE_STEPS:-100} OUT=${OUT:-target/run}
-BETAS=${BETAS:-1} ALPHAS=${ALPHAS:-0.5} FULL_FT=${FULL_FT:-adapters} limit=(); [ -n "${LIMIT:-}" ] && limit=(--limit "$LIMIT")
+BETAS=${BETAS:-1} SRC_RULES=${SRC_RULES:-share} ALPHAS=${ALPHAS:-0.5} FULL_FT=${FULL_FT:-adapters} limit=(); [ -n "${LIMIT:-}" ] && limit=(--limit "$LIMIT")
 read -r -a importance_opts <<<"${IMPORTANCE_OPTS:-}"
 bash scripts/setup.sh
 bash scripts/setup-web.sh
@@ -38,7 +38,7 @@ if [ ! -f "$OUT/importance.json" ]; then
     --out "$OUT/importance.json"
 fi
 "$bin" report --tasks "$TASKS" --methods "$METHODS" --importance "$OUT/importance.json" \
-  --alphas "$ALPHAS" --betas "$BETAS" --full-ft "$FULL_FT" "${limit[@]}" --steps "$STEPS" --lr "$LR" --lora-rank "$LORA_RANK" --out "$OUT/report"
+  --alphas "$ALPHAS" --betas "$BETAS" --src-rules "$SRC_RULES" --full-ft "$FULL_FT" "${limit[@]}" --steps "$STEPS" --lr "$LR" --lora-rank "$LORA_RANK" --out "$OUT/report"
 cat "$OUT/report/report.md"
 echo "==> the data owner's page (dist/)"
 PATH="$PWD/tools/web/node_modules/.bin:$PATH" trunk build --release --offline
