@@ -9,9 +9,10 @@
 # Every stage is resumable: run it again after an interruption and finished work is kept.
 # Settings via environment: TASKS (arc_easy), METHODS (uniform-drop,scaleot; NAME@A runs a method
 # at alpha A only), ALPHAS (0.5; shares of middle layers emulated), BETAS (1; SRC strengths for
-# ScaleOT), SRC_RULES (share; how SRC picks ranks, RULE@A at one alpha), FULL_FT (adapters; `all` adds every layer tuned), LIMIT (all; evaluation documents per
-# task), STEPS (150), LR (5e-4), LORA_RANK (8; 0 tunes whole adapter layers), IMPORTANCE_STEPS
-# (100), IMPORTANCE_OPTS (more `scaleot importance` options), OUT (target/run).
+# ScaleOT), SRC_RULES (share; how SRC picks ranks, RULE@A at one alpha), FULL_FT (adapters; `all`
+# adds every layer tuned), LIMIT (all; evaluation documents per task), STEPS (150), LR (5e-4),
+# LORA_RANK (8; 0 tunes whole adapter layers), IMPORTANCE_STEPS (100), IMPORTANCE_OPTS (more
+# `scaleot importance` options), OUT (target/run).
 # The size sweep of results/smollm2-135m/sweep/ (about 15 hours of this 2-core machine; cached
 # cell by cell, so it can run over several sittings):
 #   TASKS=arc_easy,piqa,sciq,openbookqa ALPHAS=0.5,0.75,0.25 BETAS=1,0.5 FULL_FT=adapters,all \
