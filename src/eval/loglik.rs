@@ -214,35 +214,81 @@ impl ScoringBatch {
     }
 
     /// A batch over training examples: every token with loss is a target, predicted from
-    /// the tokens before it. `counts` are per example.
+    /// the tokens before it. `counts` are per example. Short examples share rows (first fit,
+    /// longest first, rows as long as the longest example), each attending only to itself at
+    /// its own positions (a [`Packing`] with one branch per example): the same loss and
+    /// gradients as one row each, without computing the padding of a batch of mixed lengths.
     pub fn from_examples(examples: &[&Example], pad: u32) -> Self {
-        let len = examples
+        let inputs: Vec<&[u32]> = examples
             .iter()
-            .map(|e| e.ids.len().saturating_sub(1))
-            .max()
-            .unwrap_or(1)
-            .max(1);
+            .map(|e| &e.ids[..e.ids.len().saturating_sub(1)])
+            .collect();
+        let len = inputs.iter().map(|i| i.len()).max().unwrap_or(1).max(1);
+        let mut order: Vec<usize> = (0..inputs.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(inputs[i].len()));
+        // Examples per row, in order of placement, and each example's (row, offset).
+        let mut rows: Vec<Vec<usize>> = Vec::new();
+        let mut fill: Vec<usize> = Vec::new();
+        let mut place = vec![(0, 0); inputs.len()];
+        for i in order {
+            let n = inputs[i].len();
+            let r = match fill.iter().position(|&f| f + n <= len) {
+                Some(r) => r,
+                None => {
+                    rows.push(Vec::new());
+                    fill.push(0);
+                    rows.len() - 1
+                }
+            };
+            place[i] = (r, fill[r]);
+            rows[r].push(i);
+            fill[r] += n;
+        }
+        if rows.len() == inputs.len() {
+            // Nothing shares a row: one row per example, in order, plain causal attention.
+            rows = (0..inputs.len()).map(|i| vec![i]).collect();
+            place = (0..inputs.len()).map(|i| (i, 0)).collect();
+        }
         let mut batch = Self {
-            inputs: Vec::with_capacity(examples.len()),
+            inputs: Vec::with_capacity(rows.len()),
             positions: Vec::new(),
             targets: Vec::new(),
             counts: Vec::with_capacity(examples.len()),
             requests: Vec::new(),
             packing: None,
         };
-        for (row, ex) in examples.iter().enumerate() {
+        for (ex, &(row, offset)) in examples.iter().zip(&place) {
             let mut count = 0;
             for (i, (&id, &loss)) in ex.ids.iter().zip(&ex.loss).enumerate().skip(1) {
                 if loss {
-                    batch.positions.push((row * len + i - 1) as i64);
+                    batch.positions.push((row * len + offset + i - 1) as i64);
                     batch.targets.push(id as i64);
                     count += 1;
                 }
             }
             batch.counts.push(count);
-            let mut input = ex.ids[..ex.ids.len().saturating_sub(1)].to_vec();
+        }
+        let mut positions = Vec::with_capacity(rows.len());
+        let mut branch = Vec::with_capacity(rows.len());
+        for members in &rows {
+            let mut input = Vec::with_capacity(len);
+            let (mut at, mut owner) = (Vec::with_capacity(len), Vec::with_capacity(len));
+            for (k, &i) in members.iter().enumerate() {
+                input.extend_from_slice(inputs[i]);
+                at.extend(0..inputs[i].len());
+                owner.resize(input.len(), k as u32 + 1);
+            }
+            // Padding is a branch of its own: nothing real sees it.
+            let next = input.len();
             input.resize(len, pad);
+            at.extend(next..len);
+            owner.resize(len, u32::MAX);
             batch.inputs.push(input);
+            positions.push(at);
+            branch.push(owner);
+        }
+        if rows.iter().any(|members| members.len() > 1) {
+            batch.packing = Some(Packing { positions, branch });
         }
         batch
     }
@@ -455,6 +501,45 @@ mod tests {
             "no shared context: plain causal rows"
         );
         assert_eq!(batch.sum_per_request(&[-1.0, -2.0, -0.5]), vec![-3.0, -0.5]);
+    }
+
+    #[test]
+    fn short_training_examples_share_rows_and_keep_their_positions() {
+        let ex = |ids: &[u32]| Example {
+            ids: ids.to_vec(),
+            loss: vec![true; ids.len()],
+        };
+        // Inputs (ids less the last) of lengths 5, 2, 3, 1: rows of 5 hold [a], [c, b], [d].
+        let (a, b, c, d) = (
+            ex(&[1, 2, 3, 4, 5, 6]),
+            ex(&[7, 8, 9]),
+            ex(&[10, 11, 12, 13]),
+            ex(&[14, 15]),
+        );
+        let batch = ScoringBatch::from_examples(&[&a, &b, &c, &d], 0);
+        assert_eq!(
+            batch.inputs,
+            [
+                vec![1, 2, 3, 4, 5],
+                vec![10, 11, 12, 7, 8],
+                vec![14, 0, 0, 0, 0]
+            ]
+        );
+        // Targets example by example, each predicted at its own tokens.
+        assert_eq!(batch.counts, [5, 2, 3, 1]);
+        assert_eq!(batch.targets, [2, 3, 4, 5, 6, 8, 9, 11, 12, 13, 15]);
+        assert_eq!(batch.positions, [0, 1, 2, 3, 4, 8, 9, 5, 6, 7, 10]);
+        let packing = batch.packing.expect("rows are shared");
+        assert_eq!(packing.positions[1], [0, 1, 2, 0, 1]);
+        assert_eq!(packing.branch[1], [1, 1, 1, 2, 2]);
+        assert_eq!(
+            packing.branch[2],
+            [1, u32::MAX, u32::MAX, u32::MAX, u32::MAX]
+        );
+        // Equal lengths share nothing: one plain causal row each, in order.
+        let batch = ScoringBatch::from_examples(&[&b, &b], 0);
+        assert_eq!(batch.inputs, [vec![7, 8], vec![7, 8]]);
+        assert!(batch.packing.is_none());
     }
 
     #[test]

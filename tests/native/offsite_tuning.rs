@@ -638,3 +638,77 @@ fn chunked_head_loss_matches_autodiff_through_the_full_logits() {
     }
     assert!(compared >= 14, "{compared} projections compared");
 }
+
+/// Choice-like examples of mixed lengths, loss on the last token only (so a mean over a
+/// micro-batch's targets equals the mean over its examples).
+fn mixed_length_examples() -> data::Dataset {
+    let example = |n: usize, seed: u32| {
+        let ids: Vec<u32> = (0..n as u32)
+            .map(|k| (seed * 37 + k * 11) % 250 + 3)
+            .collect();
+        let mut loss = vec![false; n];
+        loss[n - 1] = true;
+        Example { ids, loss }
+    };
+    let lengths = [11, 3, 5, 7, 2, 9, 4, 6, 8, 3, 10, 5];
+    data::Dataset {
+        train: (lengths.iter().enumerate())
+            .map(|(i, &n)| example(n, i as u32))
+            .collect(),
+        held_out: Vec::new(),
+        format: data::DataFormat::MultipleChoice,
+    }
+}
+
+#[test]
+fn examples_sharing_rows_score_and_train_as_if_alone() {
+    let device = Device::flex().autodiff();
+    let (weights, manifest) = bundle(&tiny_model_bytes(), 2);
+    let data = mixed_length_examples();
+    let refs: Vec<&Example> = data.train.iter().collect();
+    let packed = ScoringBatch::from_examples(&refs, 0);
+    assert!(packed.packing.is_some() && packed.inputs.len() < refs.len());
+    // Scoring: every target's log-probability as in a row of its own.
+    let model = load_emulator(&weights, &manifest, &device).model;
+    let together: Vec<f32> = packed
+        .token_logprobs(&model)
+        .into_data()
+        .try_into_vec()
+        .unwrap();
+    let alone: Vec<f32> = refs
+        .iter()
+        .flat_map(|e| {
+            ScoringBatch::from_examples(&[e], 0)
+                .token_logprobs(&model)
+                .into_data()
+                .try_into_vec::<f32>()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(together.len(), alone.len());
+    let diff = max_abs_diff(&together, &alone);
+    assert!(diff < 1e-5, "packed scores differ by {diff}");
+    // Training: micro-batches of 4 (packed) follow micro-batches of 1 accumulated 4 times.
+    let losses = |batch_size: usize, grad_accum: usize| {
+        let cfg = TrainConfig {
+            batch_size,
+            grad_accum,
+            ..config(3)
+        };
+        let (mut trainer, _) = train_with(
+            load_emulator(&weights, &manifest, &device),
+            &data,
+            cfg,
+            Some(&lora_config()),
+        );
+        run(&mut trainer, &data, 3);
+        trainer.state.losses.clone()
+    };
+    let (packed, alone) = (losses(4, 1), losses(1, 4));
+    for ((step, a), (_, b)) in packed.iter().zip(&alone) {
+        assert!(
+            (a - b).abs() < 1e-4 * b.abs().max(1.0),
+            "step {step}: {a} vs {b}"
+        );
+    }
+}
