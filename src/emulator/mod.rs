@@ -24,5 +24,4 @@ pub mod replace;
 pub use bundle::{BundleSpec, Emulator, EmulatorManifest, FrozenDtype, write_bundle};
 pub use distill::{DistillConfig, Distiller};
 pub use plan::{AdapterSplit, LayerKind, load_plan, uniform_drop};
-pub use rank::SrcRule;
-pub use recipe::{Method, Recipe, Select};
+pub use recipe::{Method, Recipe, Select, SrcRule};

@@ -10,58 +10,10 @@ use std::collections::{BTreeMap, HashMap};
 use nalgebra::DMatrix;
 
 use super::plan::LayerKind;
+use super::recipe::SrcRule;
 use crate::error::{Error, Result};
 use crate::names;
 use crate::weights::{HostTensor, WeightSource};
-
-/// How Selective Rank Compression chooses each matrix's rank.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum SrcRule {
-    /// The paper's: every matrix keeps `ceil(beta · min(out, in))` singular values.
-    #[default]
-    Share,
-    /// The same total rank as [`SrcRule::Share`], spent so that every matrix keeps the same
-    /// share of its spectrum's energy (`Σσ²`): matrices with flat spectra keep more rank.
-    Energy,
-    /// The same total rank as [`SrcRule::Share`], shared between the kept layers in proportion
-    /// to their keep probability from Dynamic LayerReplace: important layers keep more.
-    Importance,
-    /// Only the less important half of the kept layers (by keep probability) compressed, each
-    /// at `beta`'s share; the more important half stays dense.
-    Least,
-}
-
-impl SrcRule {
-    pub const ALL: [SrcRule; 4] = [Self::Share, Self::Energy, Self::Importance, Self::Least];
-
-    /// The name flags, manifests and reports use.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Share => "share",
-            Self::Energy => "energy",
-            Self::Importance => "importance",
-            Self::Least => "least",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Result<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|r| r.name() == name)
-            .ok_or_else(|| {
-                Error::setting(
-                    "src_rule",
-                    name,
-                    "unknown rule; use share, energy, importance or least",
-                )
-            })
-    }
-
-    /// Whether the rule reads the layers' keep probabilities.
-    pub fn needs_importance(self) -> bool {
-        matches!(self, Self::Importance | Self::Least)
-    }
-}
 
 /// `"q,k"` → `["q_proj", "k_proj"]`: a comma-separated subset of q, k, v, o.
 pub fn parse_projections(list: &str) -> Result<Vec<&'static str>> {
