@@ -169,12 +169,14 @@ printf 'x' | dd of="$ot/bad-imp.safetensors" bs=1 seek=200 conv=notrunc status=n
 refused "$ot/r3.log" "corrupted" "$bin" emulator --method scaleot --importance "$ot/bad-imp.json" \
   --alpha 0.5 --out "$ot/x.json"
 # A sweep over two sizes: the distillation at one of them, SRC for ScaleOT only
-# (--src-methods), LoRA on every layer as the upper bound; every difference with its interval.
+# (--src-methods) with a second rank rule, LoRA on every layer as the upper bound; every
+# difference with its interval.
 "$bin" report --tasks arc_easy --alphas 0.5,0.25 \
   --methods uniform-drop,uniform-drop-distill@0.5,scaleot@0.5 --importance "$ot/imp.json" \
-  --betas 1,0.5 --distill-steps 1 --steps 1 --batch-size 2 --lora-rank 2 --limit 4 \
+  --betas 1,0.5 --src-rules share,energy --distill-steps 1 --steps 1 --batch-size 2 --lora-rank 2 --limit 4 \
   --held-out 0.01 --full-ft all --out "$ot/report"
 grep -q "scaleot a=0.5 b=0.5: Plug-in" "$ot/report/report.md"
+grep -q "| scaleot a=0.5 b=0.5 energy: SRC change of Plug-in | [-+][0-9.]* \[" "$ot/report/report.md"
 grep -q "uniform-drop a=0.25 b=1: Plug-in" "$ot/report/report.md"
 if grep -q "uniform-drop a=0.5 b=0.5\|scaleot a=0.25" "$ot/report/report.md"; then exit 1; fi
 grep -q "| Full FT (every layer) |" "$ot/report/report.md"
