@@ -198,16 +198,7 @@ fn energy_ranks(spectra: &[Vec<f64>], budget: usize) -> Vec<usize> {
             .map(|c| (c.partition_point(|&x| x < e) + 1).clamp(1, c.len().max(1)))
             .collect()
     };
-    let (mut lo, mut hi) = (0.0, 1.0);
-    for _ in 0..60 {
-        let mid = 0.5 * (lo + hi);
-        if ranks_at(mid).iter().sum::<usize>() <= budget {
-            lo = mid;
-        } else {
-            hi = mid;
-        }
-    }
-    ranks_at(lo)
+    largest_within_budget(ranks_at, 1.0, budget)
 }
 
 /// Ranks `min(1, c · weight) · dim` per matrix: the largest `c` whose ranks add up to at most
@@ -218,7 +209,17 @@ fn importance_ranks(dims: &[usize], weights: &[f64], budget: usize) -> Vec<usize
             .map(|(&d, &w)| share_rank((c * w.max(1e-6)).min(1.0), d))
             .collect()
     };
-    let (mut lo, mut hi) = (0.0, 1e6);
+    largest_within_budget(ranks_at, 1e6, budget)
+}
+
+/// `ranks_at(x)` for the largest `x` in `[0, hi]` (by bisection) whose ranks add up to at most
+/// `budget`; `ranks_at` grows with `x`, and `ranks_at(0)` must fit.
+fn largest_within_budget(
+    ranks_at: impl Fn(f64) -> Vec<usize>,
+    hi: f64,
+    budget: usize,
+) -> Vec<usize> {
+    let (mut lo, mut hi) = (0.0, hi);
     for _ in 0..100 {
         let mid = 0.5 * (lo + hi);
         if ranks_at(mid).iter().sum::<usize>() <= budget {
