@@ -16,7 +16,6 @@ pub mod corpus;
 pub mod distill;
 pub mod importance;
 pub mod plan;
-#[cfg(not(target_family = "wasm"))]
 pub mod rank;
 pub mod recipe;
 pub mod replace;
@@ -24,4 +23,5 @@ pub mod replace;
 pub use bundle::{BundleSpec, Emulator, EmulatorManifest, FrozenDtype, write_bundle};
 pub use distill::{DistillConfig, Distiller};
 pub use plan::{AdapterSplit, LayerKind, load_plan, uniform_drop};
-pub use recipe::{Method, Recipe, Select, SrcRule};
+pub use rank::SrcRule;
+pub use recipe::{Method, Recipe, Select};

@@ -3,17 +3,61 @@
 //! the other projections and the MLP stay dense. [`SrcRule`] says how the ranks are chosen:
 //! the paper's one share `beta` of every matrix's rank, or that same total rank spent by the
 //! spectrum's energy or by layer importance, or only the least important kept layers
-//! compressed. Native only (nalgebra's SVD): the browser only ever reads the factors.
+//! compressed. The SVDs are native only (nalgebra): the browser only ever reads the factors.
 
-use std::collections::{BTreeMap, HashMap};
-
-use nalgebra::DMatrix;
+use std::collections::BTreeMap;
 
 use super::plan::LayerKind;
-use super::recipe::SrcRule;
 use crate::error::{Error, Result};
-use crate::names;
-use crate::weights::{HostTensor, WeightSource};
+
+/// How Selective Rank Compression chooses each matrix's rank.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SrcRule {
+    /// The paper's: every matrix keeps `ceil(beta · min(out, in))` singular values.
+    #[default]
+    Share,
+    /// The same total rank as [`SrcRule::Share`], spent so that every matrix keeps the same
+    /// share of its spectrum's energy (`Σσ²`): matrices with flat spectra keep more rank.
+    Energy,
+    /// The same total rank as [`SrcRule::Share`], shared between the kept layers in proportion
+    /// to their keep probability from Dynamic LayerReplace: important layers keep more.
+    Importance,
+    /// Only the less important half of the kept layers (by keep probability) compressed, each
+    /// at `beta`'s share; the more important half stays dense.
+    Least,
+}
+
+impl SrcRule {
+    pub const ALL: [SrcRule; 4] = [Self::Share, Self::Energy, Self::Importance, Self::Least];
+
+    /// The name flags, manifests and reports use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Share => "share",
+            Self::Energy => "energy",
+            Self::Importance => "importance",
+            Self::Least => "least",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|r| r.name() == name)
+            .ok_or_else(|| {
+                Error::setting(
+                    "src_rule",
+                    name,
+                    "unknown rule; use share, energy, importance or least",
+                )
+            })
+    }
+
+    /// Whether the rule reads the layers' keep probabilities.
+    pub fn needs_importance(self) -> bool {
+        matches!(self, Self::Importance | Self::Least)
+    }
+}
 
 /// `"q,k"` → `["q_proj", "k_proj"]`: a comma-separated subset of q, k, v, o.
 pub fn parse_projections(list: &str) -> Result<Vec<&'static str>> {
@@ -97,188 +141,206 @@ impl Compression<'_> {
             ))
         })
     }
+}
 
-    /// Factors the chosen projections of [`Compression::layers`]: factors go into `extra`
-    /// (read from `extra` if a dense version is there, e.g. distilled, else from `base`),
-    /// their dense weights leave it, and those layers become [`LayerKind::LowRank`].
-    /// `beta` in (0, 1] (`recipe::check_beta`). `on_matrix` is called after each SVD.
-    pub fn apply(
-        &self,
-        plan: &mut [LayerKind],
-        extra: &mut HashMap<String, HostTensor>,
-        base: &dyn WeightSource,
-        on_matrix: &mut dyn FnMut(),
-    ) -> Result<Ranks> {
-        let layers = self.layers(plan)?;
-        let mut matrices = Vec::new();
-        for &i in &layers {
-            for &proj in self.projections {
-                let name = names::projection_weight(i, proj);
-                let w = match extra.get(&name) {
-                    Some(t) => t.clone(),
-                    None => base.required(&name)?,
-                };
-                let [out, inp] = w.shape[..] else {
-                    return Err(Error::ShapeMismatch {
-                        tensor: name,
-                        expected: vec![0, 0],
-                        found: w.shape,
-                    });
-                };
-                matrices.push((i, proj, w, out, inp));
-            }
-        }
-        let dims: Vec<usize> = matrices.iter().map(|m| m.3.min(m.4)).collect();
-        let budget: usize = dims.iter().map(|&d| share_rank(self.beta, d)).sum();
-        let ranks: Vec<usize> = match self.rule {
-            SrcRule::Share | SrcRule::Least => {
-                dims.iter().map(|&d| share_rank(self.beta, d)).collect()
-            }
-            SrcRule::Energy => {
-                let mut spectra = Vec::with_capacity(matrices.len());
-                for (_, _, w, out, inp) in &matrices {
-                    spectra.push(singular_values(&w.data, *out, *inp));
-                    on_matrix();
+/// The SVDs themselves: the model owner's side only (nalgebra), never in the browser.
+#[cfg(not(target_family = "wasm"))]
+mod factor {
+    use std::collections::HashMap;
+
+    use nalgebra::DMatrix;
+
+    use super::*;
+    use crate::names;
+    use crate::weights::{HostTensor, WeightSource};
+
+    impl Compression<'_> {
+        /// Factors the chosen projections of [`Compression::layers`]: factors go into `extra`
+        /// (read from `extra` if a dense version is there, e.g. distilled, else from `base`),
+        /// their dense weights leave it, and those layers become [`LayerKind::LowRank`].
+        /// `beta` in (0, 1] (`recipe::check_beta`). `on_matrix` is called after each SVD.
+        pub fn apply(
+            &self,
+            plan: &mut [LayerKind],
+            extra: &mut HashMap<String, HostTensor>,
+            base: &dyn WeightSource,
+            on_matrix: &mut dyn FnMut(),
+        ) -> Result<Ranks> {
+            let layers = self.layers(plan)?;
+            let mut matrices = Vec::new();
+            for &i in &layers {
+                for &proj in self.projections {
+                    let name = names::projection_weight(i, proj);
+                    let w = match extra.get(&name) {
+                        Some(t) => t.clone(),
+                        None => base.required(&name)?,
+                    };
+                    let [out, inp] = w.shape[..] else {
+                        return Err(Error::ShapeMismatch {
+                            tensor: name,
+                            expected: vec![0, 0],
+                            found: w.shape,
+                        });
+                    };
+                    matrices.push((i, proj, w, out, inp));
                 }
-                energy_ranks(&spectra, budget)
             }
-            SrcRule::Importance => {
-                let weights = (matrices.iter())
-                    .map(|m| self.keep_probability(m.0))
-                    .collect::<Result<Vec<_>>>()?;
-                importance_ranks(&dims, &weights, budget)
+            let dims: Vec<usize> = matrices.iter().map(|m| m.3.min(m.4)).collect();
+            let budget: usize = dims.iter().map(|&d| share_rank(self.beta, d)).sum();
+            let ranks: Vec<usize> = match self.rule {
+                SrcRule::Share | SrcRule::Least => {
+                    dims.iter().map(|&d| share_rank(self.beta, d)).collect()
+                }
+                SrcRule::Energy => {
+                    let mut spectra = Vec::with_capacity(matrices.len());
+                    for (_, _, w, out, inp) in &matrices {
+                        spectra.push(singular_values(&w.data, *out, *inp));
+                        on_matrix();
+                    }
+                    energy_ranks(&spectra, budget)
+                }
+                SrcRule::Importance => {
+                    let weights = (matrices.iter())
+                        .map(|m| self.keep_probability(m.0))
+                        .collect::<Result<Vec<_>>>()?;
+                    importance_ranks(&dims, &weights, budget)
+                }
+            };
+            let mut recorded = Ranks::new();
+            for ((i, proj, w, out, inp), r) in matrices.into_iter().zip(ranks) {
+                let (u, v) = truncated_svd(&w.data, out, inp, r)?;
+                let module = names::projection(i, proj);
+                let [u_name, v_name] = names::lowrank_factors(&module);
+                extra.remove(&names::weight(&module));
+                let u = HostTensor {
+                    shape: vec![out, r],
+                    data: u,
+                };
+                let v = HostTensor {
+                    shape: vec![r, inp],
+                    data: v,
+                };
+                extra.insert(u_name, u);
+                extra.insert(v_name, v);
+                recorded.entry(i).or_default().insert(proj.to_string(), r);
+                plan[i] = LayerKind::LowRank;
+                on_matrix();
             }
-        };
-        let mut recorded = Ranks::new();
-        for ((i, proj, w, out, inp), r) in matrices.into_iter().zip(ranks) {
-            let (u, v) = truncated_svd(&w.data, out, inp, r)?;
-            let module = names::projection(i, proj);
-            let [u_name, v_name] = names::lowrank_factors(&module);
-            extra.remove(&names::weight(&module));
-            let u = HostTensor {
-                shape: vec![out, r],
-                data: u,
-            };
-            let v = HostTensor {
-                shape: vec![r, inp],
-                data: v,
-            };
-            extra.insert(u_name, u);
-            extra.insert(v_name, v);
-            recorded.entry(i).or_default().insert(proj.to_string(), r);
-            plan[i] = LayerKind::LowRank;
-            on_matrix();
+            Ok(recorded)
         }
-        Ok(recorded)
     }
-}
 
-/// `ceil(beta · dim)`, at least 1 and at most `dim`: the paper's rank.
-fn share_rank(beta: f64, dim: usize) -> usize {
-    ((beta * dim as f64).ceil() as usize).clamp(1, dim.max(1))
-}
+    /// `ceil(beta · dim)`, at least 1 and at most `dim`: the paper's rank.
+    pub(super) fn share_rank(beta: f64, dim: usize) -> usize {
+        ((beta * dim as f64).ceil() as usize).clamp(1, dim.max(1))
+    }
 
-/// Per matrix (singular values, largest first) the rank that keeps one energy share `e` of
-/// `Σσ²` for all: the largest `e` whose ranks add up to at most `budget` (at least 1 each).
-fn energy_ranks(spectra: &[Vec<f64>], budget: usize) -> Vec<usize> {
-    let cumulative: Vec<Vec<f64>> = spectra
-        .iter()
-        .map(|s| {
-            let total: f64 = s.iter().map(|x| x * x).sum::<f64>().max(f64::MIN_POSITIVE);
-            s.iter()
-                .scan(0.0, |acc, x| {
-                    *acc += x * x / total;
-                    Some(*acc)
-                })
+    /// Per matrix (singular values, largest first) the rank that keeps one energy share `e` of
+    /// `Σσ²` for all: the largest `e` whose ranks add up to at most `budget` (at least 1 each).
+    pub(super) fn energy_ranks(spectra: &[Vec<f64>], budget: usize) -> Vec<usize> {
+        let cumulative: Vec<Vec<f64>> = spectra
+            .iter()
+            .map(|s| {
+                let total: f64 = s.iter().map(|x| x * x).sum::<f64>().max(f64::MIN_POSITIVE);
+                s.iter()
+                    .scan(0.0, |acc, x| {
+                        *acc += x * x / total;
+                        Some(*acc)
+                    })
+                    .collect()
+            })
+            .collect();
+        let ranks_at = |e: f64| -> Vec<usize> {
+            (cumulative.iter())
+                .map(|c| (c.partition_point(|&x| x < e) + 1).clamp(1, c.len().max(1)))
                 .collect()
-        })
-        .collect();
-    let ranks_at = |e: f64| -> Vec<usize> {
-        (cumulative.iter())
-            .map(|c| (c.partition_point(|&x| x < e) + 1).clamp(1, c.len().max(1)))
-            .collect()
-    };
-    largest_within_budget(ranks_at, 1.0, budget)
-}
-
-/// Ranks `min(1, c · weight) · dim` per matrix: the largest `c` whose ranks add up to at most
-/// `budget` (at least 1 each).
-fn importance_ranks(dims: &[usize], weights: &[f64], budget: usize) -> Vec<usize> {
-    let ranks_at = |c: f64| -> Vec<usize> {
-        (dims.iter().zip(weights))
-            .map(|(&d, &w)| share_rank((c * w.max(1e-6)).min(1.0), d))
-            .collect()
-    };
-    largest_within_budget(ranks_at, 1e6, budget)
-}
-
-/// `ranks_at(x)` for the largest `x` in `[0, hi]` (by bisection) whose ranks add up to at most
-/// `budget`; `ranks_at` grows with `x`, and `ranks_at(0)` must fit.
-fn largest_within_budget(
-    ranks_at: impl Fn(f64) -> Vec<usize>,
-    hi: f64,
-    budget: usize,
-) -> Vec<usize> {
-    let (mut lo, mut hi) = (0.0, hi);
-    for _ in 0..100 {
-        let mid = 0.5 * (lo + hi);
-        if ranks_at(mid).iter().sum::<usize>() <= budget {
-            lo = mid;
-        } else {
-            hi = mid;
-        }
+        };
+        largest_within_budget(ranks_at, 1.0, budget)
     }
-    ranks_at(lo)
-}
 
-fn matrix(w: &[f32], rows: usize, cols: usize) -> DMatrix<f64> {
-    DMatrix::<f64>::from_row_iterator(rows, cols, w.iter().map(|&x| x as f64))
-}
+    /// Ranks `min(1, c · weight) · dim` per matrix: the largest `c` whose ranks add up to at most
+    /// `budget` (at least 1 each).
+    pub(super) fn importance_ranks(dims: &[usize], weights: &[f64], budget: usize) -> Vec<usize> {
+        let ranks_at = |c: f64| -> Vec<usize> {
+            (dims.iter().zip(weights))
+                .map(|(&d, &w)| share_rank((c * w.max(1e-6)).min(1.0), d))
+                .collect()
+        };
+        largest_within_budget(ranks_at, 1e6, budget)
+    }
 
-/// `W`'s singular values, largest first.
-fn singular_values(w: &[f32], rows: usize, cols: usize) -> Vec<f64> {
-    let mut s: Vec<f64> = matrix(w, rows, cols)
-        .singular_values()
-        .iter()
-        .copied()
-        .collect();
-    s.sort_by(|a, b| b.total_cmp(a));
-    s
-}
+    /// `ranks_at(x)` for the largest `x` in `[0, hi]` (by bisection) whose ranks add up to at most
+    /// `budget`; `ranks_at` grows with `x`, and `ranks_at(0)` must fit.
+    fn largest_within_budget(
+        ranks_at: impl Fn(f64) -> Vec<usize>,
+        hi: f64,
+        budget: usize,
+    ) -> Vec<usize> {
+        let (mut lo, mut hi) = (0.0, hi);
+        for _ in 0..100 {
+            let mid = 0.5 * (lo + hi);
+            if ranks_at(mid).iter().sum::<usize>() <= budget {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        ranks_at(lo)
+    }
 
-/// `W [rows, cols]` (row-major) ≈ `U [rows, r] · V [r, cols]` with `U = U_r Σ_r`, `V = V_rᵀ`.
-pub fn truncated_svd(
-    w: &[f32],
-    rows: usize,
-    cols: usize,
-    r: usize,
-) -> Result<(Vec<f32>, Vec<f32>)> {
-    let svd = matrix(w, rows, cols).svd(true, true);
-    let (Some(u), Some(v_t)) = (svd.u, svd.v_t) else {
-        return Err(Error::Invalid("the SVD did not converge".into()));
-    };
-    // nalgebra does not promise an order: take the r largest singular values.
-    let mut order: Vec<usize> = (0..svd.singular_values.len()).collect();
-    order.sort_by(|&a, &b| svd.singular_values[b].total_cmp(&svd.singular_values[a]));
-    let order = &order[..r.min(order.len())];
-    let r = order.len();
-    let mut us = vec![0f32; rows * r];
-    for row in 0..rows {
+    fn matrix(w: &[f32], rows: usize, cols: usize) -> DMatrix<f64> {
+        DMatrix::<f64>::from_row_iterator(rows, cols, w.iter().map(|&x| x as f64))
+    }
+
+    /// `W`'s singular values, largest first.
+    fn singular_values(w: &[f32], rows: usize, cols: usize) -> Vec<f64> {
+        let mut s: Vec<f64> = matrix(w, rows, cols)
+            .singular_values()
+            .iter()
+            .copied()
+            .collect();
+        s.sort_by(|a, b| b.total_cmp(a));
+        s
+    }
+
+    /// `W [rows, cols]` (row-major) ≈ `U [rows, r] · V [r, cols]` with `U = U_r Σ_r`, `V = V_rᵀ`.
+    pub fn truncated_svd(
+        w: &[f32],
+        rows: usize,
+        cols: usize,
+        r: usize,
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
+        let svd = matrix(w, rows, cols).svd(true, true);
+        let (Some(u), Some(v_t)) = (svd.u, svd.v_t) else {
+            return Err(Error::Invalid("the SVD did not converge".into()));
+        };
+        // nalgebra does not promise an order: take the r largest singular values.
+        let mut order: Vec<usize> = (0..svd.singular_values.len()).collect();
+        order.sort_by(|&a, &b| svd.singular_values[b].total_cmp(&svd.singular_values[a]));
+        let order = &order[..r.min(order.len())];
+        let r = order.len();
+        let mut us = vec![0f32; rows * r];
+        for row in 0..rows {
+            for (k, &j) in order.iter().enumerate() {
+                us[row * r + k] = (u[(row, j)] * svd.singular_values[j]) as f32;
+            }
+        }
+        let mut vt = vec![0f32; r * cols];
         for (k, &j) in order.iter().enumerate() {
-            us[row * r + k] = (u[(row, j)] * svd.singular_values[j]) as f32;
+            for col in 0..cols {
+                vt[k * cols + col] = v_t[(j, col)] as f32;
+            }
         }
+        Ok((us, vt))
     }
-    let mut vt = vec![0f32; r * cols];
-    for (k, &j) in order.iter().enumerate() {
-        for col in 0..cols {
-            vt[k * cols + col] = v_t[(j, col)] as f32;
-        }
-    }
-    Ok((us, vt))
 }
+
+#[cfg(not(target_family = "wasm"))]
+pub use factor::truncated_svd;
 
 #[cfg(test)]
 mod tests {
+    use super::factor::*;
     use super::*;
 
     #[test]

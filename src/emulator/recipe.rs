@@ -16,8 +16,7 @@ use super::bundle::{BundleSpec, EmulatorManifest, FrozenDtype, write_bundle};
 use super::distill::{DistillConfig, Distilled};
 use super::importance::ImportanceFile;
 use super::plan::{AdapterSplit, LayerKind, uniform_drop};
-#[cfg(not(target_family = "wasm"))]
-use super::rank::Compression;
+use super::rank::{Compression, SrcRule};
 use super::replace::least_important;
 use crate::error::{Error, Result};
 use crate::model::OpenedModel;
@@ -57,55 +56,6 @@ pub enum Select {
     Global,
     /// The alpha share within each importance group.
     Group,
-}
-
-/// How Selective Rank Compression chooses each matrix's rank.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum SrcRule {
-    /// The paper's: every matrix keeps `ceil(beta · min(out, in))` singular values.
-    #[default]
-    Share,
-    /// The same total rank as [`SrcRule::Share`], spent so that every matrix keeps the same
-    /// share of its spectrum's energy (`Σσ²`): matrices with flat spectra keep more rank.
-    Energy,
-    /// The same total rank as [`SrcRule::Share`], shared between the kept layers in proportion
-    /// to their keep probability from Dynamic LayerReplace: important layers keep more.
-    Importance,
-    /// Only the less important half of the kept layers (by keep probability) compressed, each
-    /// at `beta`'s share; the more important half stays dense.
-    Least,
-}
-
-impl SrcRule {
-    pub const ALL: [SrcRule; 4] = [Self::Share, Self::Energy, Self::Importance, Self::Least];
-
-    /// The name flags, manifests and reports use.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Share => "share",
-            Self::Energy => "energy",
-            Self::Importance => "importance",
-            Self::Least => "least",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Result<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|r| r.name() == name)
-            .ok_or_else(|| {
-                Error::setting(
-                    "src_rule",
-                    name,
-                    "unknown rule; use share, energy, importance or least",
-                )
-            })
-    }
-
-    /// Whether the rule reads the layers' keep probabilities.
-    pub fn needs_importance(self) -> bool {
-        matches!(self, Self::Importance | Self::Least)
-    }
 }
 
 /// A whole emulator recipe.
@@ -262,7 +212,6 @@ impl Assembly {
 
     /// Step 3's compression: Selective Rank Compression as `recipe` asks, reading this
     /// assembly's importance.
-    #[cfg(not(target_family = "wasm"))]
     pub fn compression<'a>(&'a self, recipe: &'a Recipe) -> Compression<'a> {
         compression(recipe, &self.keep_probability)
     }
@@ -315,7 +264,6 @@ impl Assembly {
 }
 
 /// `recipe`'s Selective Rank Compression with the keep probabilities of its plan.
-#[cfg(not(target_family = "wasm"))]
 fn compression<'a>(
     recipe: &'a Recipe,
     keep_probability: &'a BTreeMap<usize, f64>,
