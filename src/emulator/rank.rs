@@ -186,11 +186,10 @@ mod factor {
                 }
             }
             let dims: Vec<usize> = matrices.iter().map(|m| m.3.min(m.4)).collect();
-            let budget: usize = dims.iter().map(|&d| share_rank(self.beta, d)).sum();
+            let share: Vec<usize> = dims.iter().map(|&d| share_rank(self.beta, d)).collect();
+            let budget: usize = share.iter().sum();
             let ranks: Vec<usize> = match self.rule {
-                SrcRule::Share | SrcRule::Least => {
-                    dims.iter().map(|&d| share_rank(self.beta, d)).collect()
-                }
+                SrcRule::Share | SrcRule::Least => share,
                 SrcRule::Energy => {
                     let mut spectra = Vec::with_capacity(matrices.len());
                     for (_, _, w, out, inp) in &matrices {
