@@ -171,10 +171,10 @@ refused "$ot/r3.log" "corrupted" "$bin" emulator --method scaleot --importance "
 # A sweep over two sizes: the distillation at one of them, SRC for ScaleOT only
 # (--src-methods) with a second rank rule, LoRA on every layer as the upper bound; every
 # difference with its interval.
-"$bin" report --tasks arc_easy --alphas 0.5,0.25 \
-  --methods uniform-drop,uniform-drop-distill@0.5,scaleot@0.5 --importance "$ot/imp.json" \
-  --betas 1,0.5 --src-rules share,energy --distill-steps 1 --steps 1 --batch-size 2 --lora-rank 2 --limit 4 \
-  --held-out 0.01 --full-ft all --out "$ot/report"
+sweep=(--tasks arc_easy --methods uniform-drop,uniform-drop-distill@0.5,scaleot@0.5
+  --importance "$ot/imp.json" --betas 1,0.5 --src-rules share,energy --distill-steps 1 --steps 1
+  --batch-size 2 --lora-rank 2 --limit 4 --held-out 0.01 --full-ft all --out "$ot/report")
+"$bin" report --alphas 0.5,0.25 "${sweep[@]}"
 grep -q "scaleot a=0.5 b=0.5: Plug-in" "$ot/report/report.md"
 grep -q "| scaleot a=0.5 b=0.5 energy: SRC change of Plug-in | [-+][0-9.]* \[" "$ot/report/report.md"
 grep -q "uniform-drop a=0.25 b=1: Plug-in" "$ot/report/report.md"
@@ -186,6 +186,15 @@ grep -q "| ScaleOT importance.*| 3 | 2 x 128 (+2 scored) |" "$ot/report/report.m
 grep -q "| Offsite-Tuning distillation (uniform-drop-distill a=0.5 b=1) | 1 |" "$ot/report/report.md"
 test -s "$ot/report/privacy-utility.svg"
 test -s "$ot/report/size-utility.svg"
+# --cached-only: a wider sweep's report from the same cache, nothing run and the cache untouched,
+# the cells still to run listed.
+cp "$ot/report/results.json" "$ot/cache-before.json"
+"$bin" report --alphas 0.5,0.25,0.75 "${sweep[@]}" --cached-only > "$ot/cached.log"
+cmp "$ot/report/results.json" "$ot/cache-before.json"
+grep -q "emulator uniform-drop a=0.75 b=1 and its cells" "$ot/cached.log"
+if grep -q "uniform-drop a=0.25 b=1/plug-in" "$ot/cached.log"; then exit 1; fi
+grep -q "| uniform-drop a=0.25 b=1: Plug-in | [0-9]" "$ot/report/report.md"
+grep -q "| uniform-drop a=0.75 b=1: Plug-in | – |" "$ot/report/report.md"
 rm -rf "$ot"
 stage "wasm32 build + clippy: what the smoke stages above left of it"
 await wasm-build

@@ -97,6 +97,10 @@ pub struct ReportArgs {
     device: DeviceArgs,
     #[arg(long, default_value = "report")]
     out: PathBuf,
+    /// Write the report from the cells already in OUT's cache and run nothing: a long sweep's
+    /// results so far, with every cell still to run listed (and shown as —).
+    #[arg(long)]
+    cached_only: bool,
 }
 
 /// What a cell measures.
@@ -354,6 +358,9 @@ struct Runner {
     limit: Option<usize>,
     device: DeviceArgs,
     model: Option<PathBuf>,
+    /// `--cached-only`: what would run is only listed in `missing`.
+    cached_only: bool,
+    missing: Vec<String>,
 }
 
 impl Runner {
@@ -362,7 +369,11 @@ impl Runner {
         self.out.join(format!("data/{}.jsonl", task.name()))
     }
 
+    /// Writes the cache (not with `--cached-only`: a sweep may be running on it).
     fn save(&self) -> Result<()> {
+        if self.cached_only {
+            return Ok(());
+        }
         write_file(
             &self.out.join("results.json"),
             serde_json::to_string_pretty(&self.results)?.as_bytes(),
@@ -409,6 +420,10 @@ impl Runner {
             .get(&key)
             .is_some_and(|c| c.commands == commands && c.correct().is_some())
         {
+            return Ok(());
+        }
+        if self.cached_only {
+            self.missing.push(key.to_string());
             return Ok(());
         }
         eprintln!("== report: {key}");
@@ -469,14 +484,15 @@ impl Runner {
     }
 
     /// Builds an emulator bundle unless it exists (its file is named by a hash of the request
-    /// and of the importance scores it reads); records its size. Returns its manifest path.
+    /// and of the importance scores it reads); records its size. Returns its manifest path
+    /// (none with `--cached-only` when it is not built yet).
     fn emulator(
         &mut self,
         label: &str,
         name: &str,
         mut request: EmulatorArgs,
         beta: f64,
-    ) -> Result<PathBuf> {
+    ) -> Result<Option<PathBuf>> {
         let importance_sha = match &request.importance {
             Some(path) => {
                 let m: serde_json::Value = serde_json::from_slice(&std::fs::read(path)?)
@@ -490,6 +506,10 @@ impl Runner {
         let path = request.out.clone();
         let command = request.command_line().to_string();
         let start = Instant::now();
+        if !path.exists() && self.cached_only {
+            self.missing.push(format!("emulator {label} and its cells"));
+            return Ok(None);
+        }
         if !path.exists() {
             eprintln!("== report: emulator {label}");
             crate::build_emulator::emulator(&request)?;
@@ -518,7 +538,7 @@ impl Runner {
             );
         }
         self.save()?;
-        Ok(path)
+        Ok(Some(path))
     }
 
     /// Full FT: the adapters of `emulator` (one that keeps every layer) tuned on each task
@@ -676,6 +696,8 @@ pub fn report(a: ReportArgs) -> Result<()> {
         limit: a.limit,
         device: a.device,
         model: a.model.clone(),
+        cached_only: a.cached_only,
+        missing: Vec::new(),
     };
     scaleot::emulator::AdapterSplit::parse(&a.adapters)?;
     for &t in &tasks {
@@ -701,10 +723,12 @@ pub fn report(a: ReportArgs) -> Result<()> {
         // The same adapter layers tuned on the full model: an emulator that keeps every layer.
         let mut full = emulator_request(Method::UniformDrop);
         full.alpha = 0.0;
-        let path = run.emulator("full", "full", full, 1.0)?;
-        run.full_ft(Setting::FullFt, &path, "full-ft", &tasks, &a)?;
+        if let Some(path) = run.emulator("full", "full", full, 1.0)? {
+            run.full_ft(Setting::FullFt, &path, "full-ft", &tasks, &a)?;
+        }
     }
-    let mut emulators: Vec<(EmulatorSetting, PathBuf)> = Vec::new();
+    // The built emulators by label, for the owner's costs.
+    let mut built: Vec<(String, PathBuf)> = Vec::new();
     for s in &settings {
         let label = s.label();
         let name =
@@ -728,8 +752,11 @@ pub fn report(a: ReportArgs) -> Result<()> {
             request.src_projections = a.src_projections.clone();
             request.src_rule = s.src_rule.name().into();
         }
-        let path = run.emulator(&label, &name, request, s.beta)?;
-        emulators.push((s.clone(), path.clone()));
+        // Not built (`--cached-only`): the setting's rows show —.
+        let Some(path) = run.emulator(&label, &name, request, s.beta)? else {
+            continue;
+        };
+        built.push((label.clone(), path.clone()));
         for &t in &tasks {
             let key = |stage| CellKey {
                 setting: Setting::emulator(&label, stage),
@@ -755,15 +782,11 @@ pub fn report(a: ReportArgs) -> Result<()> {
         let mut all = emulator_request(Method::UniformDrop);
         all.alpha = 0.0;
         all.adapters = format!("{}+{}", layers / 2, layers - layers / 2);
-        let path = run.emulator("full-all", "full-all", all, 1.0)?;
-        run.full_ft(Setting::FullFtAll, &path, "full-ft-all", &tasks, &a)?;
+        if let Some(path) = run.emulator("full-all", "full-all", all, 1.0)? {
+            run.full_ft(Setting::FullFtAll, &path, "full-ft-all", &tasks, &a)?;
+        }
     }
-    let with_paths: Vec<(String, PathBuf)> = emulators
-        .iter()
-        .map(|(s, p)| (s.label(), p.clone()))
-        .collect();
-    let costs = owner_costs(a.importance.as_deref(), &with_paths)?;
-    let settings: Vec<EmulatorSetting> = emulators.into_iter().map(|(s, _)| s).collect();
+    let costs = owner_costs(a.importance.as_deref(), &built)?;
     write::write_outputs(
         &a.out,
         &run.results,
@@ -776,6 +799,13 @@ pub fn report(a: ReportArgs) -> Result<()> {
         &costs,
     )?;
     println!("report written to {}", a.out.join("report.md").display());
+    if !run.missing.is_empty() {
+        println!(
+            "{} still to run (the report shows them as —):\n  {}",
+            run.missing.len(),
+            run.missing.join("\n  ")
+        );
+    }
     Ok(())
 }
 
