@@ -506,11 +506,11 @@ impl Runner {
         let path = request.out.clone();
         let command = request.command_line().to_string();
         let start = Instant::now();
-        if !path.exists() && self.cached_only {
-            self.missing.push(format!("emulator {label} and its cells"));
-            return Ok(None);
-        }
         if !path.exists() {
+            if self.cached_only {
+                self.missing.push(format!("emulator {label} and its cells"));
+                return Ok(None);
+            }
             eprintln!("== report: emulator {label}");
             crate::build_emulator::emulator(&request)?;
         }
@@ -702,7 +702,7 @@ pub fn report(a: ReportArgs) -> Result<()> {
     scaleot::emulator::AdapterSplit::parse(&a.adapters)?;
     for &t in &tasks {
         let data = run.data_path(t);
-        if !data.exists() {
+        if !data.exists() && !a.cached_only {
             let docs = crate::datasets::load_train_docs(&crate::model_files::assets_dir(), t)?;
             crate::datasets::write_mc_jsonl(&docs, &data)?;
         }
