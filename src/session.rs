@@ -16,6 +16,9 @@ use crate::emulator::{Emulator, EmulatorManifest, LayerKind};
 use crate::error::{Error, Result};
 use crate::eval::loglik::ScoringBatch;
 use crate::model::{Llama, LoraConfig};
+use crate::replicas::{
+    Alone, Replicas, add_gradients, read_flat, share_gradients, trainable_values,
+};
 use crate::train::{RunIdentity, StepReport, TrainConfig, TrainState, Trainer};
 use crate::weights::HostTensor;
 
@@ -106,6 +109,20 @@ impl Settings {
             truncate: self.truncate,
         }
     }
+}
+
+/// The model a run of `settings` trains on `emu` (LoRA attached where asked, everything but the
+/// adapters frozen) and the adapters' stack positions: the session's, and its replicas'.
+pub fn training_model(emu: &Emulator, settings: &Settings) -> Result<(Llama, Vec<usize>)> {
+    let adapters = emu.adapter_positions();
+    let model = match settings.lora()? {
+        Some(l) => emu
+            .model
+            .clone()
+            .with_lora(&adapters, &l, settings.seed, None)?,
+        None => emu.model.clone(),
+    };
+    Ok((model.with_trainable_layers(&adapters), adapters))
 }
 
 /// How much a run will need, shown before training starts.
@@ -284,14 +301,7 @@ impl Session {
         let data = data::load(data_bytes, data_name, &emu.tokenizer, &opts)?;
         let cfg = settings.train_config();
         let lora = settings.lora()?;
-        let adapters = emu.adapter_positions();
-        let model = match &lora {
-            Some(l) => emu
-                .model
-                .clone()
-                .with_lora(&adapters, l, settings.seed, None)?,
-            None => emu.model.clone(),
-        };
+        let (model, adapters) = training_model(emu, settings)?;
         let trainer = Trainer::new(model, &adapters, cfg.clone(), data.train.len())?;
         let identity = RunIdentity {
             emulator_sha256: emu.manifest.weights_sha256.clone(),
@@ -369,9 +379,50 @@ impl Session {
     /// One micro-batch forward and backward, the loss read back, and the optimizer step when
     /// it completes one. A non-finite loss rolls back to the last good weights and errors.
     pub async fn step(&mut self) -> Result<Option<StepReport>> {
-        let loss = self.trainer.micro_step(&self.data.train, self.pad)?;
-        let value = read_scalar(loss).await?;
-        self.trainer.complete_micro_step(value)
+        self.step_with(&mut Alone).await
+    }
+
+    /// [`Self::step`] with the micro-batch shared out to `replicas` (the trainer computes the
+    /// first share while they compute theirs, then adds their gradients to its own).
+    pub async fn step_with<R: Replicas>(&mut self, replicas: &mut R) -> Result<Option<StepReport>> {
+        if replicas.count() == 0 {
+            let loss = self.trainer.micro_step(&self.data.train, self.pad)?;
+            let value = read_scalar(loss).await?;
+            return self.trainer.complete_micro_step(value);
+        }
+        let (shares, total) = self
+            .trainer
+            .next_shares(&self.data.train, replicas.count() + 1)?;
+        let model = &self.trainer.model;
+        let mut loss = 0.0;
+        let grads = if let Some((own, theirs)) = shares.split_first()
+            && !theirs.is_empty()
+        {
+            let version = self.trainer.weights_version();
+            let weights = match replicas.holds() == Some(version) {
+                true => None,
+                false => Some(read_flat(trainable_values(model).into_iter().map(Some).collect()).await?),
+            };
+            let theirs = theirs
+                .iter()
+                .map(|s| s.iter().map(|e| (*e).clone()).collect())
+                .collect();
+            replicas.hand_out(version, weights, theirs, total)?;
+            let (own_loss, mut grads) = share_gradients(model, own, self.pad, total)?;
+            loss += read_scalar(own_loss).await?;
+            for share in replicas.collect().await? {
+                loss += share.loss;
+                add_gradients(model, &mut grads, &share.grads)?;
+            }
+            grads
+        } else {
+            // One share (a batch of one example): nothing to hand out.
+            let (own_loss, grads) = share_gradients(model, &shares[0], self.pad, total)?;
+            loss += read_scalar(own_loss).await?;
+            grads
+        };
+        self.trainer.accumulate(grads);
+        self.trainer.complete_micro_step(loss)
     }
 
     pub fn settings(&self) -> &Settings {
@@ -444,6 +495,16 @@ impl Session {
     /// after it the progress line and, when due, a checkpoint. A divergence saves the rolled-back
     /// weights and ends with [`Error::Diverged`]. Returns true when stopped early.
     pub async fn run<H: RunHost>(&mut self, host: &mut H, clock: &mut RunClock) -> Result<bool> {
+        self.run_with(host, &mut Alone, clock).await
+    }
+
+    /// [`Self::run`] with every micro-batch shared out to `replicas`.
+    pub async fn run_with<H: RunHost, R: Replicas>(
+        &mut self,
+        host: &mut H,
+        replicas: &mut R,
+        clock: &mut RunClock,
+    ) -> Result<bool> {
         while !self.finished() {
             match host.control() {
                 Control::Stop => return Ok(true),
@@ -454,7 +515,7 @@ impl Session {
                 }
                 Control::Run => {}
             }
-            match self.step().await {
+            match self.step_with(replicas).await {
                 Ok(Some(r)) => {
                     host.progress(&clock.progress(&r, host.now()));
                     if self.checkpoint_due(r.step) {

@@ -20,9 +20,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::Example;
 use crate::error::{Error, Result};
-use crate::eval::loglik::ScoringBatch;
 use crate::model::Llama;
 use crate::optim::AdamW;
+use crate::replicas::{next_weights_version, share_gradients, split_shares};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TrainConfig {
@@ -172,6 +172,8 @@ pub struct Trainer {
     n_examples: usize,
     /// The current epoch's example order (epoch, order), computed once per epoch.
     order: (usize, Vec<usize>),
+    /// Which state of the trainable weights `model` holds ([`crate::replicas`]).
+    weights_version: u64,
 }
 
 impl Trainer {
@@ -212,6 +214,7 @@ impl Trainer {
             accum: GradientsAccumulator::new(),
             order,
             n_examples,
+            weights_version: next_weights_version(),
         })
     }
 
@@ -241,6 +244,19 @@ impl Trainer {
     /// Forward and backward on the next micro-batch; gradients are accumulated. Returns the
     /// mean loss per target token, still on the device.
     pub fn micro_step(&mut self, data: &[Example], pad: u32) -> Result<Tensor<1>> {
+        let (shares, total_targets) = self.next_shares(data, 1)?;
+        let (loss, grads) = share_gradients(&self.model, &shares[0], pad, total_targets)?;
+        self.accumulate(grads);
+        Ok(loss)
+    }
+
+    /// The next micro-batch, split into at most `parts` shares for replicas
+    /// ([`crate::replicas::split_shares`]), and its number of target tokens (counted as seen).
+    pub fn next_shares<'a>(
+        &mut self,
+        data: &'a [Example],
+        parts: usize,
+    ) -> Result<(Vec<Vec<&'a Example>>, usize)> {
         if data.len() != self.n_examples {
             return Err(Error::Invalid(
                 "the training set changed under the trainer".into(),
@@ -250,15 +266,22 @@ impl Trainer {
             return Err(Error::Invalid("training is already finished".into()));
         }
         let examples = self.next_examples(data);
-        let batch = ScoringBatch::from_examples(&examples, pad);
-        if batch.n_targets() == 0 {
+        let total: usize = examples.iter().map(|e| e.target_tokens()).sum();
+        if total == 0 {
             return Err(Error::Invalid("a batch without any target tokens".into()));
         }
-        self.state.tokens_seen += batch.n_targets();
-        let loss = batch.training_loss(&self.model);
-        let grads = GradientsParams::from_grads(loss.surrogate.backward(), &self.model);
+        self.state.tokens_seen += total;
+        Ok((split_shares(&examples, parts), total))
+    }
+
+    /// Adds a micro-batch's gradients (all its shares') to the accumulation window.
+    pub fn accumulate(&mut self, grads: GradientsParams) {
         self.accum.accumulate(&self.model, grads);
-        Ok(loss.mean)
+    }
+
+    /// Which state of the trainable weights the model holds: a new value after every change.
+    pub fn weights_version(&self) -> u64 {
+        self.weights_version
     }
 
     /// Takes the micro-batch's loss (read back by the caller). Non-finite loss stops training
@@ -267,6 +290,7 @@ impl Trainer {
     pub fn complete_micro_step(&mut self, loss: f32) -> Result<Option<StepReport>> {
         if !loss.is_finite() {
             self.model = self.last_good.clone();
+            self.weights_version = next_weights_version();
             self.accum = GradientsAccumulator::new();
             self.state.pending.clear();
             self.state.micro = 0;
@@ -282,6 +306,7 @@ impl Trainer {
         let scaled = scale_grads(grads, &self.model, 1.0 / self.cfg.grad_accum as f64);
         let before = self.model.clone();
         self.model = self.optim.step(lr, self.model.clone(), scaled);
+        self.weights_version = next_weights_version();
         self.last_good = before;
         let mean = self.state.pending.iter().sum::<f32>() / self.state.pending.len() as f32;
         self.state.pending.clear();
@@ -344,6 +369,7 @@ impl Trainer {
         }
         self.optim = optim;
         self.model = model;
+        self.weights_version = next_weights_version();
         self.last_good = self.model.clone();
         self.state = state;
         self.accum = GradientsAccumulator::new();

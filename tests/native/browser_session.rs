@@ -368,3 +368,111 @@ fn a_damaged_checkpoint_is_refused_clearly() {
         .to_string();
     assert!(err.contains("optimizer state is unreadable"), "{err}");
 }
+
+/// Replicas in this process, each its own copy of the model, computing the shares they are
+/// handed one after another: the page's helper workers without the workers.
+struct InProcess {
+    replicas: Vec<scaleot::replicas::Replica>,
+    handed: Vec<(u64, Option<scaleot::replicas::FlatTensors>, Vec<scaleot::data::Example>, usize)>,
+}
+
+impl scaleot::replicas::Replicas for InProcess {
+    fn count(&self) -> usize {
+        self.replicas.len()
+    }
+    fn holds(&self) -> Option<u64> {
+        self.replicas.first().and_then(|r| r.holds())
+    }
+    fn hand_out(
+        &mut self,
+        version: u64,
+        weights: Option<scaleot::replicas::FlatTensors>,
+        shares: Vec<Vec<scaleot::data::Example>>,
+        total: usize,
+    ) -> scaleot::Result<()> {
+        for share in shares {
+            self.handed.push((version, weights.clone(), share, total));
+        }
+        Ok(())
+    }
+    async fn collect(&mut self) -> scaleot::Result<Vec<scaleot::replicas::ShareGradients>> {
+        let mut out = Vec::new();
+        for (replica, (version, weights, share, total)) in
+            self.replicas.iter_mut().zip(self.handed.drain(..))
+        {
+            out.push(replica.gradients(version, weights.as_ref(), &share, total).await?);
+        }
+        Ok(out)
+    }
+}
+
+#[test]
+fn replicas_sharing_each_batch_train_the_same_run() {
+    let device = Device::flex().autodiff();
+    let (emu, _) = loaded_tiny_emulator(&device);
+    for (lora_rank, batch_size) in [(4, 4), (0, 3)] {
+        let settings = scaleot::session::Settings {
+            lora_rank,
+            batch_size,
+            ..settings()
+        };
+        let mut alone = Session::new(&emu, DATA.as_bytes(), "notes.jsonl", &settings).unwrap();
+        let mut shared = Session::new(&emu, DATA.as_bytes(), "notes.jsonl", &settings).unwrap();
+        let mut pool = InProcess {
+            replicas: (0..3)
+                .map(|_| scaleot::replicas::Replica::new(&emu, &settings).unwrap())
+                .collect(),
+            handed: Vec::new(),
+        };
+        while !alone.finished() {
+            let a = block_on(alone.step()).unwrap().unwrap();
+            let b = block_on(shared.step_with(&mut pool)).unwrap().unwrap();
+            assert!(
+                (a.loss - b.loss).abs() < 1e-5,
+                "step {}: loss {} alone, {} shared (LoRA rank {lora_rank})",
+                a.step,
+                a.loss,
+                b.loss
+            );
+            assert_eq!(a.tokens_seen, b.tokens_seen);
+        }
+        let (x, y) = (
+            logits(&alone.trainer.model.valid(), &device),
+            logits(&shared.trainer.model.valid(), &device),
+        );
+        assert!(
+            max_abs_diff(&x, &y) < 1e-4,
+            "LoRA rank {lora_rank}: {}",
+            max_abs_diff(&x, &y)
+        );
+    }
+}
+
+#[test]
+fn a_replica_refuses_weights_of_another_model() {
+    let device = Device::flex().autodiff();
+    let (emu, _) = loaded_tiny_emulator(&device);
+    let lora = Session::new(&emu, DATA.as_bytes(), "notes.jsonl", &settings()).unwrap();
+    let whole = scaleot::session::Settings {
+        lora_rank: 0,
+        ..settings()
+    };
+    let mut replica = scaleot::replicas::Replica::new(&emu, &whole).unwrap();
+    let theirs = block_on(scaleot::replicas::read_flat(
+        scaleot::replicas::trainable_values(&lora.trainer.model)
+            .into_iter()
+            .map(Some)
+            .collect(),
+    ))
+    .unwrap();
+    let share = vec![lora.data.train[0].clone()];
+    let err = block_on(replica.gradients(7, Some(&theirs), &share, 10))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("do not fit this model"), "{err}");
+    // A share without the weights it needs is refused too.
+    let err = block_on(replica.gradients(8, None, &share, 10))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("without the weights"), "{err}");
+}
