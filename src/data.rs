@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::tokenizer::Tokenizer;
 
 /// One training sequence. `loss[i]` says whether token `i` is predicted (from tokens `..i`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Example {
     pub ids: Vec<u32>,
     pub loss: Vec<bool>,

@@ -98,6 +98,12 @@ pub enum Error {
     )]
     Device(String),
 
+    /// A helper worker of the page's CPU fallback ([`crate::replicas`]) failed or lost step.
+    #[error(
+        "a helper worker failed ({0}): training stopped; train again to continue from the last checkpoint on one core"
+    )]
+    Helper(String),
+
     /// A setting the caller chose is out of range or unknown. `field` is the setting's name
     /// in the library's config (`beta`, `src_projections`): the CLI maps it to its flag
     /// (`--beta`), the page to its control; messages name no flags.

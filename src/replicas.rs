@@ -64,8 +64,16 @@ impl Replicas for Alone {
     fn holds(&self) -> Option<u64> {
         None
     }
-    fn hand_out(&mut self, _: u64, _: Option<FlatTensors>, _: Vec<Vec<Example>>, _: usize) -> Result<()> {
-        Err(Error::Invalid("there are no replicas to hand shares to".into()))
+    fn hand_out(
+        &mut self,
+        _: u64,
+        _: Option<FlatTensors>,
+        _: Vec<Vec<Example>>,
+        _: usize,
+    ) -> Result<()> {
+        Err(Error::Invalid(
+            "there are no replicas to hand shares to".into(),
+        ))
     }
     async fn collect(&mut self) -> Result<Vec<ShareGradients>> {
         Ok(Vec::new())
@@ -249,8 +257,8 @@ pub fn add_gradients(model: &Llama, grads: &mut GradientsParams, flat: &FlatTens
                 return;
             };
             let dims: [usize; D] = t.dims();
-            let theirs = Tensor::<D>::from_data(TensorData::new(v.clone(), dims), &self.device)
-                .inner();
+            let theirs =
+                Tensor::<D>::from_data(TensorData::new(v.clone(), dims), &self.device).inner();
             let sum = match self.grads.remove::<D>(param.id) {
                 Some(mine) => mine.add(theirs),
                 None => theirs,
@@ -348,7 +356,8 @@ mod tests {
         for parts in 1..=10 {
             let shares = split_shares(&refs, parts);
             assert_eq!(shares.len(), parts.min(data.len()), "{parts} parts");
-            let flat: Vec<*const Example> = shares.iter().flatten().map(|e| *e as *const _).collect();
+            let flat: Vec<*const Example> =
+                shares.iter().flatten().map(|e| *e as *const _).collect();
             let want: Vec<*const Example> = refs.iter().map(|e| *e as *const _).collect();
             assert_eq!(flat, want, "{parts} parts keep every example, in order");
             assert!(shares.iter().all(|s| !s.is_empty()));

@@ -401,7 +401,9 @@ impl Session {
             let version = self.trainer.weights_version();
             let weights = match replicas.holds() == Some(version) {
                 true => None,
-                false => Some(read_flat(trainable_values(model).into_iter().map(Some).collect()).await?),
+                false => {
+                    Some(read_flat(trainable_values(model).into_iter().map(Some).collect()).await?)
+                }
             };
             let theirs = theirs
                 .iter()

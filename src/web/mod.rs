@@ -3,6 +3,7 @@
 //! which owns the WebGPU device and the private data. [`storage`] keeps checkpoints in the
 //! origin-private file system; [`protocol`] is what the two sides say to each other.
 
+pub mod helpers;
 pub mod page;
 pub mod protocol;
 pub mod storage;
@@ -19,6 +20,10 @@ pub fn start() -> Result<(), JsValue> {
     console_error_panic_hook::set_once();
     let global = js_sys::global();
     if let Some(scope) = global.dyn_ref::<web_sys::DedicatedWorkerGlobalScope>() {
+        if scope.name().starts_with(helpers::HELPER_NAME) {
+            helpers::serve(scope.clone());
+            return Ok(());
+        }
         wasm_bindgen_futures::spawn_local(worker::run(scope.clone()));
         return Ok(());
     }

@@ -102,10 +102,14 @@ fn on<E: wasm_bindgen::convert::FromWasmAbi + 'static>(
     closure.forget();
 }
 
+/// The training worker, given the page's query (`?workers=N` caps the CPU fallback's workers).
 fn spawn_worker() -> Result<Worker, JsValue> {
     let opts = WorkerOptions::new();
     opts.set_type(WorkerType::Module);
-    Worker::new_with_options("./worker.js", &opts)
+    let query = web_sys::window()
+        .and_then(|w| w.location().search().ok())
+        .unwrap_or_default();
+    Worker::new_with_options(&format!("./worker.js{query}"), &opts)
 }
 
 pub fn start(doc: Document) -> Result<(), JsValue> {
@@ -387,6 +391,20 @@ fn on_worker_message(page: &Shared, data: JsValue) {
                     send(page, &ToWorker::LoadLocalEmulator, Some(&files))
                 }
             }
+        }
+        FromWorker::Workers { count, note } => {
+            let text = match (count, note) {
+                (1, Some(why)) => {
+                    format!("Training device: CPU (no WebGPU), {why}. No data leaves this page.")
+                }
+                (1, None) => {
+                    "Training device: CPU (no WebGPU), one core. No data leaves this page.".into()
+                }
+                (n, _) => format!(
+                    "Training device: CPU (no WebGPU), {n} workers sharing each batch. No data leaves this page."
+                ),
+            };
+            set_text(&doc, "backend", &text);
         }
         FromWorker::Loading { what, done, total } => {
             progress(&doc, "emu-progress", done / total.max(1.0));

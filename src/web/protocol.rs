@@ -82,6 +82,12 @@ pub enum FromWorker {
         reason: String,
     },
     DataLoaded(DataInfo),
+    /// How many workers train on the CPU fallback (this one and its helpers), and why only
+    /// one when helpers could not be used.
+    Workers {
+        count: usize,
+        note: Option<String>,
+    },
     Evaluated {
         phase: String,
         loss: Option<f64>,

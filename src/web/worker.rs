@@ -14,6 +14,7 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::{JsFuture, spawn_local};
 use web_sys::{DedicatedWorkerGlobalScope, MessageEvent};
 
+use super::helpers::{self, HelperPool};
 use super::protocol::{
     DataInfo, EmulatorInfo, FromWorker, ToWorker, attach, field, from_js, to_js,
 };
@@ -45,6 +46,10 @@ struct State {
     busy: bool,
     /// Held-out loss before training and after, and the run's speed: the adapter's metrics.
     metrics: Metrics,
+    /// On the CPU fallback, the helper workers that share every batch (None: one thread).
+    helpers: Option<HelperPool>,
+    /// Whether every helper has said it loaded the emulator.
+    helpers_loaded: bool,
 }
 
 type Shared = Rc<RefCell<State>>;
@@ -105,6 +110,8 @@ pub async fn run(scope: DedicatedWorkerGlobalScope) {
         queue: VecDeque::new(),
         busy: false,
         metrics: Metrics::default(),
+        helpers: None,
+        helpers_loaded: false,
     }));
     let handler_state = state.clone();
     let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |ev: MessageEvent| {
@@ -347,12 +354,47 @@ fn install_emulator(state: &Shared, json: &str, weights: Vec<u8>) -> Result<(), 
         kept_layers: m.plan.iter().filter(|k| **k != LayerKind::Dropped).count(),
         total_layers: m.plan.len(),
     };
+    let helpers = start_helpers(state, json, &weights);
     let mut s = state.borrow_mut();
+    s.helpers = helpers;
+    s.helpers_loaded = false;
     s.emulator = Some(Loaded { emulator, weights });
     s.session = None;
     drop(s);
     post(&scope, &FromWorker::EmulatorLoaded(info));
     Ok(())
+}
+
+/// On the CPU fallback, helper workers with their own copy of the emulator, one per further
+/// core as memory allows ([`helpers::helper_count`]); None on WebGPU, on one core, or when
+/// they cannot start (then training runs on this worker alone).
+fn start_helpers(state: &Shared, json: &str, weights: &[u8]) -> Option<HelperPool> {
+    let (scope, on_gpu) = {
+        let mut s = state.borrow_mut();
+        s.helpers = None; // the old emulator's helpers stop first
+        (s.scope.clone(), s.max_buffer.is_some())
+    };
+    let manifest = Emulator::read_manifest(json).ok()?;
+    let n = helpers::helper_count(&scope, &manifest);
+    if on_gpu || n == 0 {
+        return None;
+    }
+    let script = scope.location().href();
+    match HelperPool::start(n, &script, json, weights) {
+        Ok(pool) => Some(pool),
+        Err(e) => {
+            post(
+                &scope,
+                &FromWorker::Workers {
+                    count: 1,
+                    note: Some(format!(
+                        "training runs on one core: helper workers could not start ({e})"
+                    )),
+                },
+            );
+            None
+        }
+    }
 }
 
 fn checkpoint_slot(state: &Shared) -> Option<String> {
@@ -399,6 +441,9 @@ async fn prepare(state: &Shared, settings: &Settings) -> Result<(), String> {
         warning,
         checkpoint,
     };
+    if let Some(pool) = state.borrow_mut().helpers.as_mut() {
+        pool.configure(settings).map_err(for_page)?;
+    }
     state.borrow_mut().session = Some(session);
     post(&scope, &FromWorker::DataLoaded(info));
     Ok(())
@@ -485,13 +530,23 @@ async fn run_steps(
         Some(_) => state.borrow().metrics.held_out_loss_before,
         None => before,
     };
+    let mut pool = ready_helpers(state).await;
+    let workers = 1 + pool.as_ref().map_or(0, HelperPool::len);
     let mut clock = RunClock::start(session, now_seconds());
     let mut host = Page {
         scope: scope.clone(),
         control,
         slot,
     };
-    let stopped_early = match session.run(&mut host, &mut clock).await {
+    let outcome = match pool.as_mut() {
+        Some(pool) => session.run_with(&mut host, pool, &mut clock).await,
+        None => session.run(&mut host, &mut clock).await,
+    };
+    // Helpers that failed mid-run are let go: the next run (or resume) trains alone.
+    if !matches!(outcome, Err(Error::Helper(_) | Error::Device(_))) {
+        state.borrow_mut().helpers = pool;
+    }
+    let stopped_early = match outcome {
         Ok(stopped) => stopped,
         Err(Error::Diverged { step, loss }) => {
             return Err(format!(
@@ -512,7 +567,10 @@ async fn run_steps(
     );
     let mut s = state.borrow_mut();
     let mut metrics = clock.metrics(session, now_seconds(), before, after);
-    metrics.backend = Some(s.backend.clone());
+    metrics.backend = Some(match workers {
+        1 => s.backend.clone(),
+        n => format!("{} x {n} workers", s.backend),
+    });
     s.metrics = metrics;
     drop(s);
     post(
@@ -523,6 +581,40 @@ async fn run_steps(
         },
     );
     Ok(())
+}
+
+/// The helper workers, once every one has loaded the emulator (taken out of the state for the
+/// run); None when there are none or one failed to load (then the page says so).
+async fn ready_helpers(state: &Shared) -> Option<HelperPool> {
+    let (pool, loaded, scope) = {
+        let mut s = state.borrow_mut();
+        (s.helpers.take()?, s.helpers_loaded, s.scope.clone())
+    };
+    if !loaded && let Err(e) = pool.loaded().await {
+        let why = match e {
+            Error::Helper(why) => why,
+            e => e.to_string(),
+        };
+        post(
+            &scope,
+            &FromWorker::Workers {
+                count: 1,
+                note: Some(format!(
+                    "training runs on one core: a helper worker failed ({why})"
+                )),
+            },
+        );
+        return None;
+    }
+    state.borrow_mut().helpers_loaded = true;
+    post(
+        &scope,
+        &FromWorker::Workers {
+            count: 1 + pool.len(),
+            note: None,
+        },
+    );
+    Some(pool)
 }
 
 /// The worker's world for the training loop: messages to the page, the page's pause and

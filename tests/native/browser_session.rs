@@ -373,7 +373,12 @@ fn a_damaged_checkpoint_is_refused_clearly() {
 /// handed one after another: the page's helper workers without the workers.
 struct InProcess {
     replicas: Vec<scaleot::replicas::Replica>,
-    handed: Vec<(u64, Option<scaleot::replicas::FlatTensors>, Vec<scaleot::data::Example>, usize)>,
+    handed: Vec<(
+        u64,
+        Option<scaleot::replicas::FlatTensors>,
+        Vec<scaleot::data::Example>,
+        usize,
+    )>,
 }
 
 impl scaleot::replicas::Replicas for InProcess {
@@ -400,7 +405,11 @@ impl scaleot::replicas::Replicas for InProcess {
         for (replica, (version, weights, share, total)) in
             self.replicas.iter_mut().zip(self.handed.drain(..))
         {
-            out.push(replica.gradients(version, weights.as_ref(), &share, total).await?);
+            out.push(
+                replica
+                    .gradients(version, weights.as_ref(), &share, total)
+                    .await?,
+            );
         }
         Ok(out)
     }

@@ -4,6 +4,8 @@
 // step's time, and the peak memory of Chromium's processes.
 // DEVICE webgpu: WebGPU (SwiftShader without a GPU, the machine's GPU with one); cpu: Chromium
 // without WebGPU, so the page falls back to its wasm CPU backend. CHROMIUM_FLAGS: more switches.
+// WORKERS=N: the CPU fallback trains in N workers sharing each batch (the page's `?workers=N`;
+// default one per core).
 // usage: node browser_train.mjs URL TEXT_FILE STEPS BATCH LEN LORA_RANK DEVICE
 import { readFileSync, readdirSync } from 'node:fs';
 import { chromium } from '../web/node_modules/playwright-core/index.mjs';
@@ -62,7 +64,7 @@ try {
   const ticker = setInterval(() => say(page).catch(() => {}), 60_000);
   ticker.unref();
   const t0 = Date.now();
-  await page.goto(url);
+  await page.goto(process.env.WORKERS ? `${url}?workers=${process.env.WORKERS}` : url);
   await wait(page, '#emu-info', /Emulator ready/, 1_800_000);
   const loadSeconds = (Date.now() - t0) / 1000;
   const backend = (await page.textContent('#backend')).trim();
@@ -91,13 +93,15 @@ try {
   await page.click('#train-btn');
   await wait(page, '#train-stats', /Finished|Stopped/, 7_200_000);
   const [clicked, times] = await page.evaluate(() => [window.trainClicked, window.stepTimes]);
+  // On the CPU fallback the page names its workers once training starts.
+  const trainedOn = (await page.textContent('#backend')).trim();
   const [first, last] = [times['1'], times[String(steps)]];
   if (first === undefined || last === undefined) throw new Error(`steps seen: ${JSON.stringify(times)}`);
   const firstStep = (first - clicked) / 1000;
   const steady = (Number(steps) - 1) * Number(batch) * Number(len) / Math.max((last - first) / 1000, 1e-9);
   const memory = peakMiB(server.process().pid);
   const total = Object.values(memory).reduce((a, b) => a + b, 0);
-  console.log(JSON.stringify({ impl: `browser (${backend})`, device, adapter, load_seconds: loadSeconds,
+  console.log(JSON.stringify({ impl: `browser (${trainedOn})`, device, adapter, load_seconds: loadSeconds,
     first_step_seconds: firstStep, tokens_per_second: steady, peak_rss_mib: total,
     peak_rss_mib_by_process: memory }));
 } catch (e) {

@@ -4,7 +4,7 @@
 #   (a) browser WebGPU   the page's worker in headless Chromium on WebGPU
 #   (b) native GPU       `scaleot bench-train --device gpu` on the same Vulkan device as (a)
 #   (c) browser CPU      the page's wasm CPU fallback (Chromium without WebGPU)
-#   (d) native CPU       `scaleot bench-train --device cpu` with the fallback's thread count
+#   (d) native CPU       `scaleot bench-train --device cpu` with as many threads as (c) has workers
 # Without a GPU, Chromium's WebGPU runs on SwiftShader, which Chromium ships as a Vulkan driver:
 # (b) points the Vulkan loader at that very driver (VK_ICD_FILENAMES), so (a) and (b) share one
 # device. With a GPU, set ICD= to its Vulkan driver's JSON (or ICD=system for the loader's choice).
@@ -14,8 +14,9 @@
 #   emulator, 2+2 adapters (slow on a software GPU: minutes per step); `random:SHAPE`: the same
 #   recipe on random weights of a shape of tools/bench/random_llama.rs (`random:smollm2-135m`: the
 #   same speed and memory without the model's download); `llama-1b` = `random:llama-1b`, a ~1B
-#   LLaMA (16 layers x 2048, 32k vocabulary). LORA: rank on every
-#   projection of the adapter layers, 0 = whole adapter layers. CPU_THREADS: the wasm fallback's threads (one until it has more).
+#   LLaMA (16 layers x 2048, 32k vocabulary). LORA: rank on every projection of the adapter
+#   layers, 0 = whole adapter layers. CPU_THREADS: the native CPU's threads and the wasm
+#   fallback's workers (which share each batch: give BATCH at least as many examples).
 #   DIST: the built page to serve (another build's, to compare two). BROWSER=0: native rows only
 #   (also without /usr/bin/chromium). CUDA=1: a fifth row, the native binary on CUDA. On an NVIDIA
 #   GPU each row also reports its peak GPU memory (nvidia-smi).
@@ -93,7 +94,7 @@ row() { # row NAME CMD...
   return $status
 }
 # A row the page refuses (an emulator too large for the CPU fallback, say) prints its reason.
-browser() { node tools/bench/browser_train.mjs "$url" "${DATA:-README.md}" "$steps" "$batch" "$len" "$lora" "$1"; }
+browser() { WORKERS=$cpu_threads node tools/bench/browser_train.mjs "$url" "${DATA:-README.md}" "$steps" "$batch" "$len" "$lora" "$1"; }
 native() { "$bin" bench-train --emulator "$emu" --batch "$batch" --len "$len" --iters "$((steps - 1))" --lora-rank "$lora" "$@"; }
 if ((browser_rows)); then echo "(a) browser WebGPU ..." >&2; row a browser webgpu; fi
 echo "(b) native GPU ..." >&2
