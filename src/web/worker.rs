@@ -50,6 +50,8 @@ struct State {
     helpers: Option<HelperPool>,
     /// Whether every helper has said it loaded the emulator.
     helpers_loaded: bool,
+    /// Why the CPU fallback trains on one core although helpers were wanted.
+    one_core_why: Option<String>,
 }
 
 type Shared = Rc<RefCell<State>>;
@@ -112,6 +114,7 @@ pub async fn run(scope: DedicatedWorkerGlobalScope) {
         metrics: Metrics::default(),
         helpers: None,
         helpers_loaded: false,
+        one_core_why: None,
     }));
     let handler_state = state.clone();
     let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |ev: MessageEvent| {
@@ -356,7 +359,10 @@ fn install_emulator(state: &Shared, json: &str, weights: Vec<u8>) -> Result<(), 
     };
     let helpers = start_helpers(state, json, &weights);
     let mut s = state.borrow_mut();
-    s.helpers = helpers;
+    (s.helpers, s.one_core_why) = match helpers {
+        Ok(pool) => (pool, None),
+        Err(why) => (None, Some(why)),
+    };
     s.helpers_loaded = false;
     s.emulator = Some(Loaded { emulator, weights });
     s.session = None;
@@ -366,35 +372,25 @@ fn install_emulator(state: &Shared, json: &str, weights: Vec<u8>) -> Result<(), 
 }
 
 /// On the CPU fallback, helper workers with their own copy of the emulator, one per further
-/// core as memory allows ([`helpers::helper_count`]); None on WebGPU, on one core, or when
-/// they cannot start (then training runs on this worker alone).
-fn start_helpers(state: &Shared, json: &str, weights: &[u8]) -> Option<HelperPool> {
+/// core as memory allows ([`helpers::helper_count`]); None on WebGPU or on one core, and why
+/// not when they cannot start (then training runs on this worker alone).
+fn start_helpers(state: &Shared, json: &str, weights: &[u8]) -> Result<Option<HelperPool>, String> {
     let (scope, on_gpu) = {
         let mut s = state.borrow_mut();
         s.helpers = None; // the old emulator's helpers stop first
         (s.scope.clone(), s.max_buffer.is_some())
     };
-    let manifest = Emulator::read_manifest(json).ok()?;
+    let Ok(manifest) = Emulator::read_manifest(json) else {
+        return Ok(None);
+    };
     let n = helpers::helper_count(&scope, &manifest);
     if on_gpu || n == 0 {
-        return None;
+        return Ok(None);
     }
     let script = scope.location().href();
-    match HelperPool::start(n, &script, json, weights) {
-        Ok(pool) => Some(pool),
-        Err(e) => {
-            post(
-                &scope,
-                &FromWorker::Workers {
-                    count: 1,
-                    note: Some(format!(
-                        "training runs on one core: helper workers could not start ({e})"
-                    )),
-                },
-            );
-            None
-        }
-    }
+    HelperPool::start(n, &script, json, weights)
+        .map(Some)
+        .map_err(|e| format!("training runs on one core: helper workers could not start ({e})"))
 }
 
 fn checkpoint_slot(state: &Shared) -> Option<String> {
@@ -543,8 +539,14 @@ async fn run_steps(
         None => session.run(&mut host, &mut clock).await,
     };
     // Helpers that failed mid-run are let go: the next run (or resume) trains alone.
-    if !matches!(outcome, Err(Error::Helper(_) | Error::Device(_))) {
-        state.borrow_mut().helpers = pool;
+    match &outcome {
+        Err(Error::Helper(why)) => {
+            state.borrow_mut().one_core_why = Some(format!(
+                "training runs on one core: a helper worker failed ({why})"
+            ));
+        }
+        Err(Error::Device(_)) => {}
+        _ => state.borrow_mut().helpers = pool,
     }
     let stopped_early = match outcome {
         Ok(stopped) => stopped,
@@ -584,26 +586,41 @@ async fn run_steps(
 }
 
 /// The helper workers, once every one has loaded the emulator (taken out of the state for the
-/// run); None when there are none or one failed to load (then the page says so).
+/// run); None when there are none or one failed to load. On the CPU fallback the page is told
+/// how many workers train, and why only one when helpers were wanted.
 async fn ready_helpers(state: &Shared) -> Option<HelperPool> {
-    let (pool, loaded, scope) = {
+    let (pool, loaded, scope, on_cpu) = {
         let mut s = state.borrow_mut();
-        (s.helpers.take()?, s.helpers_loaded, s.scope.clone())
+        (
+            s.helpers.take(),
+            s.helpers_loaded,
+            s.scope.clone(),
+            s.max_buffer.is_none(),
+        )
+    };
+    let alone = |why: Option<String>| {
+        if on_cpu {
+            post(
+                &scope,
+                &FromWorker::Workers {
+                    count: 1,
+                    note: why,
+                },
+            );
+        }
+    };
+    let Some(pool) = pool else {
+        alone(state.borrow().one_core_why.clone());
+        return None;
     };
     if !loaded && let Err(e) = pool.loaded().await {
         let why = match e {
             Error::Helper(why) => why,
             e => e.to_string(),
         };
-        post(
-            &scope,
-            &FromWorker::Workers {
-                count: 1,
-                note: Some(format!(
-                    "training runs on one core: a helper worker failed ({why})"
-                )),
-            },
-        );
+        let why = format!("training runs on one core: a helper worker failed ({why})");
+        state.borrow_mut().one_core_why = Some(why.clone());
+        alone(Some(why));
         return None;
     }
     state.borrow_mut().helpers_loaded = true;

@@ -2,7 +2,8 @@
 // playwright-core): load the served tiny emulator, choose a private data file, train on WebGPU,
 // pause, lose the worker (as on a lost GPU device) and continue from the checkpoint, download
 // the adapter; reload and find the checkpoint; a file that is not data gets a clear message;
-// without WebGPU the page says so and trains on the CPU; a diverging run is explained. Every request of the session
+// without WebGPU the page says so and trains on the CPU (in helper workers sharing each batch,
+// equal to one worker's run); a diverging run is explained. Every request of the session
 // is recorded and the test fails if any leaves the origin, is not a GET, or carries data.
 //
 // With PAGE_ONLY_URL (a server without an emulator) and EMU_JSON, it also loads the emulator from
@@ -138,11 +139,32 @@ try {
   await waitText(page, '#emu-info', /Emulator ready/, 120_000);
   await page.setInputFiles('#data-file', dataFile);
   await waitText(page, '#data-info', /training examples/, 60_000);
-  await setSettings(page, { steps: 2, batch: 2, lr: 0.01, 'seq-len': 128, 'lora-rank': 4 });
+  const cpuRun = { steps: 2, batch: 2, lr: 0.01, 'seq-len': 128, 'lora-rank': 4 };
+  await setSettings(page, cpuRun);
   // A fresh run (the checkpoint of the WebGPU run lives in another browser profile anyway).
   await page.click('#train-btn');
   await waitText(page, '#train-stats', /Finished/, 600_000);
+  await waitText(page, '#eval', /after/, 300_000);
   check(true, 'trained 2 steps on the CPU fallback');
+  // With more than one core, helper workers share each batch; the run equals one worker's
+  // (the page's ?workers=1), held-out loss after training to the 4 decimals shown.
+  const cores = await page.evaluate(() => navigator.hardwareConcurrency);
+  const backend = await text(page, '#backend');
+  check(cores < 2 || /\d+ workers sharing each batch/.test(backend), `${cores} cores: ${backend}`);
+  const after = async (p) => Number((/loss after: ([\d.]+)/.exec(await text(p, '#eval')) ?? [])[1]);
+  const alone = await noGpu.newPage();
+  record(alone, log);
+  await alone.goto(`${base}?workers=1`);
+  await waitText(alone, '#emu-info', /Emulator ready/, 120_000);
+  await alone.setInputFiles('#data-file', dataFile);
+  await waitText(alone, '#data-info', /training examples/, 60_000);
+  await setSettings(alone, cpuRun);
+  await alone.click('#train-btn');
+  await waitText(alone, '#eval', /after/, 600_000);
+  const [shared, single] = [await after(page), await after(alone)];
+  check(Math.abs(shared - single) <= 2e-4 && /one core/.test(await text(alone, '#backend')),
+    `helper workers train the same run: held-out loss after ${shared} (shared) vs ${single} (one worker)`);
+  await alone.close();
   // Stop ends a run early and keeps what was learned.
   await setSettings(page, { steps: 50 });
   await page.click('#train-btn');
@@ -177,7 +199,7 @@ if (realUrl) {
     check((await text(page, '#backend')).includes('CPU'), 'real size: on the CPU fallback');
     await page.setInputFiles('#data-file', dataFile);
     await waitText(page, '#data-info', /training examples/, 60_000);
-    await setSettings(page, { steps: 2, batch: 1, lr: 0.001, 'seq-len': 32, 'lora-rank': 8, 'held-out': 0.25 });
+    await setSettings(page, { steps: 2, batch: 2, lr: 0.001, 'seq-len': 32, 'lora-rank': 8, 'held-out': 0.25 });
     const tTrain = Date.now();
     await page.click('#train-btn');
     await waitText(page, '#train-stats', /Finished after 2 steps/, 900_000);
