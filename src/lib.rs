@@ -13,6 +13,7 @@ pub mod manifest;
 pub mod model;
 pub mod names;
 pub mod optim;
+pub mod readback;
 pub mod replicas;
 pub mod session;
 pub mod tokenizer;

@@ -16,11 +16,10 @@ use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::data::Example;
-use crate::emulator::Emulator;
 use crate::error::{Error, Result};
 use crate::eval::loglik::ScoringBatch;
 use crate::model::Llama;
-use crate::session::{Settings, read_scalar, read_vec};
+use crate::readback::{read_scalar, read_vec};
 
 /// The trainable parameters' values or gradients, flattened, in visiting order (an empty
 /// vector: a parameter without a gradient in this share).
@@ -296,15 +295,14 @@ pub struct Replica {
 }
 
 impl Replica {
-    /// The model [`crate::session::Session::new`] trains for `settings`, on `emu`'s (autodiff)
-    /// device.
-    pub fn new(emu: &Emulator, settings: &Settings) -> Result<Self> {
-        let (model, _) = crate::session::training_model(emu, settings)?;
-        Ok(Self {
+    /// A replica of `model`, the trainer's model as built for the run (LoRA attached, the rest
+    /// frozen: [`crate::session::replica`] builds it); `pad` fills packed rows.
+    pub fn new(model: Llama, pad: u32) -> Self {
+        Self {
             model,
-            pad: emu.tokenizer.eos_id.unwrap_or(0),
+            pad,
             version: None,
-        })
+        }
     }
 
     /// Which weights version it holds.

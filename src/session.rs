@@ -6,7 +6,6 @@
 //! storage.
 
 use burn::module::Module;
-use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -16,8 +15,9 @@ use crate::emulator::{Emulator, EmulatorManifest, LayerKind};
 use crate::error::{Error, Result};
 use crate::eval::loglik::ScoringBatch;
 use crate::model::{Llama, LoraConfig};
+use crate::readback::{read_named, read_scalar, read_vec};
 use crate::replicas::{
-    Alone, Replicas, add_gradients, read_flat, share_gradients, trainable_values,
+    Alone, Replica, Replicas, add_gradients, read_flat, share_gradients, trainable_values,
 };
 use crate::train::{RunIdentity, StepReport, TrainConfig, TrainState, Trainer};
 use crate::weights::HostTensor;
@@ -123,6 +123,12 @@ pub fn training_model(emu: &Emulator, settings: &Settings) -> Result<(Llama, Vec
         None => emu.model.clone(),
     };
     Ok((model.with_trainable_layers(&adapters), adapters))
+}
+
+/// A copy of the model a run of `settings` trains, for a helper ([`crate::replicas`]).
+pub fn replica(emu: &Emulator, settings: &Settings) -> Result<Replica> {
+    let (model, _) = training_model(emu, settings)?;
+    Ok(Replica::new(model, emu.tokenizer.eos_id.unwrap_or(0)))
 }
 
 /// How much a run will need, shown before training starts.
@@ -731,24 +737,6 @@ pub async fn read_adapters(model: &Llama, plan: &[LayerKind]) -> Result<Vec<(Str
     read_named(adapter::adapter_tensors(model, plan)).await
 }
 
-/// Reads named device tensors back to the host, asynchronously (the twin of
-/// [`crate::model::read_named`], which blocks).
-pub async fn read_named(
-    tensors: Vec<(String, Vec<usize>, Tensor<1>)>,
-) -> Result<Vec<(String, HostTensor)>> {
-    let mut out = Vec::with_capacity(tensors.len());
-    for (name, shape, t) in tensors {
-        out.push((
-            name,
-            HostTensor {
-                shape,
-                data: read_vec(t).await?,
-            },
-        ));
-    }
-    Ok(out)
-}
-
 /// Mean loss per target token over `examples`, in batches (no gradients kept).
 pub async fn mean_loss(
     model: &Llama,
@@ -765,22 +753,4 @@ pub async fn mean_loss(
         n += lp.len();
     }
     Ok((n > 0).then(|| total / n as f64))
-}
-
-/// Reads a device tensor back to the host without blocking (the only way on WebGPU).
-pub async fn read_vec<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
-    t.into_data_async()
-        .await
-        .map_err(|e| Error::Device(format!("{e:?}")))?
-        .try_into_vec::<f32>()
-        .map_err(|e| Error::Device(format!("{e:?}")))
-}
-
-/// Reads a one-element tensor (a loss) back without blocking.
-pub async fn read_scalar(t: Tensor<1>) -> Result<f32> {
-    read_vec(t)
-        .await?
-        .first()
-        .copied()
-        .ok_or_else(|| Error::Device("an empty loss tensor".into()))
 }

@@ -497,7 +497,7 @@ pub fn serve(scope: DedicatedWorkerGlobalScope) {
                     .emulator
                     .as_ref()
                     .ok_or_else(|| Error::Invalid("no emulator loaded".into()))?;
-                let replica = Replica::new(emulator, &settings)?;
+                let replica = crate::session::replica(emulator, &settings)?;
                 s.replica = Some(replica);
                 Ok(None)
             }

@@ -429,7 +429,7 @@ fn replicas_sharing_each_batch_train_the_same_run() {
         let mut shared = Session::new(&emu, DATA.as_bytes(), "notes.jsonl", &settings).unwrap();
         let mut pool = InProcess {
             replicas: (0..3)
-                .map(|_| scaleot::replicas::Replica::new(&emu, &settings).unwrap())
+                .map(|_| scaleot::session::replica(&emu, &settings).unwrap())
                 .collect(),
             handed: Vec::new(),
         };
@@ -466,7 +466,7 @@ fn a_replica_refuses_weights_of_another_model() {
         lora_rank: 0,
         ..settings()
     };
-    let mut replica = scaleot::replicas::Replica::new(&emu, &whole).unwrap();
+    let mut replica = scaleot::session::replica(&emu, &whole).unwrap();
     let theirs = block_on(scaleot::replicas::read_flat(
         scaleot::replicas::trainable_values(&lora.trainer.model)
             .into_iter()
