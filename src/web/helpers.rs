@@ -61,9 +61,15 @@ enum FromHelper {
     },
 }
 
+/// Below this many emulator parameters no helpers start unless asked (`?workers=N`): a step
+/// then takes a fraction of a second on one core, and the hand-out and collection of shares
+/// (0.1-0.2 s a step, measured in docs/results.md) would cost more than a second core gives.
+const MIN_PARAMS_FOR_HELPERS: u64 = 20_000_000;
+
 /// How many helpers to start beside the training worker: one per further core (or as the
 /// page's `?workers=N` says), as many as the device's memory holds copies of the emulator (each
-/// about twice its f32 weights while training), at most [`MAX_WORKERS`] workers in all.
+/// about twice its f32 weights while training), at most [`MAX_WORKERS`] workers in all; none
+/// for a small emulator unless asked.
 pub fn helper_count(scope: &DedicatedWorkerGlobalScope, manifest: &EmulatorManifest) -> usize {
     let navigator = scope.navigator();
     let search = scope.location().search();
@@ -72,6 +78,9 @@ pub fn helper_count(scope: &DedicatedWorkerGlobalScope, manifest: &EmulatorManif
         .split('&')
         .find_map(|kv| kv.strip_prefix("workers="))
         .and_then(|n| n.parse::<usize>().ok());
+    if asked.is_none() && manifest.emulator_params < MIN_PARAMS_FOR_HELPERS {
+        return 0;
+    }
     let cores = asked.unwrap_or(navigator.hardware_concurrency() as usize);
     // `deviceMemory` (GiB, Chromium only, rounded down and capped at 8): half of it for us.
     let memory = field(&navigator, "deviceMemory").as_f64().unwrap_or(4.0);
