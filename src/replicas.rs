@@ -38,7 +38,7 @@ pub struct ShareGradients {
 pub trait Replicas {
     /// How many replicas there are besides the trainer's own model.
     fn count(&self) -> usize;
-    /// Which [`WeightsVersion`] of the trainable weights the replicas hold.
+    /// Which version of the trainable weights ([`next_weights_version`]) the replicas hold.
     fn holds(&self) -> Option<u64>;
     /// Hands `shares[i]` to replica i (with the trainable weights of `version` when they are
     /// `Some`) and returns at once, so that the trainer computes its own share meanwhile.
@@ -130,7 +130,6 @@ pub fn share_gradients(
     total_targets: usize,
 ) -> Result<(Tensor<1>, GradientsParams)> {
     let batch = ScoringBatch::from_examples(share, pad);
-    let weight = batch.n_targets() as f64 / total_targets.max(1) as f64;
     if batch.n_targets() == 0 {
         return Err(Error::Invalid("a batch without any target tokens".into()));
     }
@@ -139,6 +138,7 @@ pub fn share_gradients(
         let grads = GradientsParams::from_grads(loss.surrogate.backward(), model);
         return Ok((loss.mean, grads));
     }
+    let weight = batch.n_targets() as f64 / total_targets.max(1) as f64;
     let grads = GradientsParams::from_grads(loss.surrogate.mul_scalar(weight).backward(), model);
     Ok((loss.mean.mul_scalar(weight), grads))
 }

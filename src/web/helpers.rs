@@ -216,6 +216,8 @@ impl Helper {
 /// The training worker's helpers, started for one emulator.
 pub struct HelperPool {
     helpers: Vec<Helper>,
+    /// Whether every helper has said it loaded the emulator.
+    loaded: bool,
     holds: Option<u64>,
     /// How many helpers got a share in the last hand-out.
     handed: usize,
@@ -246,13 +248,18 @@ impl HelperPool {
         }
         Ok(Self {
             helpers,
+            loaded: false,
             holds: None,
             handed: 0,
         })
     }
 
-    /// Waits until every helper has loaded the emulator (or says why one could not).
-    pub async fn loaded(&self) -> Result<()> {
+    /// Waits until every helper has loaded the emulator (or says why one could not); at once
+    /// when they have.
+    pub async fn loaded(&mut self) -> Result<()> {
+        if self.loaded {
+            return Ok(());
+        }
         for h in &self.helpers {
             match h.next().await? {
                 (FromHelper::Loaded, _) => {}
@@ -263,6 +270,7 @@ impl HelperPool {
                 }
             }
         }
+        self.loaded = true;
         Ok(())
     }
 

@@ -20,7 +20,7 @@ use super::protocol::{
 };
 use super::storage::{self, describe};
 use crate::emulator::plan::adapter_layers;
-use crate::emulator::{Emulator, LayerKind};
+use crate::emulator::{Emulator, EmulatorManifest, LayerKind};
 use crate::error::Error;
 use crate::session::{
     Checkpoint, Control, Metrics, Progress, RunClock, RunHost, Session, Settings,
@@ -48,8 +48,6 @@ struct State {
     metrics: Metrics,
     /// On the CPU fallback, the helper workers that share every batch (None: one thread).
     helpers: Option<HelperPool>,
-    /// Whether every helper has said it loaded the emulator.
-    helpers_loaded: bool,
     /// Why the CPU fallback trains on one core although helpers were wanted.
     one_core_why: Option<String>,
 }
@@ -113,7 +111,6 @@ pub async fn run(scope: DedicatedWorkerGlobalScope) {
         busy: false,
         metrics: Metrics::default(),
         helpers: None,
-        helpers_loaded: false,
         one_core_why: None,
     }));
     let handler_state = state.clone();
@@ -328,7 +325,7 @@ async fn load_served_emulator(state: &Shared) -> Result<(), String> {
     install_emulator(state, &text, bytes)
 }
 
-fn check_fits(state: &Shared, m: &crate::emulator::EmulatorManifest) -> Result<(), String> {
+fn check_fits(state: &Shared, m: &EmulatorManifest) -> Result<(), String> {
     crate::session::check_fits(m, state.borrow().max_buffer).map_err(for_page)
 }
 
@@ -357,13 +354,12 @@ fn install_emulator(state: &Shared, json: &str, weights: Vec<u8>) -> Result<(), 
         kept_layers: m.plan.iter().filter(|k| **k != LayerKind::Dropped).count(),
         total_layers: m.plan.len(),
     };
-    let helpers = start_helpers(state, json, &weights);
+    let helpers = start_helpers(state, &emulator.manifest, json, &weights);
     let mut s = state.borrow_mut();
     (s.helpers, s.one_core_why) = match helpers {
         Ok(pool) => (pool, None),
         Err(why) => (None, Some(why)),
     };
-    s.helpers_loaded = false;
     s.emulator = Some(Loaded { emulator, weights });
     s.session = None;
     drop(s);
@@ -374,23 +370,30 @@ fn install_emulator(state: &Shared, json: &str, weights: Vec<u8>) -> Result<(), 
 /// On the CPU fallback, helper workers with their own copy of the emulator, one per further
 /// core as memory allows ([`helpers::helper_count`]); None on WebGPU or on one core, and why
 /// not when they cannot start (then training runs on this worker alone).
-fn start_helpers(state: &Shared, json: &str, weights: &[u8]) -> Result<Option<HelperPool>, String> {
+fn start_helpers(
+    state: &Shared,
+    manifest: &EmulatorManifest,
+    json: &str,
+    weights: &[u8],
+) -> Result<Option<HelperPool>, String> {
     let (scope, on_gpu) = {
         let mut s = state.borrow_mut();
         s.helpers = None; // the old emulator's helpers stop first
         (s.scope.clone(), s.max_buffer.is_some())
     };
-    let Ok(manifest) = Emulator::read_manifest(json) else {
-        return Ok(None);
-    };
-    let n = helpers::helper_count(&scope, &manifest);
+    let n = helpers::helper_count(&scope, manifest);
     if on_gpu || n == 0 {
         return Ok(None);
     }
     let script = scope.location().href();
     HelperPool::start(n, &script, json, weights)
         .map(Some)
-        .map_err(|e| format!("training runs on one core: helper workers could not start ({e})"))
+        .map_err(|e| one_core(&format!("helper workers could not start ({e})")))
+}
+
+/// What the page says when the CPU fallback trains on one core although helpers were wanted.
+fn one_core(why: &str) -> String {
+    format!("training runs on one core: {why}")
 }
 
 fn checkpoint_slot(state: &Shared) -> Option<String> {
@@ -541,9 +544,8 @@ async fn run_steps(
     // Helpers that failed mid-run are let go: the next run (or resume) trains alone.
     match &outcome {
         Err(Error::Helper(why)) => {
-            state.borrow_mut().one_core_why = Some(format!(
-                "training runs on one core: a helper worker failed ({why})"
-            ));
+            state.borrow_mut().one_core_why =
+                Some(one_core(&format!("a helper worker failed ({why})")));
         }
         Err(Error::Device(_)) => {}
         _ => state.borrow_mut().helpers = pool,
@@ -589,14 +591,9 @@ async fn run_steps(
 /// run); None when there are none or one failed to load. On the CPU fallback the page is told
 /// how many workers train, and why only one when helpers were wanted.
 async fn ready_helpers(state: &Shared) -> Option<HelperPool> {
-    let (pool, loaded, scope, on_cpu) = {
+    let (pool, scope, on_cpu) = {
         let mut s = state.borrow_mut();
-        (
-            s.helpers.take(),
-            s.helpers_loaded,
-            s.scope.clone(),
-            s.max_buffer.is_none(),
-        )
+        (s.helpers.take(), s.scope.clone(), s.max_buffer.is_none())
     };
     let alone = |why: Option<String>| {
         if on_cpu {
@@ -609,21 +606,20 @@ async fn ready_helpers(state: &Shared) -> Option<HelperPool> {
             );
         }
     };
-    let Some(pool) = pool else {
+    let Some(mut pool) = pool else {
         alone(state.borrow().one_core_why.clone());
         return None;
     };
-    if !loaded && let Err(e) = pool.loaded().await {
+    if let Err(e) = pool.loaded().await {
         let why = match e {
             Error::Helper(why) => why,
             e => e.to_string(),
         };
-        let why = format!("training runs on one core: a helper worker failed ({why})");
+        let why = one_core(&format!("a helper worker failed ({why})"));
         state.borrow_mut().one_core_why = Some(why.clone());
         alone(Some(why));
         return None;
     }
-    state.borrow_mut().helpers_loaded = true;
     post(
         &scope,
         &FromWorker::Workers {
