@@ -72,11 +72,7 @@ const MIN_PARAMS_FOR_HELPERS: u64 = 20_000_000;
 /// for a small emulator unless asked.
 pub fn helper_count(scope: &DedicatedWorkerGlobalScope, manifest: &EmulatorManifest) -> usize {
     let navigator = scope.navigator();
-    let search = scope.location().search();
-    let asked = search
-        .trim_start_matches('?')
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("workers="))
+    let asked = super::query_value(&scope.location().search(), "workers")
         .and_then(|n| n.parse::<usize>().ok());
     if asked.is_none() && manifest.emulator_params < MIN_PARAMS_FOR_HELPERS {
         return 0;

@@ -38,6 +38,14 @@ pub fn start() -> Result<(), JsValue> {
     }
 }
 
+/// The value of `key` in a page's or worker's query string (`?workers=2&device=webgpu`).
+fn query_value<'a>(search: &'a str, key: &str) -> Option<&'a str> {
+    search
+        .trim_start_matches('?')
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+}
+
 fn js_err(e: crate::Error) -> JsError {
     JsError::new(&e.to_string())
 }

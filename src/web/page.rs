@@ -102,7 +102,8 @@ fn on<E: wasm_bindgen::convert::FromWasmAbi + 'static>(
     closure.forget();
 }
 
-/// The training worker, given the page's query (`?workers=N` caps the CPU fallback's workers).
+/// The training worker, given the page's query (`?workers=N` caps the CPU fallback's workers,
+/// `?device=webgpu|cpu` picks the device).
 fn spawn_worker() -> Result<Worker, JsValue> {
     let opts = WorkerOptions::new();
     opts.set_type(WorkerType::Module);
@@ -395,13 +396,11 @@ fn on_worker_message(page: &Shared, data: JsValue) {
         FromWorker::Workers { count, note } => {
             let text = match (count, note) {
                 (1, Some(why)) => {
-                    format!("Training device: CPU (no WebGPU), {why}. No data leaves this page.")
+                    format!("Training device: CPU, {why}. No data leaves this page.")
                 }
-                (1, None) => {
-                    "Training device: CPU (no WebGPU), one core. No data leaves this page.".into()
-                }
+                (1, None) => "Training device: CPU, one core. No data leaves this page.".into(),
                 (n, _) => format!(
-                    "Training device: CPU (no WebGPU), {n} workers sharing each batch. No data leaves this page."
+                    "Training device: CPU, {n} workers sharing each batch. No data leaves this page."
                 ),
             };
             set_text(&doc, "backend", &text);

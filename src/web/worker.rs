@@ -91,10 +91,11 @@ fn fail(scope: &DedicatedWorkerGlobalScope, message: impl Into<String>) {
 
 /// Sets the worker up: picks WebGPU (or says why not and falls back to the CPU), then listens.
 pub async fn run(scope: DedicatedWorkerGlobalScope) {
-    let (device, backend, max_buffer, notice) = match webgpu_limit(&scope).await {
+    let asked = super::query_value(&scope.location().search(), "device").map(str::to_owned);
+    let (device, backend, max_buffer, notice) = match webgpu_limit(&scope, asked.as_deref()).await {
         Ok(limit) => match Device::wgpu_options().init_async().await {
             Ok(d) => (d, "WebGPU".to_string(), Some(limit), None),
-            Err(e) => cpu_fallback(format!("WebGPU could not start ({e:?})")),
+            Err(e) => cpu_fallback(NoWebGpu::Missing(format!("WebGPU could not start ({e:?})"))),
         },
         Err(why) => cpu_fallback(why),
     };
@@ -122,31 +123,70 @@ pub async fn run(scope: DedicatedWorkerGlobalScope) {
     post(&scope, &FromWorker::Ready { backend, notice });
 }
 
-fn cpu_fallback(why: String) -> (Device, String, Option<f64>, Option<String>) {
-    let notice = format!(
-        "{why}. Training runs on the CPU instead: it works, but slowly. For speed use a browser with WebGPU (Chrome or Edge 113+, Safari 26+, Firefox 141+ on Windows)."
-    );
-    (Device::flex(), "CPU (no WebGPU)".into(), None, Some(notice))
+/// Why training runs on the CPU.
+enum NoWebGpu {
+    /// No WebGPU, or none that works (the reason).
+    Missing(String),
+    /// WebGPU is a software renderer (SwiftShader, WARP: no GPU found). It computes on the CPU
+    /// through a shader emulator, far slower than the CPU backend (SmolLM2's emulator: 0.64
+    /// against 43.7 tokens/s on one machine, docs/results.md).
+    Software,
+    /// The page's address asks for the CPU (`?device=cpu`).
+    Asked,
 }
 
-/// The adapter's per-buffer limit, or why WebGPU is unusable here.
-async fn webgpu_limit(scope: &DedicatedWorkerGlobalScope) -> Result<f64, String> {
+fn cpu_fallback(why: NoWebGpu) -> (Device, String, Option<f64>, Option<String>) {
+    let notice = match why {
+        NoWebGpu::Missing(why) => Some(format!(
+            "{why}. Training runs on the CPU instead: it works, but slowly. For speed use a browser with WebGPU (Chrome or Edge 113+, Safari 26+, Firefox 141+ on Windows)."
+        )),
+        NoWebGpu::Software => Some(
+            "This browser's WebGPU found no GPU, only a software renderer, which trains far slower than the CPU. Training runs on the CPU.".into(),
+        ),
+        NoWebGpu::Asked => None,
+    };
+    (Device::flex(), "CPU".into(), None, notice)
+}
+
+/// The adapter's per-buffer limit, or why training runs on the CPU. `asked`: the page's
+/// `?device=` (`webgpu` takes even a software adapter, for tests and benchmarks on machines
+/// without a GPU; `cpu` takes none).
+async fn webgpu_limit(
+    scope: &DedicatedWorkerGlobalScope,
+    asked: Option<&str>,
+) -> Result<f64, NoWebGpu> {
+    if asked == Some("cpu") {
+        return Err(NoWebGpu::Asked);
+    }
+    let missing = |why: &str| NoWebGpu::Missing(why.into());
     let gpu = field(&scope.navigator(), "gpu");
     if gpu.is_undefined() || gpu.is_null() {
-        return Err("This browser has no WebGPU".into());
+        return Err(missing("This browser has no WebGPU"));
     }
     let request = js_sys::Reflect::get(&gpu, &"requestAdapter".into())
         .ok()
         .and_then(|f| f.dyn_into::<js_sys::Function>().ok())
-        .ok_or("This browser's WebGPU has no requestAdapter")?;
+        .ok_or(missing("This browser's WebGPU has no requestAdapter"))?;
     let promise = request
         .call0(&gpu)
-        .map_err(describe)?
+        .map_err(|e| NoWebGpu::Missing(describe(e)))?
         .dyn_into::<js_sys::Promise>()
-        .map_err(|_| "WebGPU requestAdapter returned no promise")?;
-    let adapter = JsFuture::from(promise).await.map_err(describe)?;
+        .map_err(|_| missing("WebGPU requestAdapter returned no promise"))?;
+    let adapter = JsFuture::from(promise)
+        .await
+        .map_err(|e| NoWebGpu::Missing(describe(e)))?;
     if adapter.is_null() || adapter.is_undefined() {
-        return Err("WebGPU found no usable GPU adapter".into());
+        return Err(missing("WebGPU found no usable GPU adapter"));
+    }
+    // `info.isFallbackAdapter` (the adapter's own flag in older browsers).
+    let software = [
+        field(&field(&adapter, "info"), "isFallbackAdapter"),
+        field(&adapter, "isFallbackAdapter"),
+    ]
+    .iter()
+    .any(|flag| flag.as_bool() == Some(true));
+    if software && asked != Some("webgpu") {
+        return Err(NoWebGpu::Software);
     }
     let limits = field(&adapter, "limits");
     let num = |k: &str| field(&limits, k).as_f64().unwrap_or(f64::MAX);

@@ -60,7 +60,9 @@ try {
   const page = await context.newPage();
   record(page, log);
   const t0 = Date.now();
-  await page.goto(base);
+  // WebGPU even on Chromium's software adapter (without `?device=webgpu` the page takes the CPU
+  // there: checked below).
+  await page.goto(`${base}?device=webgpu`);
   await waitText(page, '#emu-info', /Emulator ready/, 120_000);
   metrics.emulator_ready_seconds = (Date.now() - t0) / 1000;
   check((await text(page, '#backend')).includes('WebGPU'), 'trains on WebGPU');
@@ -230,6 +232,12 @@ if (pageOnly) {
     await page.setInputFiles('#emu-files', [emuJson, emuJson.replace(/\.json$/, '.safetensors')]);
     await waitText(page, '#emu-info', /Emulator ready/, 120_000);
     check(true, 'emulator loaded from local files');
+    // Without a GPU, Chromium's WebGPU adapter is SwiftShader: the page trains on the CPU and
+    // says why; on a GPU it takes WebGPU.
+    const software = await page.evaluate(async () => (await navigator.gpu?.requestAdapter())?.info?.isFallbackAdapter === true);
+    const [backend, notice] = [await text(page, '#backend'), await text(page, '#notice')];
+    check(software ? /CPU/.test(backend) && /software renderer/.test(notice) : /WebGPU/.test(backend),
+      `${software ? 'a software' : 'a GPU'} WebGPU adapter picks the ${software ? 'CPU' : 'GPU'}: "${backend}" / "${notice}"`);
   } finally {
     await local.close();
   }

@@ -64,7 +64,10 @@ try {
   const ticker = setInterval(() => say(page).catch(() => {}), 60_000);
   ticker.unref();
   const t0 = Date.now();
-  await page.goto(process.env.WORKERS ? `${url}?workers=${process.env.WORKERS}` : url);
+  // WebGPU even on a software adapter (the page would take the CPU there).
+  const query = new URLSearchParams({ device });
+  if (process.env.WORKERS) query.set('workers', process.env.WORKERS);
+  await page.goto(`${url}?${query}`);
   await wait(page, '#emu-info', /Emulator ready/, 1_800_000);
   const loadSeconds = (Date.now() - t0) / 1000;
   const backend = (await page.textContent('#backend')).trim();
