@@ -4,7 +4,8 @@
 # driver, and on CUDA where there is an NVIDIA GPU) for SmolLM2's emulator and for a ~1B LLaMA's
 # (random weights: speed and memory do not depend on them), LoRA r=8, with tokens/s, peak memory
 # (GPU memory from nvidia-smi on NVIDIA) and the ratios; each run's table in
-# target/gpu-browser-check-EMU.txt.
+# target/gpu-browser-check-EMU.txt; then the WGSL matrix product candidate against burn's
+# (target/gpu-matmul.txt).
 # Needs: the GPU's Vulkan driver and the Vulkan loader (libvulkan1); for the browser rows Chromium
 # (/usr/bin/chromium) and scripts/setup-web.sh; on a machine without them (or without cargo, given
 # binaries built elsewhere) the rows that need them are left out and the script says so.
@@ -28,3 +29,10 @@ for emu in "$smollm2" llama-1b; do
     exit 1
   fi
 done
+# The WGSL matrix product candidate for shaders/ against burn's on this GPU (docs/results.md,
+# "WebGPU on a software adapter"): it ships only if it wins here.
+echo "==> matrix products: hand-written WGSL (Chromium) against burn's (native wgpu)"
+if [[ -x /usr/bin/chromium ]]; then node tools/bench/webgpu_matmul.mjs | tee target/gpu-matmul.txt; fi
+if command -v cargo >/dev/null; then
+  cargo run --release -q -p scaleot-owner --features wgpu --example wgpu_matmul | tee -a target/gpu-matmul.txt
+fi

@@ -24,14 +24,17 @@ fn main() {
             "nn" => a.clone().matmul(b.clone()),
             _ => a.clone().matmul(b.clone().transpose()),
         };
-        // The first run compiles the kernel; reading the result back waits for the device.
-        let _ = product().into_data();
+        // The first run compiles the kernel. Only reading the values waits for the device
+        // (`into_data` alone returns before the product is done).
+        let read = || -> f32 {
+            let values: Vec<f32> = product().into_data().try_to_vec().expect("f32 values");
+            values[0]
+        };
+        read();
         let start = Instant::now();
-        for _ in 0..3 {
-            let _ = product().into_data();
-        }
+        let checksum: f32 = (0..3).map(|_| read()).sum();
         let ms = start.elapsed().as_secs_f64() * 1e3 / 3.0;
         let gflops = 2.0 * (m * k * n) as f64 / ms / 1e6;
-        println!("{layout} [{m},{k}]x[{k},{n}] burn: {ms:.1} ms, {gflops:.2} GFLOP/s");
+        println!("{layout} [{m},{k}]x[{k},{n}] burn: {ms:.1} ms, {gflops:.2} GFLOP/s ({checksum})");
     }
 }
