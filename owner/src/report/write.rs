@@ -283,9 +283,8 @@ pub(super) fn write_outputs(
             tasks,
         );
         md += &format!(
-            "| {} b={} | {} | {} | {} | {} | {} | {} |\n",
-            s.method,
-            s.beta,
+            "| {} | {} | {} | {} | {} | {} | {} |\n",
+            s.series(),
             s.alpha,
             size(r, &label),
             avg(Stage::Zs),
