@@ -91,8 +91,8 @@ fn fail(scope: &DedicatedWorkerGlobalScope, message: impl Into<String>) {
 
 /// Sets the worker up: picks WebGPU (or says why not and falls back to the CPU), then listens.
 pub async fn run(scope: DedicatedWorkerGlobalScope) {
-    let asked = super::query_value(&scope.location().search(), "device").map(str::to_owned);
-    let (device, backend, max_buffer, notice) = match webgpu_limit(&scope, asked.as_deref()).await {
+    let asked = AskedDevice::from_query(&scope.location().search());
+    let (device, backend, max_buffer, notice) = match webgpu_limit(&scope, asked).await {
         Ok(limit) => match Device::wgpu_options().init_async().await {
             Ok(d) => (d, "WebGPU".to_string(), Some(limit), None),
             Err(e) => cpu_fallback(NoWebGpu::Missing(format!("WebGPU could not start ({e:?})"))),
@@ -123,6 +123,25 @@ pub async fn run(scope: DedicatedWorkerGlobalScope) {
     post(&scope, &FromWorker::Ready { backend, notice });
 }
 
+/// The device the page's address asks for (`?device=webgpu|cpu`; anything else: chosen here).
+#[derive(Clone, Copy, PartialEq)]
+enum AskedDevice {
+    Any,
+    /// WebGPU even on a software adapter (tests and benchmarks on machines without a GPU).
+    WebGpu,
+    Cpu,
+}
+
+impl AskedDevice {
+    fn from_query(search: &str) -> Self {
+        match super::query_value(search, "device") {
+            Some("webgpu") => Self::WebGpu,
+            Some("cpu") => Self::Cpu,
+            _ => Self::Any,
+        }
+    }
+}
+
 /// Why training runs on the CPU.
 enum NoWebGpu {
     /// No WebGPU, or none that works (the reason).
@@ -148,14 +167,12 @@ fn cpu_fallback(why: NoWebGpu) -> (Device, String, Option<f64>, Option<String>) 
     (Device::flex(), "CPU".into(), None, notice)
 }
 
-/// The adapter's per-buffer limit, or why training runs on the CPU. `asked`: the page's
-/// `?device=` (`webgpu` takes even a software adapter, for tests and benchmarks on machines
-/// without a GPU; `cpu` takes none).
+/// The adapter's per-buffer limit, or why training runs on the CPU.
 async fn webgpu_limit(
     scope: &DedicatedWorkerGlobalScope,
-    asked: Option<&str>,
+    asked: AskedDevice,
 ) -> Result<f64, NoWebGpu> {
-    if asked == Some("cpu") {
+    if asked == AskedDevice::Cpu {
         return Err(NoWebGpu::Asked);
     }
     let missing = |why: &str| NoWebGpu::Missing(why.into());
@@ -185,7 +202,7 @@ async fn webgpu_limit(
     ]
     .iter()
     .any(|flag| flag.as_bool() == Some(true));
-    if software && asked != Some("webgpu") {
+    if software && asked != AskedDevice::WebGpu {
         return Err(NoWebGpu::Software);
     }
     let limits = field(&adapter, "limits");
