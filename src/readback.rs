@@ -27,7 +27,8 @@ pub async fn read_named(
 
 /// Reads a device tensor back to the host without blocking (the only way on WebGPU).
 pub async fn read_vec<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
-    t.into_data_async()
+    crate::model::frozen::widened(t)
+        .into_data_async()
         .await
         .map_err(|e| Error::Device(format!("{e:?}")))?
         .try_into_vec::<f32>()

@@ -7,6 +7,7 @@ use anyhow::{Result, bail};
 use futures_lite::future::block_on;
 use scaleot::data;
 use scaleot::emulator::Emulator;
+use scaleot::model::frozen::FrozenStorage;
 use scaleot::model::{LoraConfig, ModelBytes};
 use scaleot::session::{Checkpoint, Progress, RunClock, RunHost, Session, Settings};
 use scaleot::train::{TrainConfig, Trainer};
@@ -344,6 +345,10 @@ pub struct BenchTrainArgs {
     /// trains) instead of whole adapter layers; 0: whole layers.
     #[arg(long, default_value_t = 0)]
     lora_rank: usize,
+    /// Keep the frozen weights the bundle stores in f16 in f16 on the device (as the page does
+    /// on a GPU with `shader-f16`).
+    #[arg(long)]
+    frozen_f16: bool,
 }
 
 /// Tokens/s and peak memory of one adapter training step (forward, backward, AdamW) at
@@ -351,7 +356,12 @@ pub struct BenchTrainArgs {
 pub fn bench_train(a: BenchTrainArgs) -> Result<()> {
     let (json, weights) = read_pair(&a.emulator, "emulator")?;
     let device = a.device.open_autodiff()?;
-    let emu = Emulator::load(&json, &weights, &device)?;
+    let storage = if a.frozen_f16 {
+        FrozenStorage::F16
+    } else {
+        FrozenStorage::F32
+    };
+    let emu = Emulator::load(&json, &weights, &device)?.store_frozen(storage);
     let vocab = emu.model.vocab_size() as u32;
     let examples: Vec<data::Example> = (0..a.batch)
         .map(|b| {
@@ -398,10 +408,16 @@ pub fn bench_train(a: BenchTrainArgs) -> Result<()> {
         loss = step(&mut trainer)?;
     }
     let secs = start.elapsed().as_secs_f64() / a.iters as f64;
+    // The device allocator's pools (GPU backends): they keep the pages of the step's peak.
+    let pools = device.memory_pool_usage();
+    let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
     println!(
         "{}",
         json!({
             "impl": format!("scaleot (burn {} autodiff, f32)", a.device.backend()), "trains": what,
+            "frozen_weights": format!("{storage:?}").to_lowercase(),
+            "device_mib_in_use": pools.as_ref().map(|p| mib(p.bytes_in_use)),
+            "device_mib_reserved": pools.as_ref().map(|p| mib(p.bytes_reserved)),
             "batch": a.batch, "len": a.len, "iters": a.iters,
             "seconds_per_step": secs, "tokens_per_second": (a.batch * a.len) as f64 / secs,
             "first_step_seconds": first_step_seconds,

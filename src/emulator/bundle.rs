@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::plan::{LayerKind, load_plan};
 use crate::error::{Error, Result};
+use crate::model::frozen::FrozenStorage;
 use crate::model::{Llama, LlamaConfig};
 use crate::names;
 use crate::tokenizer::Tokenizer;
@@ -194,6 +195,8 @@ pub struct Emulator {
     pub manifest: EmulatorManifest,
     pub model: Llama,
     pub tokenizer: Tokenizer,
+    /// Whether the bundle stores its frozen weights in f16 (`--frozen-dtype f16`).
+    frozen_in_f16: bool,
 }
 
 impl Emulator {
@@ -226,7 +229,11 @@ impl Emulator {
                 actual,
             });
         }
-        SafeTensors::deserialize(weights).map_err(|e| Error::Safetensors(e.to_string()))?;
+        let frozen_in_f16 = SafeTensors::deserialize(weights)
+            .and_then(|st| st.tensor(names::EMBED))
+            .map_err(|e| Error::Safetensors(e.to_string()))?
+            .dtype()
+            == Dtype::F16;
         let tokenizer_config = manifest.tokenizer_config.as_ref().map(|c| c.to_string());
         let mut tokenizer =
             Tokenizer::from_hf_files(&manifest.tokenizer.to_string(), tokenizer_config.as_deref())?;
@@ -241,7 +248,31 @@ impl Emulator {
             manifest,
             model,
             tokenizer,
+            frozen_in_f16,
         })
+    }
+
+    /// Keeps the frozen weights that the bundle stores in f16 (the kept raw and harmonizer
+    /// layers, the embedding, the head) as `storage` on the device: their values are f16's
+    /// already, so only their memory changes. Adapter layers and low-rank layers (f16 factors
+    /// multiplied out) stay f32.
+    pub fn store_frozen(mut self, storage: FrozenStorage) -> Self {
+        if !self.frozen_in_f16 {
+            return self;
+        }
+        let frozen: Vec<usize> = (self.model.layer_index.iter().enumerate())
+            .filter(|(_, orig)| {
+                matches!(
+                    self.manifest.plan[**orig],
+                    LayerKind::Raw | LayerKind::Harmonizer
+                )
+            })
+            .map(|(pos, _)| pos)
+            .collect();
+        self.model = self.model.store_frozen(&frozen, storage);
+        // The f32 copies are free now: hand their pages back rather than keep them pooled.
+        self.model.device().memory_cleanup();
+        self
     }
 
     /// Stack positions (in `model.layers`) of the adapter layers.

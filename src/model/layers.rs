@@ -6,6 +6,7 @@ use burn::tensor::module::linear;
 use burn::tensor::{Device, Tensor, TensorData};
 use sha2::{Digest, Sha256};
 
+use super::frozen;
 use crate::error::{Error, Result};
 use crate::weights::HostTensor;
 
@@ -35,9 +36,22 @@ impl Linear {
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         match &self.lora {
-            None => linear(x, self.weight.val(), None),
-            Some(lora) => linear(x.clone(), self.weight.val(), None) + lora.delta(x),
+            None => self.project(x),
+            Some(lora) => self.project(x.clone()) + lora.delta(x),
         }
+    }
+
+    /// `x · weight`, through [`frozen::frozen_matmul`] when the weight is stored narrow.
+    fn project<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let weight = self.weight.val();
+        if !frozen::is_narrow(&weight) {
+            return linear(x, weight, None);
+        }
+        let mut shape = x.dims();
+        let inp = shape[D - 1];
+        let rows = x.shape().num_elements() / inp.max(1);
+        shape[D - 1] = weight.dims()[1];
+        frozen::frozen_matmul(x.reshape([rows, inp]), weight).reshape(shape)
     }
 }
 
@@ -119,7 +133,8 @@ impl Lora {
 /// Reads a device tensor back to the host, blocking (native backends; in the browser read
 /// with `into_data_async`).
 pub fn read_vec<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
-    t.into_data()
+    frozen::widened(t)
+        .into_data()
         .try_into_vec::<f32>()
         .map_err(|e| Error::Device(format!("reading a tensor back: {e:?}")))
 }

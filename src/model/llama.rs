@@ -4,13 +4,14 @@
 //! Layers sit in [`LayerSlot`]s so that later stages (emulators) can put a harmonizer or a
 //! low-rank variant in a slot, or leave a layer out, without touching the rest of the model.
 
-use burn::module::{Module, Param};
+use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::activation::silu;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Device, IndexingUpdateOp, Int, Tensor, TensorData};
 
 use super::config::LlamaConfig;
+use super::frozen::{self, FrozenStorage};
 use super::harmonizer::Harmonizer;
 use super::layers::{Linear, RmsNorm, check_shape, hf_flat, named_param};
 use crate::error::{Error, Result};
@@ -491,10 +492,8 @@ impl Llama {
     pub fn embed(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
         let [b, t] = tokens.dims();
         let hidden = self.embed_tokens.dims()[1];
-        self.embed_tokens
-            .val()
-            .select(0, tokens.reshape([b * t]))
-            .reshape([b, t, hidden])
+        let rows = self.embed_tokens.val().select(0, tokens.reshape([b * t]));
+        frozen::widened(rows).reshape([b, t, hidden])
     }
 
     /// Runs the layers at stack positions `range` over hidden states `x` that start at
@@ -540,21 +539,26 @@ impl Llama {
             Some(head) => head.forward(hidden),
             None => {
                 let [b, t, d] = hidden.dims();
-                hidden
-                    .reshape([b * t, d])
-                    .matmul(self.embed_tokens.val().transpose())
-                    .reshape([b, t, self.vocab_size()])
+                let embed = self.embed_tokens.val();
+                let rows = hidden.reshape([b * t, d]);
+                let logits = if frozen::is_narrow(&embed) {
+                    frozen::frozen_matmul(rows, embed.transpose())
+                } else {
+                    rows.matmul(embed.transpose())
+                };
+                logits.reshape([b, t, self.vocab_size()])
             }
         }
     }
 
     /// The vocabulary head as one `[hidden, vocab]` matrix (the tied embedding, transposed,
-    /// or the untied head's weight; the head never carries LoRA).
+    /// or the untied head's weight; the head never carries LoRA), in f32 also when stored
+    /// narrow: one wide copy for the chunks of one call.
     fn head_matrix(&self) -> Tensor<2> {
-        match &self.lm_head {
+        frozen::widened(match &self.lm_head {
             Some(head) => head.weight.val(),
             None => self.embed_tokens.val().transpose(),
-        }
+        })
     }
 
     /// Rows of hidden states per vocabulary chunk: at most [`HEAD_CHUNK_LOGITS`] logits exist
@@ -730,6 +734,43 @@ impl Llama {
             layers,
             norm: self.norm.freeze(),
             lm_head: self.lm_head.map(Module::freeze),
+            ..self
+        }
+    }
+
+    /// Stores the embedding, the untied head and the matrices of the layers at stack positions
+    /// `frozen_layers` as `storage` (norms stay f32). Those weights must stay frozen: a narrow
+    /// weight gets no gradient.
+    pub fn store_frozen(self, frozen_layers: &[usize], storage: FrozenStorage) -> Self {
+        struct Narrow(FrozenStorage);
+        impl ModuleMapper for Narrow {
+            fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+                let storage = self.0;
+                if D < 2 {
+                    return param;
+                }
+                param.map(|t| storage.store(t))
+            }
+        }
+        if storage == FrozenStorage::F32 {
+            return self;
+        }
+        let mut narrow = Narrow(storage);
+        Self {
+            embed_tokens: self.embed_tokens.map(|t| storage.store(t)),
+            lm_head: self.lm_head.map(|head| head.map(&mut narrow)),
+            layers: self
+                .layers
+                .into_iter()
+                .enumerate()
+                .map(|(i, l)| {
+                    if frozen_layers.contains(&i) {
+                        l.map(&mut narrow)
+                    } else {
+                        l
+                    }
+                })
+                .collect(),
             ..self
         }
     }

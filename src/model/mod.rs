@@ -1,6 +1,7 @@
 //! The LLaMA-family model: config, layers, and loading from weight files.
 
 pub mod config;
+pub mod frozen;
 pub mod harmonizer;
 pub mod layers;
 pub mod llama;

@@ -22,6 +22,7 @@ use super::storage::{self, describe};
 use crate::emulator::plan::adapter_layers;
 use crate::emulator::{Emulator, EmulatorManifest, LayerKind};
 use crate::error::Error;
+use crate::model::frozen::FrozenStorage;
 use crate::session::{
     Checkpoint, Control, Metrics, Progress, RunClock, RunHost, Session, Settings,
 };
@@ -37,6 +38,8 @@ struct State {
     backend: String,
     /// WebGPU's largest buffer (bytes); None on the CPU fallback.
     max_buffer: Option<f64>,
+    /// How the emulator's frozen weights are kept (f16 on a GPU with `shader-f16`).
+    frozen: FrozenStorage,
     emulator: Option<Loaded>,
     data: Option<(String, Vec<u8>)>,
     session: Option<Session>,
@@ -99,9 +102,14 @@ pub async fn run(scope: DedicatedWorkerGlobalScope) {
         },
         Err(why) => cpu_fallback(why),
     };
+    let frozen = match max_buffer {
+        Some(_) => FrozenStorage::for_gpu(&device),
+        None => FrozenStorage::F32,
+    };
     let state = Rc::new(RefCell::new(State {
         scope: scope.clone(),
         device: device.autodiff(),
+        frozen,
         backend: backend.clone(),
         max_buffer,
         emulator: None,
@@ -399,7 +407,10 @@ fn install_emulator(state: &Shared, json: &str, weights: Vec<u8>) -> Result<(), 
         },
     );
     let device = state.borrow().device.clone();
-    let emulator = Emulator::load(json, &weights, &device).map_err(for_page)?;
+    let frozen = state.borrow().frozen;
+    let emulator = Emulator::load(json, &weights, &device)
+        .map_err(for_page)?
+        .store_frozen(frozen);
     let m = &emulator.manifest;
     let info = EmulatorInfo {
         method: m.method.clone(),

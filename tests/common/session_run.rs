@@ -43,8 +43,12 @@ pub struct Run {
 /// asynchronously as the browser must.
 pub async fn run(device: &Device) -> (Session, Run) {
     let (json, weights) = tiny_emulator();
-    let emu = Emulator::load(&json, &weights, device).unwrap();
-    let mut session = Session::new(&emu, DATA.as_bytes(), "notes.jsonl", &settings()).unwrap();
+    run_on(&Emulator::load(&json, &weights, device).unwrap()).await
+}
+
+/// [`run`] on an emulator already loaded (on an autodiff device).
+pub async fn run_on(emu: &Emulator) -> (Session, Run) {
+    let mut session = Session::new(emu, DATA.as_bytes(), "notes.jsonl", &settings()).unwrap();
     let before = session.held_out_loss().await.unwrap().unwrap();
     let mut losses = Vec::new();
     while !session.finished() {

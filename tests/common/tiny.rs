@@ -136,6 +136,15 @@ pub fn tiny_shape(cfg: &LlamaConfig, name: &str) -> (Vec<usize>, f32) {
 
 /// An emulator bundle of a tiny model: adapters 1+1, `keep` of the 4 middle layers kept.
 pub fn bundle(base: &ModelBytes, keep: usize) -> (Vec<u8>, EmulatorManifest) {
+    bundle_storing(base, keep, FrozenDtype::F32)
+}
+
+/// [`bundle`] with its frozen weights stored as `frozen_dtype`.
+pub fn bundle_storing(
+    base: &ModelBytes,
+    keep: usize,
+    frozen_dtype: FrozenDtype,
+) -> (Vec<u8>, EmulatorManifest) {
     let opened = base.open().unwrap();
     let plan = uniform_drop(6, AdapterSplit::parse("1+1").unwrap(), keep).unwrap();
     let spec = BundleSpec {
@@ -145,7 +154,7 @@ pub fn bundle(base: &ModelBytes, keep: usize) -> (Vec<u8>, EmulatorManifest) {
         method: "uniform-drop".into(),
         params: serde_json::json!({"keep": keep}),
         base_model_sha256: opened.sha256.clone(),
-        frozen_dtype: FrozenDtype::F32,
+        frozen_dtype,
     };
     write_bundle(spec, opened.source.as_ref()).unwrap()
 }

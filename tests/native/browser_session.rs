@@ -6,11 +6,14 @@ use crate::common;
 
 use burn::module::Module;
 use burn::tensor::Device;
-use common::session_run::{DATA, golden, max_diff, run, run_resumed, settings, tiny_emulator};
-use common::tiny::{logits, max_abs_diff};
+use common::session_run::{
+    DATA, golden, max_diff, run, run_on, run_resumed, settings, tiny_emulator,
+};
+use common::tiny::{bundle_storing, logits, max_abs_diff, tiny_model_bytes};
 use futures_lite::future::block_on;
 use scaleot::adapter::Adapter;
-use scaleot::emulator::Emulator;
+use scaleot::emulator::{Emulator, FrozenDtype};
+use scaleot::model::frozen::FrozenStorage;
 use scaleot::session::{Checkpoint, Session, batch_warning, check_fits};
 
 /// The tiny emulator loaded on `device`, with its weights (resume needs them).
@@ -47,6 +50,27 @@ fn session_losses_match_the_golden_and_training_helps() {
         "{}",
         max_diff(&got, &resumed)
     );
+}
+
+/// Frozen weights kept in f16 on the device (as on a GPU with `shader-f16`) train the same run
+/// as in f32: the bundle stores them in f16, so only their memory changes.
+#[test]
+fn frozen_weights_kept_in_f16_train_the_same_run() {
+    let device = Device::flex().autodiff();
+    let (weights, manifest) = bundle_storing(&tiny_model_bytes(), 2, FrozenDtype::F16);
+    let json = serde_json::to_string(&manifest).unwrap();
+    let load = || Emulator::load(&json, &weights, &device).unwrap();
+    let narrow = load().store_frozen(FrozenStorage::F16);
+    let dtype = |emu: &Emulator| emu.model.embed_tokens.val().dtype();
+    assert_eq!(dtype(&narrow), burn::tensor::DType::F16);
+    let (_, wide) = block_on(run_on(&load()));
+    let (_, narrow) = block_on(run_on(&narrow));
+    assert!(
+        max_diff(&wide, &narrow) < 1e-5,
+        "{}",
+        max_diff(&wide, &narrow)
+    );
+    assert!(narrow.after < narrow.before - 0.1);
 }
 
 #[test]

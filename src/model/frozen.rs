@@ -1,0 +1,181 @@
+//! Frozen weights stored in f16 on the device, computed with in f32: half the memory of the
+//! weights nobody trains (an emulator's kept and harmonizer layers, its embedding and head).
+//!
+//! A plain `x.matmul(w.cast(F32))` would not save memory while training: autodiff keeps the
+//! f32 copy of every frozen weight until the backward pass needs it for the gradient of `x`.
+//! [`frozen_matmul`] is one operation instead, whose backward widens the f16 weight again, so an
+//! f32 copy lives only for the duration of one product. Emulator bundles already store frozen
+//! weights in f16, so keeping them narrow on the device changes no result.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Autodiff, Dispatch, backend_extension};
+use burn::tensor::{DType, Device, FloatDType, Tensor};
+
+/// The storage type of frozen weights on a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrozenStorage {
+    F32,
+    F16,
+}
+
+impl FrozenStorage {
+    /// For a GPU device: f16 where it computes with it (WebGPU's `shader-f16`), else f32. The
+    /// CPU backend keeps f32: widening on every product there costs more time than the memory
+    /// is worth (docs/results.md).
+    pub fn for_gpu(device: &Device) -> Self {
+        if device.supports_dtype(FloatDType::F16) {
+            Self::F16
+        } else {
+            Self::F32
+        }
+    }
+
+    pub fn bytes_per_weight(self) -> usize {
+        match self {
+            Self::F32 => 4,
+            Self::F16 => 2,
+        }
+    }
+
+    /// `t` in this storage type (frozen tensors only: a narrowed tensor gets no gradient).
+    pub fn store<const D: usize>(self, t: Tensor<D>) -> Tensor<D> {
+        match self {
+            Self::F32 => t,
+            Self::F16 => t.cast(FloatDType::F16),
+        }
+    }
+}
+
+/// Whether `t` is a narrowed frozen weight (anything but f32).
+pub fn is_narrow<const D: usize>(t: &Tensor<D>) -> bool {
+    t.dtype() != DType::F32
+}
+
+/// A frozen weight in f32 (for reading it back or using it outside a product).
+pub fn widened<const D: usize>(t: Tensor<D>) -> Tensor<D> {
+    if is_narrow(&t) {
+        t.cast(FloatDType::F32)
+    } else {
+        t
+    }
+}
+
+/// `x [rows, in]` (f32) times the frozen weight `w [in, out]` (f16, or any float type), in
+/// f32; `w` gets no gradient.
+pub fn frozen_matmul(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
+    Tensor::from_dispatch(Dispatch::frozen_matmul(
+        x.into_dispatch(),
+        w.into_dispatch(),
+    ))
+}
+
+/// The operation behind [`frozen_matmul`] on each backend: widen, then multiply. The autodiff
+/// backend adds a backward pass that widens `w` again rather than keeping the wide copy.
+#[backend_extension(
+    Autodiff,
+    Cube: cfg(any(feature = "wgpu", target_family = "wasm")),
+    Flex: cfg(any(feature = "flex", test, target_family = "wasm")),
+)]
+pub trait FrozenMatmul: burn::backend::Backend {
+    fn frozen_matmul(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::float_matmul(x, Self::float_cast(w, FloatDType::F32))
+    }
+}
+
+#[cfg(any(feature = "wgpu", target_family = "wasm"))]
+impl FrozenMatmul for burn::backend::Cube {}
+
+#[cfg(any(feature = "flex", test, target_family = "wasm"))]
+impl FrozenMatmul for burn::backend::Flex {}
+
+impl<B: FrozenMatmul, C: CheckpointStrategy> FrozenMatmul for Autodiff<B, C> {
+    fn frozen_matmul(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
+        /// State: the narrow weight itself (already resident, so keeping it costs nothing).
+        #[derive(Debug)]
+        struct WidenAgain;
+
+        impl<B: FrozenMatmul> Backward<B, 1> for WidenAgain {
+            type State = FloatTensor<B>;
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 1>,
+                grads: &mut Gradients,
+                _: &mut Checkpointer,
+            ) {
+                let w = ops.state;
+                unary::<B, _>(ops.parents, ops.node, grads, |grad| {
+                    B::frozen_matmul(grad, B::float_transpose(w))
+                });
+            }
+        }
+
+        debug_assert!(
+            !w.is_tracked(),
+            "frozen_matmul's weight must not require a gradient"
+        );
+        let prep = WidenAgain
+            .prepare::<C>([x.node()])
+            .compute_bound()
+            .stateful();
+        let (x, w) = (x.into_primitive(), w.into_primitive());
+        match prep {
+            OpsKind::Tracked(prep) => {
+                let out = B::frozen_matmul(x, w.clone());
+                prep.finish(w, out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::frozen_matmul(x, w)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Distribution, Tolerance};
+
+    /// A weight whose values f16 holds exactly, as in an emulator bundle.
+    fn f16_exact(shape: [usize; 2], device: &Device) -> Tensor<2> {
+        Tensor::<2>::random(shape, Distribution::Normal(0.0, 0.05), device)
+            .cast(FloatDType::F16)
+            .cast(FloatDType::F32)
+    }
+
+    #[test]
+    fn frozen_matmul_equals_the_f32_product_and_its_input_gradient() {
+        let device = Device::flex().autodiff();
+        let w = f16_exact([24, 40], &device);
+        let x = Tensor::<2>::random([6, 24], Distribution::Default, &device).require_grad();
+        let probe = Tensor::<2>::random([6, 40], Distribution::Default, &device);
+
+        let wide = x.clone().matmul(w.clone());
+        let mut grads = (wide.clone() * probe.clone()).sum().backward();
+        let wide_grad = x.grad_remove(&mut grads).expect("x's gradient");
+
+        let x = x.detach().require_grad();
+        let narrow = frozen_matmul(x.clone(), FrozenStorage::F16.store(w));
+        let mut grads = (narrow.clone() * probe).sum().backward();
+        let narrow_grad = x.grad_remove(&mut grads).expect("x's gradient");
+
+        let tol = Tolerance::<f32>::absolute(1e-5);
+        narrow
+            .into_data()
+            .assert_approx_eq::<f32>(&wide.into_data(), tol);
+        narrow_grad
+            .into_data()
+            .assert_approx_eq::<f32>(&wide_grad.into_data(), tol);
+    }
+
+    #[test]
+    fn a_narrow_weight_reads_back_as_its_f32_values() {
+        let device = Device::flex();
+        let w = f16_exact([3, 5], &device);
+        let back = widened(FrozenStorage::F16.store(w.clone()));
+        assert_eq!(back.dtype(), DType::F32);
+        back.into_data().assert_eq(&w.into_data(), true);
+    }
+}
