@@ -4,6 +4,7 @@
 use anyhow::{Result, bail};
 use burn::tensor::Device;
 use clap::ValueEnum;
+use scaleot::model::frozen::FrozenStorage;
 
 /// Where tensors are computed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
@@ -63,6 +64,15 @@ impl DeviceArgs {
     /// The same device with automatic differentiation, for training.
     pub fn open_autodiff(self) -> Result<Device> {
         Ok(self.open()?.autodiff())
+    }
+
+    /// How an emulator's frozen weights are kept on this device: as the page keeps them (f16 on
+    /// a GPU that computes with it, f32 on the CPU).
+    pub fn frozen_storage(self, device: &Device) -> FrozenStorage {
+        match self.device {
+            DeviceChoice::Gpu | DeviceChoice::Cuda => FrozenStorage::for_gpu(device),
+            DeviceChoice::Cpu | DeviceChoice::Ndarray => FrozenStorage::F32,
+        }
     }
 
     /// burn's name for the backend, for benchmark output.

@@ -150,7 +150,8 @@ impl RunHost for Terminal<'_> {
 pub fn finetune(a: &FinetuneArgs) -> Result<()> {
     let (manifest_json, weights) = read_pair(&a.emulator, "emulator")?;
     let device = a.device.open_autodiff()?;
-    let emu = Emulator::load(&manifest_json, &weights, &device)?;
+    let frozen = a.device.frozen_storage(&device);
+    let emu = Emulator::load_storing(&manifest_json, &weights, frozen, &device)?;
     let name = a
         .data
         .file_name()
@@ -345,10 +346,10 @@ pub struct BenchTrainArgs {
     /// trains) instead of whole adapter layers; 0: whole layers.
     #[arg(long, default_value_t = 0)]
     lora_rank: usize,
-    /// Keep the frozen weights the bundle stores in f16 in f16 on the device (as the page does
-    /// on a GPU with `shader-f16`).
+    /// Frozen weights in f32 on a GPU too (by default they stay f16 where the GPU computes with
+    /// it, as in the page; the CPU keeps f32).
     #[arg(long)]
-    frozen_f16: bool,
+    frozen_f32: bool,
 }
 
 /// Tokens/s and peak memory of one adapter training step (forward, backward, AdamW) at
@@ -356,12 +357,12 @@ pub struct BenchTrainArgs {
 pub fn bench_train(a: BenchTrainArgs) -> Result<()> {
     let (json, weights) = read_pair(&a.emulator, "emulator")?;
     let device = a.device.open_autodiff()?;
-    let storage = if a.frozen_f16 {
-        FrozenStorage::F16
-    } else {
+    let storage = if a.frozen_f32 {
         FrozenStorage::F32
+    } else {
+        a.device.frozen_storage(&device)
     };
-    let emu = Emulator::load(&json, &weights, &device)?.store_frozen(storage);
+    let emu = Emulator::load_storing(&json, &weights, storage, &device)?;
     let vocab = emu.model.vocab_size() as u32;
     let examples: Vec<data::Example> = (0..a.batch)
         .map(|b| {

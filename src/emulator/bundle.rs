@@ -8,7 +8,7 @@ use half::f16;
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
-use super::plan::{LayerKind, load_plan};
+use super::plan::{LayerKind, load_plan_storing};
 use crate::error::{Error, Result};
 use crate::model::frozen::FrozenStorage;
 use crate::model::{Llama, LlamaConfig};
@@ -195,8 +195,6 @@ pub struct Emulator {
     pub manifest: EmulatorManifest,
     pub model: Llama,
     pub tokenizer: Tokenizer,
-    /// Whether the bundle stores its frozen weights in f16 (`--frozen-dtype f16`).
-    frozen_in_f16: bool,
 }
 
 impl Emulator {
@@ -208,8 +206,30 @@ impl Emulator {
 
     /// Checks the weights against the manifest's hash, then builds the model.
     pub fn load(manifest_json: &str, weights: &[u8], device: &Device) -> Result<Self> {
+        Self::load_storing(manifest_json, weights, FrozenStorage::F32, device)
+    }
+
+    /// [`Self::load`] keeping the frozen weights as `frozen` (f16 on a GPU that computes with
+    /// it: half their memory) where the bundle stores them in f16 (`--frozen-dtype f16`, the
+    /// default), so that only their memory changes; see `LayerKind::source` for which.
+    pub fn load_storing(
+        manifest_json: &str,
+        weights: &[u8],
+        frozen: FrozenStorage,
+        device: &Device,
+    ) -> Result<Self> {
+        // A header that does not parse is refused by `load_through`, after the hash check.
+        let stored_f16 = SafeTensors::deserialize(weights)
+            .ok()
+            .and_then(|st| st.tensor(names::EMBED).ok().map(|t| t.dtype()))
+            == Some(Dtype::F16);
+        let frozen = if stored_f16 {
+            frozen
+        } else {
+            FrozenStorage::F32
+        };
         Self::load_through(manifest_json, weights, |manifest, stored| {
-            load_plan(&manifest.config, stored, &manifest.plan, device)
+            load_plan_storing(&manifest.config, stored, &manifest.plan, frozen, device)
         })
     }
 
@@ -229,11 +249,7 @@ impl Emulator {
                 actual,
             });
         }
-        let frozen_in_f16 = SafeTensors::deserialize(weights)
-            .and_then(|st| st.tensor(names::EMBED))
-            .map_err(|e| Error::Safetensors(e.to_string()))?
-            .dtype()
-            == Dtype::F16;
+        SafeTensors::deserialize(weights).map_err(|e| Error::Safetensors(e.to_string()))?;
         let tokenizer_config = manifest.tokenizer_config.as_ref().map(|c| c.to_string());
         let mut tokenizer =
             Tokenizer::from_hf_files(&manifest.tokenizer.to_string(), tokenizer_config.as_deref())?;
@@ -248,31 +264,7 @@ impl Emulator {
             manifest,
             model,
             tokenizer,
-            frozen_in_f16,
         })
-    }
-
-    /// Keeps the frozen weights that the bundle stores in f16 (the kept raw and harmonizer
-    /// layers, the embedding, the head) as `storage` on the device: their values are f16's
-    /// already, so only their memory changes. Adapter layers and low-rank layers (f16 factors
-    /// multiplied out) stay f32.
-    pub fn store_frozen(mut self, storage: FrozenStorage) -> Self {
-        if !self.frozen_in_f16 {
-            return self;
-        }
-        let frozen: Vec<usize> = (self.model.layer_index.iter().enumerate())
-            .filter(|(_, orig)| {
-                matches!(
-                    self.manifest.plan[**orig],
-                    LayerKind::Raw | LayerKind::Harmonizer
-                )
-            })
-            .map(|(pos, _)| pos)
-            .collect();
-        self.model = self.model.store_frozen(&frozen, storage);
-        // The f32 copies are free now: hand their pages back rather than keep them pooled.
-        self.model.device().memory_cleanup();
-        self
     }
 
     /// Stack positions (in `model.layers`) of the adapter layers.

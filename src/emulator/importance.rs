@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::plan::AdapterSplit;
 use super::replace::{Harmonizers, LayerReplace, ReplaceConfig, ReplaceState};
 use crate::error::{Error, Result};
+use crate::model::frozen::FrozenStorage;
 use crate::model::{Harmonizer, Llama, read_named};
 use crate::optim::OPTIMIZER_TENSOR;
 use crate::sha256_hex;
@@ -254,7 +255,7 @@ fn load_harmonizers(
     let (hidden, eps, device): (usize, f64, Device) =
         (model.embed_tokens.dims()[1], model.norm.eps, model.device());
     let list = middle
-        .map(|i| Harmonizer::load(src, i, hidden, eps, &device))
+        .map(|i| Harmonizer::load(src, i, hidden, eps, &device, FrozenStorage::F32))
         .collect::<Result<Vec<_>>>()?;
     Ok(Harmonizers { list })
 }

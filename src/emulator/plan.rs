@@ -4,6 +4,7 @@ use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::model::frozen::FrozenStorage;
 use crate::model::{LayerSource, Llama, LlamaConfig};
 use crate::weights::WeightSource;
 
@@ -24,12 +25,14 @@ pub enum LayerKind {
 }
 
 impl LayerKind {
-    /// What the model loader reads for a layer of this kind.
-    pub fn source(self) -> LayerSource {
+    /// What the model loader reads for a layer of this kind, the frozen matrices that a bundle
+    /// stores in f16 kept as `frozen` (adapters train; low-rank layers load as f16 factors
+    /// multiplied out, which f16 would round again: both stay f32).
+    pub fn source(self, frozen: FrozenStorage) -> LayerSource {
         match self {
-            // Low-rank layers load dense: the bundle's source multiplies the factors out.
-            Self::Adapter | Self::Raw | Self::LowRank => LayerSource::Decoder,
-            Self::Harmonizer => LayerSource::Harmonizer,
+            Self::Adapter | Self::LowRank => LayerSource::Decoder(FrozenStorage::F32),
+            Self::Raw => LayerSource::Decoder(frozen),
+            Self::Harmonizer => LayerSource::Harmonizer(frozen),
             Self::Dropped => LayerSource::Absent,
         }
     }
@@ -43,8 +46,21 @@ pub fn load_plan(
     plan: &[LayerKind],
     device: &Device,
 ) -> Result<Llama> {
-    let layers: Vec<LayerSource> = plan.iter().map(|k| k.source()).collect();
-    Llama::load_layers(cfg, src, &layers, device)
+    load_plan_storing(cfg, src, plan, FrozenStorage::F32, device)
+}
+
+/// [`load_plan`] with the frozen weights (kept raw and harmonizer layers, the embedding, the
+/// head) kept as `frozen`: f16 only where `src` holds f16 values, so that nothing changes but
+/// their memory.
+pub fn load_plan_storing(
+    cfg: &LlamaConfig,
+    src: &dyn WeightSource,
+    plan: &[LayerKind],
+    frozen: FrozenStorage,
+    device: &Device,
+) -> Result<Llama> {
+    let layers: Vec<LayerSource> = plan.iter().map(|k| k.source(frozen)).collect();
+    Llama::load_layers(cfg, src, &layers, frozen, device)
 }
 
 /// Original indices of a plan's adapter layers (the layers being tuned).

@@ -34,18 +34,10 @@ impl FrozenStorage {
         }
     }
 
-    pub fn bytes_per_weight(self) -> usize {
+    pub fn dtype(self) -> DType {
         match self {
-            Self::F32 => 4,
-            Self::F16 => 2,
-        }
-    }
-
-    /// `t` in this storage type (frozen tensors only: a narrowed tensor gets no gradient).
-    pub fn store<const D: usize>(self, t: Tensor<D>) -> Tensor<D> {
-        match self {
-            Self::F32 => t,
-            Self::F16 => t.cast(FloatDType::F16),
+            Self::F32 => DType::F32,
+            Self::F16 => DType::F16,
         }
     }
 }
@@ -64,13 +56,39 @@ pub fn widened<const D: usize>(t: Tensor<D>) -> Tensor<D> {
     }
 }
 
+/// Elements of a frozen weight widened at once: a wide copy stays within 64 MiB (the
+/// vocabulary head of a 1B model is 250 MiB in f32, more than some GPUs allow in one buffer).
+pub const WIDE_CHUNK_ELEMENTS: usize = 16 << 20;
+
 /// `x [rows, in]` (f32) times the frozen weight `w [in, out]` (f16, or any float type), in
-/// f32; `w` gets no gradient.
+/// f32, widening `w` a block of columns at a time (at most [`WIDE_CHUNK_ELEMENTS`]); `w` gets
+/// no gradient.
 pub fn frozen_matmul(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
-    Tensor::from_dispatch(Dispatch::frozen_matmul(
-        x.into_dispatch(),
-        w.into_dispatch(),
-    ))
+    let [inp, out] = w.dims();
+    let cols = (WIDE_CHUNK_ELEMENTS / inp.max(1)).max(1);
+    let one = |x: Tensor<2>, w: Tensor<2>| {
+        Tensor::from_dispatch(Dispatch::frozen_matmul(
+            x.into_dispatch(),
+            w.into_dispatch(),
+        ))
+    };
+    if cols >= out {
+        return one(x, w);
+    }
+    let blocks = (0..out).step_by(cols).map(|start| {
+        let width = cols.min(out - start);
+        one(x.clone(), w.clone().narrow(1, start, width))
+    });
+    Tensor::cat(blocks.collect(), 1)
+}
+
+/// `x · w` for a weight that may be stored narrow ([`frozen_matmul`] then).
+pub fn product(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
+    if is_narrow(&w) {
+        frozen_matmul(x, w)
+    } else {
+        x.matmul(w)
+    }
 }
 
 /// The operation behind [`frozen_matmul`] on each backend: widen, then multiply. The autodiff
@@ -157,7 +175,7 @@ mod tests {
         let wide_grad = x.grad_remove(&mut grads).expect("x's gradient");
 
         let x = x.detach().require_grad();
-        let narrow = frozen_matmul(x.clone(), FrozenStorage::F16.store(w));
+        let narrow = frozen_matmul(x.clone(), w.cast(FloatDType::F16));
         let mut grads = (narrow.clone() * probe).sum().backward();
         let narrow_grad = x.grad_remove(&mut grads).expect("x's gradient");
 
@@ -171,10 +189,34 @@ mod tests {
     }
 
     #[test]
+    fn a_weight_wider_than_a_chunk_is_widened_in_column_blocks() {
+        let device = Device::flex().autodiff();
+        // Three blocks: two whole, one partial.
+        let inp = 64;
+        let out = 2 * (WIDE_CHUNK_ELEMENTS / inp) + 5;
+        let w = f16_exact([inp, out], &device);
+        let x = Tensor::<2>::random([2, inp], Distribution::Default, &device).require_grad();
+        let wide = x.clone().matmul(w.clone());
+        let mut grads = wide.clone().sum().backward();
+        let wide_grad = x.grad_remove(&mut grads).expect("x's gradient");
+        let x = x.detach().require_grad();
+        let narrow = frozen_matmul(x.clone(), w.cast(FloatDType::F16));
+        let mut grads = narrow.clone().sum().backward();
+        let narrow_grad = x.grad_remove(&mut grads).expect("x's gradient");
+        let tol = Tolerance::<f32>::absolute(1e-3);
+        narrow
+            .into_data()
+            .assert_approx_eq::<f32>(&wide.into_data(), tol);
+        narrow_grad
+            .into_data()
+            .assert_approx_eq::<f32>(&wide_grad.into_data(), tol);
+    }
+
+    #[test]
     fn a_narrow_weight_reads_back_as_its_f32_values() {
         let device = Device::flex();
         let w = f16_exact([3, 5], &device);
-        let back = widened(FrozenStorage::F16.store(w.clone()));
+        let back = widened(w.clone().cast(FloatDType::F16));
         assert_eq!(back.dtype(), DType::F32);
         back.into_data().assert_eq(&w.into_data(), true);
     }

@@ -10,6 +10,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use super::frozen::FrozenStorage;
 use super::layers::{Linear, RmsNorm, check_shape, hf_flat, named_param, transpose};
 use crate::error::{Error, Result};
 use crate::names;
@@ -64,16 +65,18 @@ impl Harmonizer {
                 data: vec![0.0; hidden * rank],
             },
         ];
-        Self::from_host(layer, host, eps, device)
+        Self::from_host(layer, host, eps, device, FrozenStorage::F32)
     }
 
-    /// Reads harmonizer `layer` from a weight source, shape-checked against `hidden`.
+    /// Reads harmonizer `layer` from a weight source, shape-checked against `hidden`, its
+    /// matrices kept as `storage` (frozen ones only: a narrow weight gets no gradient).
     pub fn load(
         src: &dyn WeightSource,
         layer: usize,
         hidden: usize,
         eps: f64,
         device: &Device,
+        storage: FrozenStorage,
     ) -> Result<Self> {
         let [norm, down, up] = names::harmonizer_tensors(layer);
         let (n, d, u) = (
@@ -88,14 +91,20 @@ impl Harmonizer {
         if rank == 0 {
             return Err(Error::Invalid(format!("harmonizer {layer} has rank 0")));
         }
-        Ok(Self::from_host(layer, [n, d, u], eps, device))
+        Ok(Self::from_host(layer, [n, d, u], eps, device, storage))
     }
 
     /// From HF-layout host tensors `[norm, down [r, h], up [h, r]]`.
-    fn from_host(layer: usize, [n, d, u]: [HostTensor; 3], eps: f64, device: &Device) -> Self {
+    fn from_host(
+        layer: usize,
+        [n, d, u]: [HostTensor; 3],
+        eps: f64,
+        device: &Device,
+        storage: FrozenStorage,
+    ) -> Self {
         let [norm_name, down_name, up_name] = names::harmonizer_tensors(layer);
         let proj = |name: &str, t: HostTensor| {
-            Linear::from_hf(name, &t.data, t.shape[0], t.shape[1], device)
+            Linear::from_hf(name, &t.data, [t.shape[0], t.shape[1]], device, storage)
         };
         let hidden = n.data.len();
         Self {

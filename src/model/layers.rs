@@ -6,7 +6,7 @@ use burn::tensor::module::linear;
 use burn::tensor::{Device, Tensor, TensorData};
 use sha2::{Digest, Sha256};
 
-use super::frozen;
+use super::frozen::{self, FrozenStorage};
 use crate::error::{Error, Result};
 use crate::weights::HostTensor;
 
@@ -19,17 +19,18 @@ pub struct Linear {
 }
 
 impl Linear {
-    /// From a Hugging Face `[out, in]` weight (row-major), transposed to burn's `[in, out]`.
+    /// From a Hugging Face `[out, in]` weight (row-major), transposed to burn's `[in, out]`,
+    /// kept on the device as `storage` (converted on the host: no wide copy on the device).
     pub(crate) fn from_hf(
         name: &str,
         data: &[f32],
-        out: usize,
-        inp: usize,
+        [out, inp]: [usize; 2],
         device: &Device,
+        storage: FrozenStorage,
     ) -> Self {
         let weight = TensorData::new(transpose(data, out, inp), [inp, out]);
         Self {
-            weight: named_param(name, Tensor::from_data(weight, device)),
+            weight: named_param(name, Tensor::from_data(weight, (device, storage.dtype()))),
             lora: None,
         }
     }
@@ -133,8 +134,10 @@ impl Lora {
 /// Reads a device tensor back to the host, blocking (native backends; in the browser read
 /// with `into_data_async`).
 pub fn read_vec<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
+    // A device failure (out of memory, a lost device) is an error here, not a panic.
     frozen::widened(t)
-        .into_data()
+        .try_into_data()
+        .map_err(|e| Error::Device(format!("the device failed: {e}")))?
         .try_into_vec::<f32>()
         .map_err(|e| Error::Device(format!("reading a tensor back: {e:?}")))
 }

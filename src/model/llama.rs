@@ -4,7 +4,7 @@
 //! Layers sit in [`LayerSlot`]s so that later stages (emulators) can put a harmonizer or a
 //! low-rank variant in a slot, or leave a layer out, without touching the rest of the model.
 
-use burn::module::{Module, ModuleMapper, Param};
+use burn::module::{Module, Param};
 use burn::tensor::activation::silu;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
@@ -358,10 +358,10 @@ pub struct KvCache {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LayerSource {
     /// The decoder layer's tensors (low-rank factors read as dense weights where the source
-    /// multiplies them out).
-    Decoder,
+    /// multiplies them out), its matrices kept as the storage given (f16 for frozen layers only).
+    Decoder(FrozenStorage),
     /// A harmonizer's tensors: ScaleOT's stand-in for the layer.
-    Harmonizer,
+    Harmonizer(FrozenStorage),
     /// Nothing: the layer is left out of the stack.
     Absent,
 }
@@ -369,20 +369,18 @@ pub enum LayerSource {
 impl Llama {
     /// Builds the full model from any weight source, checking every tensor's shape.
     pub fn load(cfg: &LlamaConfig, src: &dyn WeightSource, device: &Device) -> Result<Self> {
-        Self::load_layers(
-            cfg,
-            src,
-            &vec![LayerSource::Decoder; cfg.num_hidden_layers],
-            device,
-        )
+        let layers = vec![LayerSource::Decoder(FrozenStorage::F32); cfg.num_hidden_layers];
+        Self::load_layers(cfg, src, &layers, FrozenStorage::F32, device)
     }
 
     /// Builds the layers `layers` asks for (one entry per layer of the full model), each
-    /// under its original names.
+    /// under its original names; the embedding and the head kept as `vocabulary` (they are
+    /// always frozen).
     pub fn load_layers(
         cfg: &LlamaConfig,
         src: &dyn WeightSource,
         layers_wanted: &[LayerSource],
+        vocabulary: FrozenStorage,
         device: &Device,
     ) -> Result<Self> {
         cfg.validate()?;
@@ -408,9 +406,9 @@ impl Llama {
             ))
         };
         // HF stores projections `[out, in]`; burn wants `[in, out]`.
-        let proj = |name: &str, out: usize, inp: usize| -> Result<Linear> {
+        let proj = |name: &str, out: usize, inp: usize, storage| -> Result<Linear> {
             let t = fetch(name, &[out, inp])?;
-            Ok(Linear::from_hf(name, &t.data, out, inp, device))
+            Ok(Linear::from_hf(name, &t.data, [out, inp], device, storage))
         };
         let norm = |name: &str| -> Result<RmsNorm> {
             Ok(RmsNorm {
@@ -422,35 +420,36 @@ impl Llama {
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         let mut layer_index = Vec::with_capacity(cfg.num_hidden_layers);
         for (i, source) in layers_wanted.iter().enumerate() {
-            match source {
-                LayerSource::Decoder => {}
+            let storage = match *source {
+                LayerSource::Decoder(storage) => storage,
                 LayerSource::Absent => continue,
-                LayerSource::Harmonizer => {
+                LayerSource::Harmonizer(storage) => {
                     layer_index.push(i);
-                    let harmonizer = Harmonizer::load(src, i, h, cfg.rms_norm_eps, device)?;
+                    let harmonizer =
+                        Harmonizer::load(src, i, h, cfg.rms_norm_eps, device, storage)?;
                     layers.push(LayerSlot::Harmonizer(harmonizer));
                     continue;
                 }
-            }
+            };
             layer_index.push(i);
             let p = |proj: &str| names::projection_weight(i, proj);
             let kv = cfg.num_key_value_heads * hd;
             layers.push(LayerSlot::Decoder(DecoderLayer {
                 input_layernorm: norm(&names::input_norm(i))?,
                 self_attn: Attention {
-                    q_proj: proj(&p("q_proj"), q, h)?,
-                    k_proj: proj(&p("k_proj"), kv, h)?,
-                    v_proj: proj(&p("v_proj"), kv, h)?,
-                    o_proj: proj(&p("o_proj"), h, q)?,
+                    q_proj: proj(&p("q_proj"), q, h, storage)?,
+                    k_proj: proj(&p("k_proj"), kv, h, storage)?,
+                    v_proj: proj(&p("v_proj"), kv, h, storage)?,
+                    o_proj: proj(&p("o_proj"), h, q, storage)?,
                     n_heads: cfg.num_attention_heads,
                     n_kv_heads: cfg.num_key_value_heads,
                     head_dim: hd,
                 },
                 post_attention_layernorm: norm(&names::post_attention_norm(i))?,
                 mlp: Mlp {
-                    gate_proj: proj(&p("gate_proj"), f, h)?,
-                    up_proj: proj(&p("up_proj"), f, h)?,
-                    down_proj: proj(&p("down_proj"), h, f)?,
+                    gate_proj: proj(&p("gate_proj"), f, h, storage)?,
+                    up_proj: proj(&p("up_proj"), f, h, storage)?,
+                    down_proj: proj(&p("down_proj"), h, f, storage)?,
                 },
             }));
         }
@@ -458,14 +457,17 @@ impl Llama {
             None
         } else {
             match src.tensor(names::LM_HEAD)? {
-                Some(_) => Some(proj(names::LM_HEAD, cfg.vocab_size, h)?),
+                Some(_) => Some(proj(names::LM_HEAD, cfg.vocab_size, h, vocabulary)?),
                 None => None, // many checkpoints tie without saying so
             }
         };
         Ok(Self {
             embed_tokens: named_param(
                 names::EMBED,
-                Tensor::from_data(TensorData::new(embed.data, [cfg.vocab_size, h]), device),
+                Tensor::from_data(
+                    TensorData::new(embed.data, [cfg.vocab_size, h]),
+                    (device, vocabulary.dtype()),
+                ),
             ),
             layers,
             norm: norm(names::FINAL_NORM)?,
@@ -539,26 +541,24 @@ impl Llama {
             Some(head) => head.forward(hidden),
             None => {
                 let [b, t, d] = hidden.dims();
-                let embed = self.embed_tokens.val();
-                let rows = hidden.reshape([b * t, d]);
-                let logits = if frozen::is_narrow(&embed) {
-                    frozen::frozen_matmul(rows, embed.transpose())
-                } else {
-                    rows.matmul(embed.transpose())
-                };
-                logits.reshape([b, t, self.vocab_size()])
+                let embed = self.embed_tokens.val().transpose();
+                frozen::product(hidden.reshape([b * t, d]), embed).reshape([
+                    b,
+                    t,
+                    self.vocab_size(),
+                ])
             }
         }
     }
 
     /// The vocabulary head as one `[hidden, vocab]` matrix (the tied embedding, transposed,
-    /// or the untied head's weight; the head never carries LoRA), in f32 also when stored
-    /// narrow: one wide copy for the chunks of one call.
+    /// or the untied head's weight; the head never carries LoRA), as stored: multiply with
+    /// [`frozen::product`].
     fn head_matrix(&self) -> Tensor<2> {
-        frozen::widened(match &self.lm_head {
+        match &self.lm_head {
             Some(head) => head.weight.val(),
             None => self.embed_tokens.val().transpose(),
-        })
+        }
     }
 
     /// Rows of hidden states per vocabulary chunk: at most [`HEAD_CHUNK_LOGITS`] logits exist
@@ -612,7 +612,7 @@ impl Llama {
         let head = self.head_matrix();
         let (logprobs, margins): (Vec<Tensor<1>>, Vec<Tensor<1>>) = row_chunks(n, chunk_rows)
             .map(|(start, c)| {
-                let logits = hidden.clone().narrow(0, start, c).matmul(head.clone());
+                let logits = frozen::product(hidden.clone().narrow(0, start, c), head.clone());
                 let target = targets.clone().narrow(0, start, c).reshape([c, 1]);
                 // log p(target) = logit − max − log Σ exp(logit − max): one exp and one sum
                 // over the vocabulary, the log on one value per row. (Taking the log of
@@ -653,7 +653,7 @@ impl Llama {
         let mut nll_sum = Tensor::<1>::zeros([1], &device);
         let mut grads = Vec::new();
         for (start, c) in row_chunks(n, chunk_rows) {
-            let logits = rows.clone().narrow(0, start, c).matmul(head.clone());
+            let logits = frozen::product(rows.clone().narrow(0, start, c), head.clone());
             let target = targets.clone().narrow(0, start, c).reshape([c, 1]);
             let max = logits.clone().max_dim(1);
             let exp = (logits.clone() - max.clone()).exp();
@@ -666,7 +666,7 @@ impl Llama {
                 Tensor::full([c, 1], -1.0, &device),
                 IndexingUpdateOp::Add,
             );
-            grads.push(d_logits.matmul(head.clone().transpose()));
+            grads.push(frozen::product(d_logits, head.clone().transpose()));
         }
         let d_hidden = Tensor::cat(grads, 0).div_scalar(n.max(1) as f64);
         debug_assert_eq!(d_hidden.dims(), [n, d]);
@@ -734,43 +734,6 @@ impl Llama {
             layers,
             norm: self.norm.freeze(),
             lm_head: self.lm_head.map(Module::freeze),
-            ..self
-        }
-    }
-
-    /// Stores the embedding, the untied head and the matrices of the layers at stack positions
-    /// `frozen_layers` as `storage` (norms stay f32). Those weights must stay frozen: a narrow
-    /// weight gets no gradient.
-    pub fn store_frozen(self, frozen_layers: &[usize], storage: FrozenStorage) -> Self {
-        struct Narrow(FrozenStorage);
-        impl ModuleMapper for Narrow {
-            fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-                let storage = self.0;
-                if D < 2 {
-                    return param;
-                }
-                param.map(|t| storage.store(t))
-            }
-        }
-        if storage == FrozenStorage::F32 {
-            return self;
-        }
-        let mut narrow = Narrow(storage);
-        Self {
-            embed_tokens: self.embed_tokens.map(|t| storage.store(t)),
-            lm_head: self.lm_head.map(|head| head.map(&mut narrow)),
-            layers: self
-                .layers
-                .into_iter()
-                .enumerate()
-                .map(|(i, l)| {
-                    if frozen_layers.contains(&i) {
-                        l.map(&mut narrow)
-                    } else {
-                        l
-                    }
-                })
-                .collect(),
             ..self
         }
     }

@@ -408,9 +408,7 @@ fn install_emulator(state: &Shared, json: &str, weights: Vec<u8>) -> Result<(), 
     );
     let device = state.borrow().device.clone();
     let frozen = state.borrow().frozen;
-    let emulator = Emulator::load(json, &weights, &device)
-        .map_err(for_page)?
-        .store_frozen(frozen);
+    let emulator = Emulator::load_storing(json, &weights, frozen, &device).map_err(for_page)?;
     let m = &emulator.manifest;
     let info = EmulatorInfo {
         method: m.method.clone(),

@@ -59,11 +59,11 @@ fn frozen_weights_kept_in_f16_train_the_same_run() {
     let device = Device::flex().autodiff();
     let (weights, manifest) = bundle_storing(&tiny_model_bytes(), 2, FrozenDtype::F16);
     let json = serde_json::to_string(&manifest).unwrap();
-    let load = || Emulator::load(&json, &weights, &device).unwrap();
-    let narrow = load().store_frozen(FrozenStorage::F16);
+    let load = |frozen| Emulator::load_storing(&json, &weights, frozen, &device).unwrap();
+    let narrow = load(FrozenStorage::F16);
     let dtype = |emu: &Emulator| emu.model.embed_tokens.val().dtype();
     assert_eq!(dtype(&narrow), burn::tensor::DType::F16);
-    let (_, wide) = block_on(run_on(&load()));
+    let (_, wide) = block_on(run_on(&load(FrozenStorage::F32)));
     let (_, narrow) = block_on(run_on(&narrow));
     assert!(
         max_diff(&wide, &narrow) < 1e-5,
