@@ -163,23 +163,22 @@ mod tests {
             .cast(FloatDType::F32)
     }
 
-    #[test]
-    fn frozen_matmul_equals_the_f32_product_and_its_input_gradient() {
+    /// `frozen_matmul` over an f16 copy of a `[inp, out]` weight against the f32 product: the
+    /// output and the gradient of `x` (through a random projection of the output) agree.
+    fn check_against_f32(rows: usize, inp: usize, out: usize, tol: f32) {
         let device = Device::flex().autodiff();
-        let w = f16_exact([24, 40], &device);
-        let x = Tensor::<2>::random([6, 24], Distribution::Default, &device).require_grad();
-        let probe = Tensor::<2>::random([6, 40], Distribution::Default, &device);
-
-        let wide = x.clone().matmul(w.clone());
-        let mut grads = (wide.clone() * probe.clone()).sum().backward();
-        let wide_grad = x.grad_remove(&mut grads).expect("x's gradient");
-
-        let x = x.detach().require_grad();
-        let narrow = frozen_matmul(x.clone(), w.cast(FloatDType::F16));
-        let mut grads = (narrow.clone() * probe).sum().backward();
-        let narrow_grad = x.grad_remove(&mut grads).expect("x's gradient");
-
-        let tol = Tolerance::<f32>::absolute(1e-5);
+        let w = f16_exact([inp, out], &device);
+        let x = Tensor::<2>::random([rows, inp], Distribution::Default, &device).require_grad();
+        let probe = Tensor::<2>::random([rows, out], Distribution::Default, &device);
+        let run = |product: &dyn Fn(Tensor<2>) -> Tensor<2>| {
+            let x = x.clone().detach().require_grad();
+            let y = product(x.clone());
+            let mut grads = (y.clone() * probe.clone()).sum().backward();
+            (y, x.grad_remove(&mut grads).expect("x's gradient"))
+        };
+        let (wide, wide_grad) = run(&|x| x.matmul(w.clone()));
+        let (narrow, narrow_grad) = run(&|x| frozen_matmul(x, w.clone().cast(FloatDType::F16)));
+        let tol = Tolerance::<f32>::absolute(tol);
         narrow
             .into_data()
             .assert_approx_eq::<f32>(&wide.into_data(), tol);
@@ -189,27 +188,15 @@ mod tests {
     }
 
     #[test]
+    fn frozen_matmul_equals_the_f32_product_and_its_input_gradient() {
+        check_against_f32(6, 24, 40, 1e-5);
+    }
+
+    #[test]
     fn a_weight_wider_than_a_chunk_is_widened_in_column_blocks() {
-        let device = Device::flex().autodiff();
         // Three blocks: two whole, one partial.
         let inp = 64;
-        let out = 2 * (WIDE_CHUNK_ELEMENTS / inp) + 5;
-        let w = f16_exact([inp, out], &device);
-        let x = Tensor::<2>::random([2, inp], Distribution::Default, &device).require_grad();
-        let wide = x.clone().matmul(w.clone());
-        let mut grads = wide.clone().sum().backward();
-        let wide_grad = x.grad_remove(&mut grads).expect("x's gradient");
-        let x = x.detach().require_grad();
-        let narrow = frozen_matmul(x.clone(), w.cast(FloatDType::F16));
-        let mut grads = narrow.clone().sum().backward();
-        let narrow_grad = x.grad_remove(&mut grads).expect("x's gradient");
-        let tol = Tolerance::<f32>::absolute(1e-3);
-        narrow
-            .into_data()
-            .assert_approx_eq::<f32>(&wide.into_data(), tol);
-        narrow_grad
-            .into_data()
-            .assert_approx_eq::<f32>(&wide_grad.into_data(), tol);
+        check_against_f32(2, inp, 2 * (WIDE_CHUNK_ELEMENTS / inp) + 5, 1e-3);
     }
 
     #[test]
