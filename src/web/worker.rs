@@ -106,6 +106,10 @@ pub async fn run(scope: DedicatedWorkerGlobalScope) {
         Some(_) => FrozenStorage::for_gpu(&device),
         None => FrozenStorage::F32,
     };
+    let backend = match frozen {
+        FrozenStorage::F16 => format!("{backend} (frozen weights in f16)"),
+        FrozenStorage::F32 => backend,
+    };
     let state = Rc::new(RefCell::new(State {
         scope: scope.clone(),
         device: device.autodiff(),
