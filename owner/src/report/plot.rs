@@ -101,9 +101,11 @@ fn draw(
     };
     let (xlo, xhi) = span(&mut points.clone().map(|p| p.0));
     let (ylo, yhi) = span(&mut points.map(|p| p.1).chain(refs.iter().map(|r| r.1)));
-    let root = SVGBackend::new(path, (800, 520)).into_drawing_area();
+    let root = SVGBackend::new(path, (1000, 520)).into_drawing_area();
     root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
+    // The legend beside the chart, not over it: the points fill the whole plotting area.
+    let (plot_area, legend_area) = root.split_horizontally(770);
+    let mut chart = ChartBuilder::on(&plot_area)
         .caption(caption, ("sans-serif", 18))
         .margin(16)
         .x_label_area_size(40)
@@ -114,39 +116,39 @@ fn draw(
         .x_desc(x_desc)
         .y_desc("Plug-in (higher = more useful)")
         .draw()?;
+    let mut legend: Vec<(String, RGBAColor, bool)> = Vec::new();
     for (i, (name, y)) in refs.iter().enumerate() {
-        let color = [BLACK, BLUE, RED][i % 3];
-        chart
-            .draw_series(DashedLineSeries::new(
-                [(xlo, *y), (xhi, *y)],
-                6,
-                4,
-                color.stroke_width(1),
-            ))?
-            .label(*name)
-            .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color));
+        let color = [BLACK, BLUE, RED][i % 3].to_rgba();
+        chart.draw_series(DashedLineSeries::new(
+            [(xlo, *y), (xhi, *y)],
+            6,
+            4,
+            color.stroke_width(1),
+        ))?;
+        legend.push((name.to_string(), color, true));
     }
     for (i, c) in curves.iter().enumerate() {
         let color = Palette99::pick(i + 3).to_rgba();
-        chart
-            .draw_series(LineSeries::new(
-                c.points.iter().map(|p| (p.0, p.1)),
-                color.stroke_width(2),
-            ))?
-            .label(c.name.as_str())
-            .legend(move |(x, y)| Circle::new((x + 8, y), 4, color.filled()));
+        chart.draw_series(LineSeries::new(
+            c.points.iter().map(|p| (p.0, p.1)),
+            color.stroke_width(2),
+        ))?;
         chart.draw_series(c.points.iter().map(|&(x, y, alpha)| {
             EmptyElement::at((x, y))
                 + Circle::new((0, 0), 4, color.filled())
                 + Text::new(format!("a={alpha}"), (6, -12), ("sans-serif", 11))
         }))?;
+        legend.push((c.name.clone(), color, false));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.8))
-        .draw()?;
+    for (i, (name, color, dashed)) in legend.iter().enumerate() {
+        let y = 60 + 20 * i as i32;
+        if *dashed {
+            legend_area.draw(&PathElement::new([(4, y), (22, y)], color.stroke_width(2)))?;
+        } else {
+            legend_area.draw(&Circle::new((13, y), 4, color.filled()))?;
+        }
+        legend_area.draw(&Text::new(name.as_str(), (30, y - 7), ("sans-serif", 13)))?;
+    }
     root.present()?;
     Ok(())
 }
