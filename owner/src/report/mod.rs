@@ -787,6 +787,15 @@ pub fn report(a: ReportArgs) -> Result<()> {
         }
     }
     let costs = owner_costs(a.importance.as_deref(), &built)?;
+    let what = match a.lora_rank {
+        0 => "whole layers".to_string(),
+        r => format!("LoRA r={r} (alpha {}) on every projection of", 2 * r),
+    };
+    let tuning = format!(
+        "{what} the adapter layers (Full FT (every layer): {what} every layer of the full model), \
+         {} steps of batch {}, learning rate {}",
+        a.steps, a.batch_size, a.lr
+    );
     write::write_outputs(
         &a.out,
         &run.results,
@@ -795,6 +804,7 @@ pub fn report(a: ReportArgs) -> Result<()> {
             settings: &settings,
             full_ft: &full_ft,
             model: &model.display().to_string(),
+            tuning: &tuning,
         },
         &costs,
     )?;

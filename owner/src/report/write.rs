@@ -19,6 +19,8 @@ pub(super) struct Layout<'a> {
     /// `adapters` and/or `all` (see `--full-ft`).
     pub full_ft: &'a [&'a str],
     pub model: &'a str,
+    /// How every FT cell tunes (what, steps, batch, learning rate).
+    pub tuning: &'a str,
 }
 
 impl Layout<'_> {
@@ -260,9 +262,10 @@ pub(super) fn write_outputs(
          (SciQ, which has no train split: the half of it no adapter was tuned on; documents: {}); \
          `mean` over the tasks. A difference is given with its paired bootstrap \
          95 % interval over documents, `+1.2 [-0.4, +2.8]`; \"within noise\" when the interval \
-         contains 0.\n\n",
+         contains 0. Fine-tuning: {}.\n\n",
         l.model,
-        docs.join(", ")
+        docs.join(", "),
+        l.tuning
     );
     // Summary: one row per emulator.
     md += "## Summary (mean over the tasks)\n\n";
