@@ -13,8 +13,8 @@
 # adds every layer tuned), LIMIT (all; evaluation documents per task), STEPS (150), LR (5e-4),
 # LORA_RANK (8; 0 tunes whole adapter layers), IMPORTANCE_STEPS (100), IMPORTANCE_OPTS (more
 # `scaleot importance` options), OUT (target/run).
-# The size sweep of results/smollm2-135m/sweep/ (about 8 hours of this 2-core machine; cached
-# cell by cell, so it can run over several sittings; SciQ left out, see its README):
+# The size sweep of results/smollm2-135m/ (its cells took 13.3 hours of this 2-core machine;
+# cached cell by cell, so it can run over several sittings; SciQ left out, see sweep/README.md):
 #   TASKS=arc_easy,piqa,openbookqa ALPHAS=0.5,0.75,0.25 BETAS=1,0.5 FULL_FT=adapters,all \
 #     METHODS=uniform-drop,dynamic-drop,scaleot,uniform-drop-distill@0.5 STEPS=100 OUT=target/sweep \
 #     SRC_RULES=share,energy@0.5,importance@0.5,least@0.5 bash scripts/run.sh
