@@ -803,7 +803,13 @@ pub fn report(a: ReportArgs) -> Result<()> {
             tasks: &task_names,
             settings: &settings,
             full_ft: &full_ft,
-            model: &model.display().to_string(),
+            // Shown relative to where the report was made (cells keep the full path).
+            model: &std::env::current_dir()
+                .ok()
+                .and_then(|dir| model.strip_prefix(dir).ok())
+                .unwrap_or(&model)
+                .display()
+                .to_string(),
             tuning: &tuning,
         },
         &costs,
