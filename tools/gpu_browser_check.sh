@@ -12,7 +12,8 @@
 # Usage: [STEPS=6] [BATCH=4] [LEN=128] [SMOLLM2=real|random] tools/gpu_browser_check.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export ICD=system LORA=${LORA:-8} CPU_THREADS=${CPU_THREADS:-1}
+# FROZEN_F32: the native GPU row again with frozen weights in f32, for the memory f16 saves.
+export ICD=system LORA=${LORA:-8} CPU_THREADS=${CPU_THREADS:-1} FROZEN_F32=1
 # Chromium on Linux reaches a GPU's WebGPU through Vulkan only with these switches.
 export CHROMIUM_FLAGS=${CHROMIUM_FLAGS:---enable-features=Vulkan --ignore-gpu-blocklist}
 command -v nvidia-smi >/dev/null && { nvidia-smi -L; export CUDA=${CUDA:-1}; }

@@ -107,6 +107,13 @@ driver=$([[ -n $icd ]] && python3 -c 'import json, os, sys; print(os.path.basena
 if [[ -n $icd ]] && ! grep -q "$driver" "$out/native-gpu.log"; then
   echo "the native GPU run did not load $icd (see $out/native-gpu.log)" >&2; exit 1
 fi
+# FROZEN_F32=1: (b) again with frozen weights in f32 (by default a GPU that computes with f16
+# keeps them f16, as the page does): the GPU memory before and after.
+if [[ ${FROZEN_F32:-0} == 1 ]]; then
+  echo "(f) native GPU, frozen weights in f32 ..." >&2
+  (if [[ -n $icd ]]; then export VK_ICD_FILENAMES=$icd; fi
+   row f native --device gpu --frozen-f32) 2> "$out/native-gpu-f32.log" || true
+fi
 if ((browser_rows)); then echo "(c) browser CPU ..." >&2; row c browser cpu; fi
 echo "(d) native CPU ..." >&2; RAYON_NUM_THREADS=$cpu_threads row d native --device cpu
 # CUDA=1: the native binary on CUDA too (built with the cuda feature), on an NVIDIA GPU.
@@ -125,7 +132,7 @@ def read(name):
 what = "whole adapter layers" if lora == "0" else f"LoRA r={lora}"
 print(f"{emu}: {what}, batch {batch} x {length}, {steps} steps (first untimed), CPU rows on {threads} thread(s)")
 print(f"{'':22} {'tokens/s':>9} {'first step s':>13} {'peak RSS MiB':>13} {'GPU MiB':>8}")
-names = {"a": "(a) browser WebGPU", "b": "(b) native GPU", "c": "(c) browser CPU", "d": "(d) native CPU", "e": "(e) native CUDA"}
+names = {"a": "(a) browser WebGPU", "b": "(b) native GPU", "f": "(f) (b), f32 weights", "c": "(c) browser CPU", "d": "(d) native CPU", "e": "(e) native CUDA"}
 rows = {k: read(k) for k in names}
 for k, name in names.items():
     r = rows[k]
