@@ -4,23 +4,100 @@
 //! Built from GGUF metadata or from a Hugging Face `tokenizer.json`.
 //!
 //! Linear-time in the input (a browser tab must not freeze on a long line): special tokens are
-//! found with one Aho-Corasick pass, the pre-tokenizer runs on a finite-automaton regex (GPT-2's
-//! one lookahead is applied by hand, see [`Tokenizer::pre_tokens`]), and BPE merges through a
-//! priority queue, O(n log n) in a word's length.
+//! found with one Aho-Corasick pass, the pre-tokenizer scans GPT-2's pattern by hand in one pass
+//! (see [`pre_tokens`]), and BPE merges through a priority queue, O(n log n) in a
+//! word's length.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 
 use aho_corasick::{AhoCorasick, MatchKind};
-use regex::Regex;
 use serde_json::Value;
+use unicode_properties::{GeneralCategoryGroup, UnicodeGeneralCategory};
 
 use crate::error::{Error, Result};
 use crate::weights::gguf::{Gguf, MetaValue};
 
-/// GPT-2's pre-tokenizer pattern (the ByteLevel `use_regex` split of HF `tokenizers`) less
-/// its `\s+(?!\S)` alternative, whose lookahead [`Tokenizer::pre_tokens`] applies by hand.
-const GPT2_PATTERN: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+";
+/// The English contractions GPT-2's pattern splits off first (after an apostrophe).
+const CONTRACTIONS: [&str; 7] = ["s", "t", "re", "ve", "m", "ll", "d"];
+
+/// The four kinds of character GPT-2's pattern tells apart: `\p{L}`, `\p{N}`, `\s`, the rest.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum CharClass {
+    Letter,
+    Number,
+    Space,
+    Other,
+}
+
+impl CharClass {
+    fn of(c: char) -> Self {
+        if c.is_ascii_alphabetic() {
+            Self::Letter
+        } else if c.is_ascii_digit() {
+            Self::Number
+        } else if c.is_whitespace() {
+            Self::Space
+        } else if c.is_ascii() {
+            Self::Other
+        } else {
+            match c.general_category_group() {
+                GeneralCategoryGroup::Letter => Self::Letter,
+                GeneralCategoryGroup::Number => Self::Number,
+                _ => Self::Other,
+            }
+        }
+    }
+}
+
+/// The end of GPT-2's pattern's match at `at`, less its `\s+(?!\S)` alternative (whose
+/// lookahead [`pre_tokens`] applies): `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+|
+/// ?[^\s\p{L}\p{N}]+|\s+`, first alternative first as the regex crate matches it. Every
+/// character starts some alternative, so a match starts at `at` unless the text ends there.
+/// The leftmost-first regex, scanned by hand: the `regex` crate's Unicode tables were a tenth
+/// of the page's download.
+fn gpt2_match_end(text: &str, at: usize) -> Option<usize> {
+    let rest = text.get(at..)?;
+    let mut chars = rest.chars();
+    let first = chars.next()?;
+    if first == '\''
+        && let Some(c) = CONTRACTIONS.iter().find(|c| rest[1..].starts_with(*c))
+    {
+        return Some(at + 1 + c.len());
+    }
+    // ` ?` before a letter, number or other run; a space before a space (or the end) is `\s+`.
+    let (run_start, class) = match (first, chars.next().map(CharClass::of)) {
+        (' ', Some(next)) if next != CharClass::Space => (1, next),
+        _ => (0, CharClass::of(first)),
+    };
+    let run_len = rest[run_start..]
+        .char_indices()
+        .find(|&(_, c)| CharClass::of(c) != class)
+        .map_or(rest.len() - run_start, |(i, _)| i);
+    Some(at + run_start + run_len)
+}
+
+/// Splits text into GPT-2 pre-tokens. The pattern's `\s+(?!\S)` (whitespace not followed
+/// by text) matches a run of two or more whitespace characters that text follows less its
+/// last character, which then starts the next pre-token (` word`, or a lone `\n`); the
+/// plain `\s+` after it matches the rest. Linear in the text: no backtracking.
+fn pre_tokens(text: &str) -> impl Iterator<Item = &str> {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        let start = at;
+        let mut end = gpt2_match_end(text, start)?;
+        let word = &text[start..end];
+        if end < text.len() && word.chars().all(char::is_whitespace) {
+            // The last character's offset; 0 when the run is one character long.
+            let last = word.char_indices().next_back().map_or(0, |(i, _)| i);
+            if last > 0 {
+                end = start + last;
+            }
+        }
+        at = end;
+        Some(&text[start..end])
+    })
+}
 
 pub struct Tokenizer {
     vocab: HashMap<String, u32>,
@@ -34,7 +111,6 @@ pub struct Tokenizer {
     /// Finds the earliest special token in a text, the longest where several start there.
     special_finder: AhoCorasick,
     split_digits: bool,
-    pattern: Regex,
     byte_to_char: [char; 256],
     char_to_byte: HashMap<char, u8>,
     pub bos_id: Option<u32>,
@@ -142,7 +218,6 @@ impl Tokenizer {
             .match_kind(MatchKind::LeftmostLongest)
             .build(specials.iter().map(|(s, _)| s))
             .map_err(|e| tok_err(format!("special tokens: {e}")))?;
-        let pattern = Regex::new(GPT2_PATTERN).map_err(|e| tok_err(e.to_string()))?;
         Ok(Self {
             vocab,
             id_to_token: tokens,
@@ -151,7 +226,6 @@ impl Tokenizer {
             specials,
             special_finder,
             split_digits,
-            pattern,
             byte_to_char,
             char_to_byte,
             bos_id,
@@ -525,7 +599,7 @@ impl Tokenizer {
     fn encode_ordinary(&self, text: &str, ids: &mut Vec<u32>) {
         let mut piece_start = 0;
         let emit = |piece: &str, ids: &mut Vec<u32>| {
-            for word in self.pre_tokens(piece) {
+            for word in pre_tokens(piece) {
                 self.bpe_word(word, ids);
             }
         };
@@ -540,29 +614,6 @@ impl Tokenizer {
             }
         }
         emit(&text[piece_start..], ids);
-    }
-
-    /// Splits text into GPT-2 pre-tokens. The pattern's `\s+(?!\S)` (whitespace not followed
-    /// by text) matches a run of two or more whitespace characters that text follows less its
-    /// last character, which then starts the next pre-token (` word`, or a lone `\n`); the
-    /// plain `\s+` after it matches the rest. Doing that here keeps the regex free of
-    /// lookaround, so it runs as a finite automaton, linear in the text.
-    fn pre_tokens<'t>(&self, text: &'t str) -> impl Iterator<Item = &'t str> + use<'_, 't> {
-        let mut at = 0;
-        std::iter::from_fn(move || {
-            let m = self.pattern.find_at(text, at)?;
-            let mut end = m.end();
-            let word = m.as_str();
-            if end < text.len() && word.chars().all(char::is_whitespace) {
-                // The last character's offset; 0 when the run is one character long.
-                let last = word.char_indices().next_back().map_or(0, |(i, _)| i);
-                if last > 0 {
-                    end = m.start() + last;
-                }
-            }
-            at = end;
-            Some(&text[m.start()..end])
-        })
     }
 
     /// BPE on one pre-token: start from single byte-symbols, merge the lowest-ranked pair
@@ -713,10 +764,9 @@ mod tests {
             r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+",
         )
         .unwrap();
-        let t = toy();
         let pieces = [
-            "a", "é", "Z", "7", "٣", "!", "'s", "'", "re", " ", "  ", "\t", "\n", "\r\n", "\u{a0}",
-            "\u{2028}", "\u{3000}", "日",
+            "a", "é", "Z", "7", "٣", "Ⅻ", "!", "'s", "'t", "'ll", "'", "re", "l", " ", "  ", "\t",
+            "\n", "\r\n", "\u{a0}", "\u{85}", "\u{2028}", "\u{3000}", "日", "\u{301}", "🙂",
         ];
         let mut rng = rand::rngs::StdRng::seed_from_u64(11);
         for _ in 0..5000 {
@@ -725,8 +775,32 @@ mod tests {
                 .map(|_| pieces[rng.random_range(0..pieces.len())])
                 .collect();
             let want: Vec<&str> = full.find_iter(&text).map(|m| m.unwrap().as_str()).collect();
-            assert_eq!(t.pre_tokens(&text).collect::<Vec<_>>(), want, "{text:?}");
+            assert_eq!(pre_tokens(&text).collect::<Vec<_>>(), want, "{text:?}");
         }
+    }
+
+    /// Every character the `regex` crate's Unicode tables assign falls in the class its
+    /// `\p{L}`, `\p{N}` and `\s` give it. Characters assigned since those tables' version
+    /// (`\p{Cn}` there) may differ: they were no letter or number to the regex at all.
+    #[cfg(not(target_family = "wasm"))]
+    #[test]
+    fn char_classes_equal_the_regex_crates() {
+        let class = fancy_regex::Regex::new(r"^(?:(\p{L})|(\p{N})|(\s)|(\p{Cn})|.)$").unwrap();
+        let mut buf = [0u8; 4];
+        let mut checked = 0;
+        for c in (0..=u32::from(char::MAX)).filter_map(char::from_u32) {
+            let caps = class.captures(c.encode_utf8(&mut buf)).unwrap().unwrap();
+            let want = match (1..=4).find(|&i| caps.get(i).is_some()) {
+                Some(1) => CharClass::Letter,
+                Some(2) => CharClass::Number,
+                Some(3) => CharClass::Space,
+                Some(_) => continue,
+                None => CharClass::Other,
+            };
+            assert_eq!(CharClass::of(c), want, "U+{:04X}", u32::from(c));
+            checked += 1;
+        }
+        assert!(checked > 150_000, "{checked}");
     }
 
     #[test]
