@@ -54,8 +54,8 @@ impl CharClass {
 /// lookahead [`pre_tokens`] applies): `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+|
 /// ?[^\s\p{L}\p{N}]+|\s+`, first alternative first as the regex crate matches it. Every
 /// character starts some alternative, so a match starts at `at` unless the text ends there.
-/// The leftmost-first regex, scanned by hand: the `regex` crate's Unicode tables were a tenth
-/// of the page's download.
+/// Scanned by hand to keep the `regex` crate and its Unicode tables out of the page's download
+/// (docs/results.md).
 fn gpt2_match_end(text: &str, at: usize) -> Option<usize> {
     let rest = text.get(at..)?;
     let mut chars = rest.chars();
