@@ -1,25 +1,41 @@
 //! In headless Chromium on WebGPU (SwiftShader where there is no GPU): the browser's training
 //! session gives the native CPU backend's losses within 1e-3 (tests/golden/tiny_session.json,
 //! checked natively by tests/native/browser_session.rs), its steps lower the loss, and a run
-//! resumed from a checkpoint equals the uninterrupted one.
+//! resumed from a checkpoint equals the uninterrupted one; and our WGSL product (shaders/) equals
+//! burn's.
 //! Run: `CHROMEDRIVER=/usr/bin/chromedriver cargo test --target wasm32-unknown-unknown --test web_session`.
 #![cfg(target_arch = "wasm32")]
 
 mod common;
 
-use burn::tensor::Device;
+use burn::tensor::{DType, Device, Distribution, FloatDType, Tensor, Tolerance};
 use common::session_run::{golden, max_diff, run, run_resumed};
+use scaleot::model::{frozen, wgsl_matmul};
 use wasm_bindgen_test::*;
 
 wasm_bindgen_test_configure!(run_in_dedicated_worker);
 
-#[wasm_bindgen_test]
-async fn webgpu_session_matches_native_cpu() {
+thread_local! {
+    static WEBGPU: std::cell::RefCell<Option<Device>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The WebGPU device with autodiff, started once for every test (a worker holds one).
+async fn webgpu() -> Device {
+    if let Some(device) = WEBGPU.with_borrow(Clone::clone) {
+        return device;
+    }
     let device = Device::wgpu_options()
         .init_async()
         .await
-        .expect("WebGPU adapter (Chromium needs --enable-unsafe-webgpu without a GPU)");
-    let device = device.autodiff();
+        .expect("WebGPU adapter (Chromium needs --enable-unsafe-webgpu without a GPU)")
+        .autodiff();
+    WEBGPU.set(Some(device.clone()));
+    device
+}
+
+#[wasm_bindgen_test]
+async fn webgpu_session_matches_native_cpu() {
+    let device = webgpu().await;
     let (_, got) = run(&device).await;
     let want = golden(include_str!("golden/tiny_session.json"));
     let diff = max_diff(&got, &want);
@@ -47,4 +63,50 @@ async fn webgpu_session_matches_native_cpu() {
     let diff = max_diff(&got, &resumed);
     console_log!("resumed vs uninterrupted on WebGPU: max |difference| {diff:.2e}");
     assert!(diff < 1e-5, "a resumed run differs by {diff}");
+}
+
+/// Our WGSL product (`shaders/matmul_*.wgsl`) against burn's on the same WebGPU device, within
+/// 1e-4: row-major and transposed weights, f32 and (where the adapter computes with it) f16,
+/// row counts that fill an invocation's rows and ones that do not, and the input's gradient.
+#[wasm_bindgen_test]
+async fn wgsl_matmul_matches_burns_product() {
+    let device = webgpu().await;
+    let f16 = device.supports_dtype(DType::F16);
+    let tol = Tolerance::<f32>::absolute(1e-4);
+    let before = wgsl_matmul::launches();
+    for (m, k, n) in [(1, 8, 4), (13, 36, 20), (64, 576, 192)] {
+        let x = Tensor::<2>::random([m, k], Distribution::Default, &device);
+        let probe = Tensor::<2>::random([m, n], Distribution::Default, &device);
+        let rows = Tensor::<2>::random([k, n], Distribution::Normal(0.0, 0.05), &device);
+        let transposed = Tensor::<2>::random([n, k], Distribution::Normal(0.0, 0.05), &device);
+        let mut weights = vec![rows, transposed.transpose()];
+        if f16 {
+            // Values f16 holds exactly, so both products see the same weight.
+            let narrow = |w: &Tensor<2>| w.clone().cast(FloatDType::F16);
+            weights.extend([narrow(&weights[0]), narrow(&weights[1])]);
+        }
+        for w in weights {
+            let wide = frozen::widened(w.clone());
+            let run = |product: &dyn Fn(Tensor<2>) -> Tensor<2>| {
+                let x = x.clone().require_grad();
+                let y = product(x.clone());
+                let mut grads = (y.clone() * probe.clone()).sum().backward();
+                (y, x.grad_remove(&mut grads).expect("x's gradient"))
+            };
+            let (want, want_grad) = run(&|x| x.matmul(wide.clone()));
+            let (got, got_grad) = run(&|x| frozen::frozen_matmul(x, w.clone()));
+            let got_data = got.into_data_async().await.expect("read back");
+            got_data
+                .assert_approx_eq::<f32>(&want.into_data_async().await.expect("read back"), tol);
+            let got_grad = got_grad.into_data_async().await.expect("read back");
+            got_grad.assert_approx_eq::<f32>(
+                &want_grad.into_data_async().await.expect("read back"),
+                tol,
+            );
+        }
+    }
+    // Forward and backward, for every weight: our kernel ran, not burn's fallback.
+    let ran = wgsl_matmul::launches() - before;
+    console_log!("our WGSL product ran {ran} times (f16 weights: {f16})");
+    assert!(ran >= 2 * 3 * 2, "only {ran} launches");
 }

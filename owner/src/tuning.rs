@@ -350,12 +350,22 @@ pub struct BenchTrainArgs {
     /// it, as in the page; the CPU keeps f32).
     #[arg(long)]
     frozen_f32: bool,
+    /// Frozen weights' products on a wgpu device with burn's kernel instead of ours
+    /// (shaders/matmul_*.wgsl), to compare the two on one device.
+    #[arg(long)]
+    burn_matmul: bool,
 }
 
 /// Tokens/s and peak memory of one adapter training step (forward, backward, AdamW) at
 /// batch x length, loss on every token; `tools/bench/train_step.sh` runs PyTorch beside it.
 pub fn bench_train(a: BenchTrainArgs) -> Result<()> {
     let (json, weights) = read_pair(&a.emulator, "emulator")?;
+    #[cfg(feature = "wgpu")]
+    scaleot::model::wgsl_matmul::set_enabled(!a.burn_matmul);
+    #[cfg(not(feature = "wgpu"))]
+    if a.burn_matmul {
+        bail!("--burn-matmul compares kernels on wgpu: build with --features wgpu");
+    }
     let device = a.device.open_autodiff()?;
     let storage = if a.frozen_f32 {
         FrozenStorage::F32

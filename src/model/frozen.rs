@@ -61,8 +61,8 @@ pub fn widened<const D: usize>(t: Tensor<D>) -> Tensor<D> {
 pub const WIDE_CHUNK_ELEMENTS: usize = 16 << 20;
 
 /// `x [rows, in]` (f32) times the frozen weight `w [in, out]` (f16, or any float type), in
-/// f32, widening `w` a block of columns at a time (at most [`WIDE_CHUNK_ELEMENTS`]); `w` gets
-/// no gradient.
+/// f32; `w` gets no gradient. On a wgpu device our WGSL product reads `w` as stored; elsewhere
+/// `w` is widened a block of columns at a time (at most [`WIDE_CHUNK_ELEMENTS`]).
 pub fn frozen_matmul(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
     let [inp, out] = w.dims();
     let cols = (WIDE_CHUNK_ELEMENTS / inp.max(1)).max(1);
@@ -72,7 +72,7 @@ pub fn frozen_matmul(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
             w.into_dispatch(),
         ))
     };
-    if cols >= out {
+    if cols >= out || !is_narrow(&w) || on_wgpu(&w.device()) {
         return one(x, w);
     }
     let blocks = (0..out).step_by(cols).map(|start| {
@@ -82,12 +82,36 @@ pub fn frozen_matmul(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
     Tensor::cat(blocks.collect(), 1)
 }
 
-/// `x · w` for a weight that may be stored narrow ([`frozen_matmul`] then).
+/// `x · w` for a weight that may be stored narrow or frozen ([`frozen_matmul`] then, see
+/// [`through_frozen_matmul`]).
 pub fn product(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
-    if is_narrow(&w) {
+    if through_frozen_matmul(&w) {
         frozen_matmul(x, w)
     } else {
         x.matmul(w)
+    }
+}
+
+/// Whether products with `w` go through [`frozen_matmul`]: a narrow weight (to be widened), or a
+/// frozen one on a wgpu device (our WGSL product, `model::wgsl_matmul`).
+pub fn through_frozen_matmul<const D: usize>(w: &Tensor<D>) -> bool {
+    is_narrow(w) || (!w.is_require_grad() && on_wgpu(&w.device()))
+}
+
+/// Whether `device` (or the one an autodiff device wraps) is a wgpu device that runs our WGSL.
+fn on_wgpu(device: &Device) -> bool {
+    #[cfg(any(feature = "wgpu", target_family = "wasm"))]
+    {
+        super::wgsl_matmul::enabled()
+            && matches!(
+                device.as_dispatch().clone().inner(),
+                burn::backend::DispatchDevice::Cube(burn_cubecl::CubeDevice::Wgpu(_))
+            )
+    }
+    #[cfg(not(any(feature = "wgpu", target_family = "wasm")))]
+    {
+        let _ = device;
+        false
     }
 }
 
@@ -100,12 +124,25 @@ pub fn product(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
 )]
 pub trait FrozenMatmul: burn::backend::Backend {
     fn frozen_matmul(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
-        Self::float_matmul(x, Self::float_cast(w, FloatDType::F32))
+        widen_then_multiply::<Self>(x, w)
     }
 }
 
+/// burn's product of `x` and `w` widened to f32.
+fn widen_then_multiply<B: burn::backend::Backend>(
+    x: FloatTensor<B>,
+    w: FloatTensor<B>,
+) -> FloatTensor<B> {
+    B::float_matmul(x, B::float_cast(w, FloatDType::F32))
+}
+
+/// Our WGSL product where it covers the operands, burn's otherwise.
 #[cfg(any(feature = "wgpu", target_family = "wasm"))]
-impl FrozenMatmul for burn::backend::Cube {}
+impl FrozenMatmul for burn::backend::Cube {
+    fn frozen_matmul(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
+        super::wgsl_matmul::matmul(x, w).unwrap_or_else(|(x, w)| widen_then_multiply::<Self>(x, w))
+    }
+}
 
 #[cfg(any(feature = "flex", test, target_family = "wasm"))]
 impl FrozenMatmul for burn::backend::Flex {}

@@ -42,10 +42,11 @@ impl Linear {
         }
     }
 
-    /// `x · weight`, through [`frozen::frozen_matmul`] when the weight is stored narrow.
+    /// `x · weight`, through [`frozen::frozen_matmul`] when the weight is stored narrow or
+    /// frozen on a wgpu device.
     fn project<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let weight = self.weight.val();
-        if !frozen::is_narrow(&weight) {
+        if !frozen::through_frozen_matmul(&weight) {
             return linear(x, weight, None);
         }
         let mut shape = x.dims();

@@ -7,6 +7,8 @@ pub mod layers;
 pub mod llama;
 pub mod load;
 pub mod lora;
+#[cfg(any(feature = "wgpu", target_family = "wasm"))]
+pub mod wgsl_matmul;
 
 pub use config::LlamaConfig;
 pub use harmonizer::Harmonizer;

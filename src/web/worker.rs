@@ -94,7 +94,10 @@ fn fail(scope: &DedicatedWorkerGlobalScope, message: impl Into<String>) {
 
 /// Sets the worker up: picks WebGPU (or says why not and falls back to the CPU), then listens.
 pub async fn run(scope: DedicatedWorkerGlobalScope) {
-    let asked = AskedDevice::from_query(&scope.location().search());
+    let search = scope.location().search();
+    let asked = AskedDevice::from_query(&search);
+    // `?matmul=burn`: frozen products with burn's kernel instead of ours (to compare the two).
+    crate::model::wgsl_matmul::set_enabled(super::query_value(&search, "matmul") != Some("burn"));
     let (device, backend, max_buffer, notice) = match webgpu_limit(&scope, asked).await {
         Ok(limit) => match Device::wgpu_options().init_async().await {
             Ok(d) => (d, "WebGPU".to_string(), Some(limit), None),
