@@ -43,7 +43,7 @@ serve() { # serve NAME [ARGS...]: `scaleot serve` on a free port; its URL in $se
 }
 serve serve --emulator "$out/emu.json"; url=$served
 serve serve-page; page_only=$served
-# The real model's emulator (SmolLM2, 2+2 adapters): the page trains it on the CPU fallback.
+# The real model's emulator (SmolLM2, 2+2 adapters): the page trains it on the CPU fallback and on WebGPU.
 "$bin" emulator --adapters 2+2 --out "$out/smollm2-emu.json"
 serve serve-real --emulator "$out/smollm2-emu.json"; real=$served
 
