@@ -4,8 +4,9 @@
 # driver, and on CUDA where there is an NVIDIA GPU) for SmolLM2's emulator and for a ~1B LLaMA's
 # (random weights: speed and memory do not depend on them), LoRA r=8, with tokens/s, peak memory
 # (GPU memory from nvidia-smi on NVIDIA) and the ratios; each run's table in
-# target/gpu-browser-check-EMU.txt; then the WGSL matrix product candidate against burn's
-# (target/gpu-matmul.txt).
+# target/gpu-browser-check-EMU.txt, with the native GPU row again on burn's product instead of our
+# WGSL one (shaders/: whether ours wins on this GPU); then single products, our WGSL kernel's
+# standalone form in Chromium against burn's natively (target/gpu-matmul.txt).
 # Needs: the GPU's Vulkan driver and the Vulkan loader (libvulkan1); for the browser rows Chromium
 # (/usr/bin/chromium) and scripts/setup-web.sh; on a machine without them (or without cargo, given
 # binaries built elsewhere) the rows that need them are left out and the script says so.
@@ -13,7 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # FROZEN_F32: the native GPU row again with frozen weights in f32, for the memory f16 saves.
-export ICD=system LORA=${LORA:-8} CPU_THREADS=${CPU_THREADS:-1} FROZEN_F32=1
+export ICD=system LORA=${LORA:-8} CPU_THREADS=${CPU_THREADS:-1} FROZEN_F32=1 BURN_MATMUL=1
 # Chromium on Linux reaches a GPU's WebGPU through Vulkan only with these switches.
 export CHROMIUM_FLAGS=${CHROMIUM_FLAGS:---enable-features=Vulkan --ignore-gpu-blocklist}
 command -v nvidia-smi >/dev/null && { nvidia-smi -L; export CUDA=${CUDA:-1}; }
@@ -30,8 +31,7 @@ for emu in "$smollm2" llama-1b; do
     exit 1
   fi
 done
-# The WGSL matrix product candidate for shaders/ against burn's on this GPU (docs/results.md,
-# "WebGPU on a software adapter"): it ships only if it wins here.
+# Single products on this GPU (docs/results.md, "WebGPU on a software adapter").
 echo "==> matrix products: hand-written WGSL (Chromium) against burn's (native wgpu)"
 if [[ -x /usr/bin/chromium ]]; then node tools/bench/webgpu_matmul.mjs | tee target/gpu-matmul.txt; fi
 if command -v cargo >/dev/null; then

@@ -114,6 +114,13 @@ if [[ ${FROZEN_F32:-0} == 1 ]]; then
   (if [[ -n $icd ]]; then export VK_ICD_FILENAMES=$icd; fi
    row f native --device gpu --frozen-f32) 2> "$out/native-gpu-f32.log" || true
 fi
+# BURN_MATMUL=1: (b) again with burn's product for frozen weights instead of our WGSL one
+# (shaders/): which kernel wins on this device.
+if [[ ${BURN_MATMUL:-0} == 1 ]]; then
+  echo "(g) native GPU, burn's product ..." >&2
+  (if [[ -n $icd ]]; then export VK_ICD_FILENAMES=$icd; fi
+   row g native --device gpu --burn-matmul) 2> "$out/native-gpu-burn.log" || true
+fi
 if ((browser_rows)); then echo "(c) browser CPU ..." >&2; row c browser cpu; fi
 echo "(d) native CPU ..." >&2; RAYON_NUM_THREADS=$cpu_threads row d native --device cpu
 # CUDA=1: the native binary on CUDA too (built with the cuda feature), on an NVIDIA GPU.
@@ -132,7 +139,7 @@ def read(name):
 what = "whole adapter layers" if lora == "0" else f"LoRA r={lora}"
 print(f"{emu}: {what}, batch {batch} x {length}, {steps} steps (first untimed), CPU rows on {threads} thread(s)")
 print(f"{'':22} {'tokens/s':>9} {'first step s':>13} {'peak RSS MiB':>13} {'GPU MiB':>8}")
-names = {"a": "(a) browser WebGPU", "b": "(b) native GPU", "f": "(f) (b), f32 weights", "c": "(c) browser CPU", "d": "(d) native CPU", "e": "(e) native CUDA"}
+names = {"a": "(a) browser WebGPU", "b": "(b) native GPU", "f": "(f) (b), f32 weights", "g": "(g) (b), burn's matmul", "c": "(c) browser CPU", "d": "(d) native CPU", "e": "(e) native CUDA"}
 rows = {k: read(k) for k in names}
 for k, name in names.items():
     r = rows[k]
@@ -152,4 +159,6 @@ def ratio(x, y):
     return f"{x['tokens_per_second'] / y['tokens_per_second']:.2f}x"
 print(f"same device, WebGPU: browser / native = {ratio(rows['a'], rows['b'])} (target >= 0.8x)")
 print(f"CPU: browser / native = {ratio(rows['c'], rows['d'])} (target >= 0.5x)")
+if rows["g"] is not None:
+    print(f"our WGSL product / burn's, native GPU = {ratio(rows['b'], rows['g'])}")
 PY
