@@ -1,11 +1,11 @@
 //! Our own WGSL matrix product (`shaders/matmul_nn.wgsl`, `shaders/matmul_nt.wgsl`) for
 //! `x · w` with a frozen weight on a wgpu device, behind [`super::frozen::frozen_matmul`].
 //!
-//! burn's default product is tiled for GPUs with fast workgroup memory; on a software adapter
-//! it runs at 0.07 GFLOP/s and is the whole training step, where a product without workgroup
-//! memory or barriers runs the step's shapes 1.5-18x faster (docs/results.md). It reads an f16
-//! weight as it is (no widened copy) and a transposed one in place (the tied head, and every
-//! product of the backward pass). Shapes it does not cover go to burn's product.
+//! burn's default product is tiled for GPUs with fast workgroup memory; where that is slow (a
+//! software adapter: docs/results.md, "Our WGSL product") a product without workgroup memory or
+//! barriers is several times faster. It reads an f16 weight as it is (no widened copy) and a
+//! transposed one in place (the tied head, and every product of the backward pass). Shapes it
+//! does not cover go to burn's product.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -104,7 +104,7 @@ pub fn matmul(x: CubeTensor, w: CubeTensor) -> Result<CubeTensor, (CubeTensor, C
         (n as u32 / 4).div_ceil(WORKGROUP),
         (m as u32).div_ceil(rows),
     ];
-    if groups[1] > MAX_WORKGROUPS {
+    if groups.iter().any(|&g| g > MAX_WORKGROUPS) {
         return Err((x, w));
     }
     let client = x.client.clone();
