@@ -15,28 +15,21 @@ use wasm_bindgen_test::*;
 
 wasm_bindgen_test_configure!(run_in_dedicated_worker);
 
-thread_local! {
-    static WEBGPU: std::cell::RefCell<Option<Device>> = const { std::cell::RefCell::new(None) };
-}
-
-/// The WebGPU device with autodiff, started once for every test (a worker holds one).
-async fn webgpu() -> Device {
-    if let Some(device) = WEBGPU.with_borrow(Clone::clone) {
-        return device;
-    }
+/// One test, so one WebGPU device: wasm-bindgen-test runs async tests concurrently, and a worker
+/// gets one device (a second concurrent start finds no adapter).
+#[wasm_bindgen_test]
+async fn on_webgpu() {
     let device = Device::wgpu_options()
         .init_async()
         .await
         .expect("WebGPU adapter (Chromium needs --enable-unsafe-webgpu without a GPU)")
         .autodiff();
-    WEBGPU.set(Some(device.clone()));
-    device
+    wgsl_matmul_matches_burns_product(&device).await;
+    webgpu_session_matches_native_cpu(&device).await;
 }
 
-#[wasm_bindgen_test]
-async fn webgpu_session_matches_native_cpu() {
-    let device = webgpu().await;
-    let (_, got) = run(&device).await;
+async fn webgpu_session_matches_native_cpu(device: &Device) {
+    let (_, got) = run(device).await;
     let want = golden(include_str!("golden/tiny_session.json"));
     let diff = max_diff(&got, &want);
     console_log!(
@@ -59,7 +52,7 @@ async fn webgpu_session_matches_native_cpu() {
 
     // Stopped after step 3 with a checkpoint (Adam's moments read back asynchronously) and
     // resumed in a fresh session, the run continues exactly as if it had not stopped.
-    let resumed = run_resumed(&device, 3).await;
+    let resumed = run_resumed(device, 3).await;
     let diff = max_diff(&got, &resumed);
     console_log!("resumed vs uninterrupted on WebGPU: max |difference| {diff:.2e}");
     assert!(diff < 1e-5, "a resumed run differs by {diff}");
@@ -68,17 +61,15 @@ async fn webgpu_session_matches_native_cpu() {
 /// Our WGSL product (`shaders/matmul_*.wgsl`) against burn's on the same WebGPU device, within
 /// 1e-4: row-major and transposed weights, f32 and (where the adapter computes with it) f16,
 /// row counts that fill an invocation's rows and ones that do not, and the input's gradient.
-#[wasm_bindgen_test]
-async fn wgsl_matmul_matches_burns_product() {
-    let device = webgpu().await;
+async fn wgsl_matmul_matches_burns_product(device: &Device) {
     let f16 = device.supports_dtype(DType::F16);
     let tol = Tolerance::<f32>::absolute(1e-4);
     let before = wgsl_matmul::launches();
     for (m, k, n) in [(1, 8, 4), (13, 36, 20), (64, 576, 192)] {
-        let x = Tensor::<2>::random([m, k], Distribution::Default, &device);
-        let probe = Tensor::<2>::random([m, n], Distribution::Default, &device);
-        let rows = Tensor::<2>::random([k, n], Distribution::Normal(0.0, 0.05), &device);
-        let transposed = Tensor::<2>::random([n, k], Distribution::Normal(0.0, 0.05), &device);
+        let x = Tensor::<2>::random([m, k], Distribution::Default, device);
+        let probe = Tensor::<2>::random([m, n], Distribution::Default, device);
+        let rows = Tensor::<2>::random([k, n], Distribution::Normal(0.0, 0.05), device);
+        let transposed = Tensor::<2>::random([n, k], Distribution::Normal(0.0, 0.05), device);
         let mut weights = vec![rows, transposed.transpose()];
         if f16 {
             // Values f16 holds exactly, so both products see the same weight.
