@@ -60,12 +60,13 @@ async fn webgpu_session_matches_native_cpu(device: &Device) {
 
 /// Our WGSL product (`shaders/matmul_*.wgsl`) against burn's on the same WebGPU device, within
 /// 1e-4: row-major and transposed weights, f32 and (where the adapter computes with it) f16,
-/// row counts that fill an invocation's rows and ones that do not, and the input's gradient.
+/// row counts that fill an invocation's rows and ones that do not, widths that fill its columns
+/// and ones that do not, and the gradients of the input and of a trainable (f32) weight.
 async fn wgsl_matmul_matches_burns_product(device: &Device) {
     let f16 = device.supports_dtype(DType::F16);
     let tol = Tolerance::<f32>::absolute(1e-4);
     let before = wgsl_matmul::launches();
-    for (m, k, n) in [(1, 8, 4), (13, 36, 20), (64, 576, 192)] {
+    for (m, k, n) in [(1, 8, 4), (13, 36, 20), (20, 36, 24), (64, 576, 192)] {
         let x = Tensor::<2>::random([m, k], Distribution::Default, device);
         let probe = Tensor::<2>::random([m, n], Distribution::Default, device);
         let rows = Tensor::<2>::random([k, n], Distribution::Normal(0.0, 0.05), device);
@@ -77,27 +78,31 @@ async fn wgsl_matmul_matches_burns_product(device: &Device) {
             weights.extend([narrow(&weights[0]), narrow(&weights[1])]);
         }
         for w in weights {
-            let wide = frozen::widened(w.clone());
-            let run = |product: &dyn Fn(Tensor<2>) -> Tensor<2>| {
+            let trainable = !frozen::is_narrow(&w);
+            // The output, then the gradients of x and (when trainable) of w.
+            let run = |product: &dyn Fn(Tensor<2>, Tensor<2>) -> Tensor<2>| {
                 let x = x.clone().require_grad();
-                let y = product(x.clone());
+                let w = if trainable {
+                    w.clone().require_grad()
+                } else {
+                    w.clone()
+                };
+                let y = product(x.clone(), w.clone());
                 let mut grads = (y.clone() * probe.clone()).sum().backward();
-                (y, x.grad_remove(&mut grads).expect("x's gradient"))
+                let mut out = vec![y, x.grad_remove(&mut grads).expect("x's gradient")];
+                out.extend(trainable.then(|| w.grad_remove(&mut grads).expect("w's gradient")));
+                out
             };
-            let (want, want_grad) = run(&|x| x.matmul(wide.clone()));
-            let (got, got_grad) = run(&|x| frozen::frozen_matmul(x, w.clone()));
-            let got_data = got.into_data_async().await.expect("read back");
-            got_data
-                .assert_approx_eq::<f32>(&want.into_data_async().await.expect("read back"), tol);
-            let got_grad = got_grad.into_data_async().await.expect("read back");
-            got_grad.assert_approx_eq::<f32>(
-                &want_grad.into_data_async().await.expect("read back"),
-                tol,
-            );
+            let want = run(&|x, w| x.matmul(frozen::widened(w)));
+            let got = run(&frozen::weight_matmul);
+            for (got, want) in got.into_iter().zip(want) {
+                let got = got.into_data_async().await.expect("read back");
+                got.assert_approx_eq::<f32>(&want.into_data_async().await.expect("read back"), tol);
+            }
         }
     }
     // Forward and backward, for every weight: our kernel ran, not burn's fallback.
     let ran = wgsl_matmul::launches() - before;
     console_log!("our WGSL product ran {ran} times (f16 weights: {f16})");
-    assert!(ran >= 2 * 3 * 2, "only {ran} launches");
+    assert!(ran >= 2 * 4 * 2, "only {ran} launches");
 }

@@ -1,16 +1,19 @@
 //! Frozen weights stored in f16 on the device, computed with in f32: half the memory of the
-//! weights nobody trains (an emulator's kept and harmonizer layers, its embedding and head).
+//! weights nobody trains (an emulator's kept and harmonizer layers, its embedding and head), and
+//! the one weight product ([`weight_matmul`]) that reads them as stored.
 //!
 //! A plain `x.matmul(w.cast(F32))` would not save memory while training: autodiff keeps the
 //! f32 copy of every frozen weight until the backward pass needs it for the gradient of `x`.
-//! [`frozen_matmul`] is one operation instead, whose backward widens the f16 weight again, so an
-//! f32 copy lives only for the duration of one product. Emulator bundles already store frozen
-//! weights in f16, so keeping them narrow on the device changes no result.
+//! [`weight_matmul`] is one operation instead, whose backward reads the f16 weight again, so an
+//! f32 copy lives at most for the duration of one product. Emulator bundles already store frozen
+//! weights in f16, so keeping them narrow on the device changes no result. On a wgpu device the
+//! same operation carries trainable weights too (our WGSL product, `model::wgsl_matmul`).
 
+use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, binary};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Dispatch, backend_extension};
 use burn::tensor::{DType, Device, FloatDType, Tensor};
@@ -60,14 +63,15 @@ pub fn widened<const D: usize>(t: Tensor<D>) -> Tensor<D> {
 /// vocabulary head of a 1B model is 250 MiB in f32, more than some GPUs allow in one buffer).
 pub const WIDE_CHUNK_ELEMENTS: usize = 16 << 20;
 
-/// `x [rows, in]` (f32) times the frozen weight `w [in, out]` (f16, or any float type), in
-/// f32; `w` gets no gradient. On a wgpu device our WGSL product reads `w` as stored; elsewhere
-/// `w` is widened a block of columns at a time (at most [`WIDE_CHUNK_ELEMENTS`]).
-pub fn frozen_matmul(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
+/// `x [rows, in]` (f32) times the weight `w [in, out]` (f16, or any float type), in f32, with
+/// the gradients of both where they are tracked. On a wgpu device our WGSL product reads `w` as
+/// stored; elsewhere a narrow `w` is widened a block of columns at a time (at most
+/// [`WIDE_CHUNK_ELEMENTS`]).
+pub fn weight_matmul(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
     let [inp, out] = w.dims();
     let cols = (WIDE_CHUNK_ELEMENTS / inp.max(1)).max(1);
     let one = |x: Tensor<2>, w: Tensor<2>| {
-        Tensor::from_dispatch(Dispatch::frozen_matmul(
+        Tensor::from_dispatch(Dispatch::weight_matmul(
             x.into_dispatch(),
             w.into_dispatch(),
         ))
@@ -82,20 +86,19 @@ pub fn frozen_matmul(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
     Tensor::cat(blocks.collect(), 1)
 }
 
-/// `x · w` for a weight that may be stored narrow or frozen ([`frozen_matmul`] then, see
-/// [`through_frozen_matmul`]).
+/// `x · w`, through [`weight_matmul`] where [`through_weight_matmul`] says so.
 pub fn product(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
-    if through_frozen_matmul(&w) {
-        frozen_matmul(x, w)
+    if through_weight_matmul(&w) {
+        weight_matmul(x, w)
     } else {
         x.matmul(w)
     }
 }
 
-/// Whether products with `w` go through [`frozen_matmul`]: a narrow weight (to be widened), or a
-/// frozen one on a wgpu device (our WGSL product, `model::wgsl_matmul`).
-pub fn through_frozen_matmul<const D: usize>(w: &Tensor<D>) -> bool {
-    is_narrow(w) || (!w.is_require_grad() && on_wgpu(&w.device()))
+/// Whether products with `w` go through [`weight_matmul`]: a narrow weight (to be widened), or
+/// any weight on a wgpu device (our WGSL product, `model::wgsl_matmul`).
+pub fn through_weight_matmul<const D: usize>(w: &Tensor<D>) -> bool {
+    is_narrow(w) || on_wgpu(&w.device())
 }
 
 /// Whether `device` (or the one an autodiff device wraps) is a wgpu device that runs our WGSL.
@@ -115,15 +118,16 @@ fn on_wgpu(device: &Device) -> bool {
     }
 }
 
-/// The operation behind [`frozen_matmul`] on each backend: widen, then multiply. The autodiff
-/// backend adds a backward pass that widens `w` again rather than keeping the wide copy.
+/// The operation behind [`weight_matmul`] on each backend: widen, then multiply. The autodiff
+/// backend adds a backward pass made of the same operation, which keeps `w` as stored rather
+/// than a wide copy.
 #[backend_extension(
     Autodiff,
     Cube: cfg(any(feature = "wgpu", target_family = "wasm")),
     Flex: cfg(any(feature = "flex", test, target_family = "wasm")),
 )]
-pub trait FrozenMatmul: burn::backend::Backend {
-    fn frozen_matmul(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
+pub trait WeightMatmul: burn::backend::Backend {
+    fn weight_matmul(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
         widen_then_multiply::<Self>(x, w)
     }
 }
@@ -138,52 +142,61 @@ fn widen_then_multiply<B: burn::backend::Backend>(
 
 /// Our WGSL product where it covers the operands, burn's otherwise.
 #[cfg(any(feature = "wgpu", target_family = "wasm"))]
-impl FrozenMatmul for burn::backend::Cube {
-    fn frozen_matmul(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
+impl WeightMatmul for burn::backend::Cube {
+    fn weight_matmul(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
         super::wgsl_matmul::matmul(x, w).unwrap_or_else(|(x, w)| widen_then_multiply::<Self>(x, w))
     }
 }
 
 #[cfg(any(feature = "flex", test, target_family = "wasm"))]
-impl FrozenMatmul for burn::backend::Flex {}
+impl WeightMatmul for burn::backend::Flex {}
 
-impl<B: FrozenMatmul, C: CheckpointStrategy> FrozenMatmul for Autodiff<B, C> {
-    fn frozen_matmul(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
-        /// State: the narrow weight itself (already resident, so keeping it costs nothing).
+impl<B: WeightMatmul, C: CheckpointStrategy> WeightMatmul for Autodiff<B, C> {
+    fn weight_matmul(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
+        /// State: `x` when `w` needs a gradient, `w` when `x` does (a weight is resident
+        /// anyway, so keeping it costs nothing).
         #[derive(Debug)]
-        struct WidenAgain;
+        struct Product;
 
-        impl<B: FrozenMatmul> Backward<B, 1> for WidenAgain {
-            type State = FloatTensor<B>;
+        impl<B: WeightMatmul> Backward<B, 2> for Product {
+            type State = (Option<NodeId>, Option<NodeId>);
 
             fn backward(
                 self,
-                ops: Ops<Self::State, 1>,
+                ops: Ops<Self::State, 2>,
                 grads: &mut Gradients,
-                _: &mut Checkpointer,
+                checkpointer: &mut Checkpointer,
             ) {
-                let w = ops.state;
-                unary::<B, _>(ops.parents, ops.node, grads, |grad| {
-                    B::frozen_matmul(grad, B::float_transpose(w))
-                });
+                let (x, w) = ops.state;
+                let x = x.map(|x| checkpointer.retrieve_node_output::<FloatTensor<B>>(x));
+                let w = w.map(|w| checkpointer.retrieve_node_output::<FloatTensor<B>>(w));
+                binary::<B, _, _>(
+                    ops.parents,
+                    ops.node,
+                    grads,
+                    |grad| B::weight_matmul(grad, B::float_transpose(w.expect("w kept"))),
+                    |grad| B::weight_matmul(B::float_transpose(x.expect("x kept")), grad),
+                );
             }
         }
 
-        debug_assert!(
-            !w.is_tracked(),
-            "frozen_matmul's weight must not require a gradient"
-        );
-        let prep = WidenAgain
-            .prepare::<C>([x.node()])
+        let (x_tracked, w_tracked) = (x.is_tracked(), w.is_tracked());
+        match Product
+            .prepare::<C>([x.node(), w.node()])
             .compute_bound()
-            .stateful();
-        let (x, w) = (x.into_primitive(), w.into_primitive());
-        match prep {
-            OpsKind::Tracked(prep) => {
-                let out = B::frozen_matmul(x, w.clone());
-                prep.finish(w, out)
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let x_state = w_tracked.then(|| prep.checkpoint(&x));
+                let w_state = x_tracked.then(|| prep.checkpoint(&w));
+                prep.finish(
+                    (x_state, w_state),
+                    B::weight_matmul(x.into_primitive(), w.into_primitive()),
+                )
             }
-            OpsKind::UnTracked(prep) => prep.finish(B::frozen_matmul(x, w)),
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::weight_matmul(x.into_primitive(), w.into_primitive()))
+            }
         }
     }
 }
@@ -200,7 +213,7 @@ mod tests {
             .cast(FloatDType::F32)
     }
 
-    /// `frozen_matmul` over an f16 copy of a `[inp, out]` weight against the f32 product: the
+    /// `weight_matmul` over an f16 copy of a `[inp, out]` weight against the f32 product: the
     /// output and the gradient of `x` (through a random projection of the output) agree.
     fn check_against_f32(rows: usize, inp: usize, out: usize, tol: f32) {
         let device = Device::flex().autodiff();
@@ -214,7 +227,7 @@ mod tests {
             (y, x.grad_remove(&mut grads).expect("x's gradient"))
         };
         let (wide, wide_grad) = run(&|x| x.matmul(w.clone()));
-        let (narrow, narrow_grad) = run(&|x| frozen_matmul(x, w.clone().cast(FloatDType::F16)));
+        let (narrow, narrow_grad) = run(&|x| weight_matmul(x, w.clone().cast(FloatDType::F16)));
         let tol = Tolerance::<f32>::absolute(tol);
         narrow
             .into_data()
@@ -225,7 +238,7 @@ mod tests {
     }
 
     #[test]
-    fn frozen_matmul_equals_the_f32_product_and_its_input_gradient() {
+    fn weight_matmul_equals_the_f32_product_and_its_input_gradient() {
         check_against_f32(6, 24, 40, 1e-5);
     }
 
@@ -234,6 +247,30 @@ mod tests {
         // Three blocks: two whole, one partial.
         let inp = 64;
         check_against_f32(2, inp, 2 * (WIDE_CHUNK_ELEMENTS / inp) + 5, 1e-3);
+    }
+
+    #[test]
+    fn a_trainable_weight_gets_the_gradient_of_the_plain_product() {
+        let device = Device::flex().autodiff();
+        let w = Tensor::<2>::random([24, 40], Distribution::Default, &device);
+        let x = Tensor::<2>::random([6, 24], Distribution::Default, &device);
+        let probe = Tensor::<2>::random([6, 40], Distribution::Default, &device);
+        let run = |product: &dyn Fn(Tensor<2>, Tensor<2>) -> Tensor<2>| {
+            let (x, w) = (x.clone().require_grad(), w.clone().require_grad());
+            let y = product(x.clone(), w.clone());
+            let mut grads = (y * probe.clone()).sum().backward();
+            let x_grad = x.grad_remove(&mut grads).expect("x's gradient");
+            (x_grad, w.grad_remove(&mut grads).expect("w's gradient"))
+        };
+        let (x_plain, w_plain) = run(&|x, w| x.matmul(w));
+        let (x_ours, w_ours) = run(&weight_matmul);
+        let tol = Tolerance::<f32>::absolute(1e-5);
+        x_ours
+            .into_data()
+            .assert_approx_eq::<f32>(&x_plain.into_data(), tol);
+        w_ours
+            .into_data()
+            .assert_approx_eq::<f32>(&w_plain.into_data(), tol);
     }
 
     #[test]

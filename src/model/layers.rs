@@ -42,19 +42,22 @@ impl Linear {
         }
     }
 
-    /// `x · weight`, through [`frozen::frozen_matmul`] when the weight is stored narrow or
-    /// frozen on a wgpu device.
     fn project<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let weight = self.weight.val();
-        if !frozen::through_frozen_matmul(&weight) {
-            return linear(x, weight, None);
-        }
-        let mut shape = x.dims();
-        let inp = shape[D - 1];
-        let rows = x.shape().num_elements() / inp.max(1);
-        shape[D - 1] = weight.dims()[1];
-        frozen::frozen_matmul(x.reshape([rows, inp]), weight).reshape(shape)
+        times_weight(x, self.weight.val())
     }
+}
+
+/// `x [.., in] · weight [in, out]`, through [`frozen::weight_matmul`] when the weight is stored
+/// narrow or lives on a wgpu device, else burn's `linear`.
+fn times_weight<const D: usize>(x: Tensor<D>, weight: Tensor<2>) -> Tensor<D> {
+    if !frozen::through_weight_matmul(&weight) {
+        return linear(x, weight, None);
+    }
+    let mut shape = x.dims();
+    let inp = shape[D - 1];
+    let rows = x.shape().num_elements() / inp.max(1);
+    shape[D - 1] = weight.dims()[1];
+    frozen::weight_matmul(x.reshape([rows, inp]), weight).reshape(shape)
 }
 
 #[derive(Module, Debug)]
@@ -126,9 +129,7 @@ pub struct Lora {
 
 impl Lora {
     pub fn delta<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let a = self.a.val().unsqueeze::<D>();
-        let b = self.b.val().unsqueeze::<D>();
-        x.matmul(a).matmul(b).mul_scalar(self.scale)
+        times_weight(times_weight(x, self.a.val()), self.b.val()).mul_scalar(self.scale)
     }
 }
 

@@ -1,5 +1,5 @@
 //! Our own WGSL matrix product (`shaders/matmul_nn.wgsl`, `shaders/matmul_nt.wgsl`) for
-//! `x · w` with a frozen weight on a wgpu device, behind [`super::frozen::frozen_matmul`].
+//! `x · w` with a weight on a wgpu device, behind [`super::frozen::weight_matmul`].
 //!
 //! burn's default product is tiled for GPUs with fast workgroup memory; where that is slow (a
 //! software adapter: docs/results.md, "Our WGSL product") a product without workgroup memory or
@@ -35,7 +35,7 @@ pub fn set_enabled(enabled: bool) {
     ENABLED.store(enabled, Ordering::Relaxed);
 }
 
-/// Whether frozen products on a wgpu device use our kernel.
+/// Whether weight products on a wgpu device use our kernel.
 pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
 }
@@ -53,7 +53,57 @@ enum Layout {
 struct Matmul {
     layout: Layout,
     f16: bool,
+    /// Rows of `x` per invocation.
     rows: u32,
+    /// vec4s of output columns per invocation.
+    cols: u32,
+}
+
+impl Matmul {
+    /// The block an invocation computes: as many rows as there are (up to 16), and two vec4s of
+    /// columns where the width allows. Measured on SwiftShader: docs/results.md.
+    fn new(layout: Layout, f16: bool, m: usize, n: usize) -> Self {
+        let rows = match m {
+            16.. => 16,
+            8.. => 8,
+            4.. => 4,
+            _ => 1,
+        };
+        let cols = if n.is_multiple_of(8) { 2 } else { 1 };
+        Self {
+            layout,
+            f16,
+            rows,
+            cols,
+        }
+    }
+}
+
+/// The shader with each code line holding `{r}` written once per row of the block and each
+/// holding `{c}` once per vec4 of columns (rows outermost), the tokens replaced by the index.
+fn unrolled(text: &str, rows: u32, cols: u32) -> String {
+    let mut out = String::with_capacity(text.len() * 4);
+    for line in text.lines() {
+        let code = !line.trim_start().starts_with("//");
+        let each = |token: &str, count: u32| {
+            if code && line.contains(token) {
+                0..count
+            } else {
+                0..1
+            }
+        };
+        for r in each("{r}", rows) {
+            for c in each("{c}", cols) {
+                out.push_str(
+                    &line
+                        .replace("{r}", &r.to_string())
+                        .replace("{c}", &c.to_string()),
+                );
+                out.push('\n');
+            }
+        }
+    }
+    out
 }
 
 impl KernelSource for Matmul {
@@ -62,15 +112,16 @@ impl KernelSource for Matmul {
             Layout::Rows => include_str!("../../shaders/matmul_nn.wgsl"),
             Layout::Transposed => include_str!("../../shaders/matmul_nt.wgsl"),
         };
-        SourceTemplate::new(text)
+        SourceTemplate::new(unrolled(text, self.rows, self.cols))
             .register("enable", if self.f16 { "enable f16;" } else { "" })
             .register("welem", if self.f16 { "f16" } else { "f32" })
             .register("rows", self.rows.to_string())
+            .register("cols", self.cols.to_string())
     }
 
     fn id(&self) -> KernelId {
         KernelId::new::<Self>()
-            .info((self.layout, self.f16, self.rows))
+            .info((self.layout, self.f16, self.rows, self.cols))
             .cube_dim(CubeDim::new_1d(WORKGROUP).0)
     }
 
@@ -79,7 +130,7 @@ impl KernelSource for Matmul {
     }
 }
 
-/// `x [m, k]` (f32) times the frozen weight `w [k, n]` (f32 or f16) with our kernel, or both
+/// `x [m, k]` (f32) times the weight `w [k, n]` (f32 or f16) with our kernel, or both
 /// back when it does not cover them (another runtime, layout, type or shape): the caller then
 /// uses burn's product.
 #[allow(clippy::result_large_err)]
@@ -94,15 +145,10 @@ pub fn matmul(x: CubeTensor, w: CubeTensor) -> Result<CubeTensor, (CubeTensor, C
     };
     let [m, k] = [x.meta.shape()[0], x.meta.shape()[1]];
     let n = w.meta.shape()[1];
-    // More rows per invocation where there are rows to share each weight read with.
-    let rows: u32 = if layout == Layout::Rows && m >= 8 {
-        8
-    } else {
-        4
-    };
+    let kernel = Matmul::new(layout, w.dtype == DType::F16, m, n);
     let groups = [
-        (n as u32 / 4).div_ceil(WORKGROUP),
-        (m as u32).div_ceil(rows),
+        (n as u32 / 4 / kernel.cols).div_ceil(WORKGROUP),
+        (m as u32).div_ceil(kernel.rows),
     ];
     if groups.iter().any(|&g| g > MAX_WORKGROUPS) {
         return Err((x, w));
@@ -114,11 +160,6 @@ pub fn matmul(x: CubeTensor, w: CubeTensor) -> Result<CubeTensor, (CubeTensor, C
         .flat_map(|&d| (d as u32).to_le_bytes())
         .collect();
     let dims = client.create_from_slice(&dims);
-    let kernel = Matmul {
-        layout,
-        f16: w.dtype == DType::F16,
-        rows,
-    };
     client.launch(
         Box::new(SourceKernel::new(kernel, CubeDim::new_1d(WORKGROUP))),
         CubeCount::new_2d(groups[0], groups[1]),
@@ -149,12 +190,18 @@ fn covered(x: &CubeTensor, w: &CubeTensor) -> Option<(Layout, usize)> {
     let [row_stride, col_stride] = [w.meta.strides()[0], w.meta.strides()[1]];
     // Every index the shaders compute fits in a u32.
     let largest = [m as u64 * k as u64, m as u64 * n as u64, w.handle.size()];
-    if wk != k || m == 0 || k == 0 || n % 4 != 0 || largest.iter().any(|&l| l > u32::MAX as u64) {
+    if wk != k
+        || m == 0
+        || k == 0
+        || k % 4 != 0
+        || n % 4 != 0
+        || largest.iter().any(|&l| l > u32::MAX as u64)
+    {
         return None;
     }
     if col_stride == 1 && row_stride % 4 == 0 {
         Some((Layout::Rows, row_stride / 4))
-    } else if row_stride == 1 && col_stride % 4 == 0 && k % 4 == 0 {
+    } else if row_stride == 1 && col_stride % 4 == 0 {
         Some((Layout::Transposed, col_stride / 4))
     } else {
         None

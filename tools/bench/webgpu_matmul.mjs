@@ -1,44 +1,27 @@
-// A hand-written WGSL matrix product in headless Chromium's WebGPU, at the shapes of a training
-// step on SmolLM2's emulator (16 rows: batch x length): the candidate kernel for shaders/, timed
-// on whatever adapter Chromium picks (SwiftShader without a GPU) and checked against a CPU sum.
-// Compare with burn's own kernel on the same device natively (docs/results.md, "WebGPU on a
-// software adapter"). Each invocation computes ROWS rows x 4 columns (vec4), no workgroup
-// memory or barriers; `nn`: c = a x b with b [k, n]; `nt`: b given as [n, k] (x W^T, the head).
-// usage: node tools/bench/webgpu_matmul.mjs
+// Our WGSL matrix product (shaders/matmul_*.wgsl) alone in headless Chromium's WebGPU, at the
+// shapes of a training step on SmolLM2's emulator at batch 1 x 64: timed on whatever adapter
+// Chromium picks (SwiftShader without a GPU) and checked against a CPU sum. For trying block
+// sizes (ROWS rows x COLS vec4 columns per invocation; shipped: 16 x 2 where the shape allows)
+// and variants of the kernels (SHADERS=DIR) without building the page. `nn`: c = a x b with b
+// [k, n]; `nt`: b given as [n, k] (x W^T: the tied head, the backward pass).
+// usage: [ROWS=16] [COLS=2] [SHADERS=DIR] node tools/bench/webgpu_matmul.mjs
+import fs from 'node:fs';
 import http from 'node:http';
 import { chromium } from '../web/node_modules/playwright-core/index.mjs';
 
-const kernel = (layout, rows) => `
-@group(0) @binding(0) var<storage, read> a: array<f32>;
-@group(0) @binding(1) var<storage, read> b: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read_write> c: array<vec4<f32>>;
-@group(0) @binding(3) var<uniform> dims: vec4<u32>; // m, k, n
-@compute @workgroup_size(64)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-  let m = dims.x; let k = dims.y; let n = dims.z;
-  let col4 = gid.x; let row0 = gid.y * ${rows}u;
-  if (col4 * 4u >= n) { return; }
-  var acc: array<vec4<f32>, ${rows}>;
-  ${layout === 'nn' ? `
-  for (var i = 0u; i < k; i++) {
-    let bv = b[i * (n / 4u) + col4];
-    for (var r = 0u; r < ${rows}u; r++) { acc[r] += a[min(row0 + r, m - 1u) * k + i] * bv; }
-  }` : `
-  for (var i4 = 0u; i4 < k / 4u; i4++) {
-    let b0 = b[(col4 * 4u) * (k / 4u) + i4];
-    let b1 = b[(col4 * 4u + 1u) * (k / 4u) + i4];
-    let b2 = b[(col4 * 4u + 2u) * (k / 4u) + i4];
-    let b3 = b[(col4 * 4u + 3u) * (k / 4u) + i4];
-    for (var r = 0u; r < ${rows}u; r++) {
-      let j = min(row0 + r, m - 1u) * k + i4 * 4u;
-      let av = vec4<f32>(a[j], a[j + 1u], a[j + 2u], a[j + 3u]);
-      acc[r] += vec4<f32>(dot(av, b0), dot(av, b1), dot(av, b2), dot(av, b3));
-    }
-  }`}
-  for (var r = 0u; r < ${rows}u; r++) {
-    if (row0 + r < m) { c[(row0 + r) * (n / 4u) + col4] = acc[r]; }
-  }
-}`;
+// The shipped shaders (or SHADERS=DIR's, to try a variant), filled in and unrolled as
+// model::wgsl_matmul does for an f32 weight: a code line holding {r} once per row of the block,
+// {c} once per vec4 of columns.
+const dir = process.env.SHADERS ?? new URL('../../shaders/', import.meta.url).pathname;
+const unroll = (text, rows, cols) => text.split('\n').flatMap((line) => {
+  if (line.trimStart().startsWith('//')) return [line];
+  const each = (token, count) => (line.includes(token) ? [...Array(count).keys()] : [0]);
+  return each('{r}', rows).flatMap((r) => each('{c}', cols).map((c) =>
+    line.replaceAll('{r}', r).replaceAll('{c}', c)));
+}).join('\n');
+const kernel = (layout, rows, cols) => unroll(fs.readFileSync(`${dir}/matmul_${layout}.wgsl`, 'utf8'), rows, cols)
+  .replaceAll('{{ enable }}', '').replaceAll('{{ welem }}', 'f32')
+  .replaceAll('{{ rows }}', `${rows}`).replaceAll('{{ cols }}', `${cols}`);
 
 // Runs in the page: [layout, m, k, n, rows] cases, each timed over 3 runs after a warm-up.
 async function inPage([cases, kernels]) {
@@ -47,18 +30,18 @@ async function inPage([cases, kernels]) {
     maxBufferSize: adapter.limits.maxBufferSize };
   const device = await adapter.requestDevice({ requiredLimits: limits });
   const lines = [`adapter: ${adapter.info.vendor} ${adapter.info.architecture} (software: ${adapter.info.isFallbackAdapter})`];
-  for (const [i, [layout, m, k, n, rows]] of cases.entries()) {
+  for (const [i, [layout, m, k, n, rows, cols]] of cases.entries()) {
     const module = device.createShaderModule({ code: kernels[i] });
     const pipeline = device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint: 'main' } });
     const buffer = (floats, usage) => device.createBuffer({ size: floats * 4, usage });
     const storage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
     const [A, B, C] = [buffer(m * k, storage), buffer(k * n, storage), buffer(m * n, storage)];
-    const dims = device.createBuffer({ size: 16, usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST });
+    const dims = buffer(4, storage);
     const fa = new Float32Array(m * k).map((_, j) => ((j * 7) % 13) / 13 - 0.5);
     const fb = new Float32Array(k * n).map((_, j) => ((j * 5) % 11) / 11 - 0.5);
     device.queue.writeBuffer(A, 0, fa);
     device.queue.writeBuffer(B, 0, fb);
-    device.queue.writeBuffer(dims, 0, new Uint32Array([m, k, n, 0]));
+    device.queue.writeBuffer(dims, 0, new Uint32Array([m, k, n, layout === 'nn' ? n / 4 : k / 4]));
     const bindings = device.createBindGroup({ layout: pipeline.getBindGroupLayout(0),
       entries: [A, B, C, dims].map((b, binding) => ({ binding, resource: { buffer: b } })) });
     const run = async () => {
@@ -66,7 +49,7 @@ async function inPage([cases, kernels]) {
       const pass = encoder.beginComputePass();
       pass.setPipeline(pipeline);
       pass.setBindGroup(0, bindings);
-      pass.dispatchWorkgroups(Math.ceil(n / 4 / 64), Math.ceil(m / rows));
+      pass.dispatchWorkgroups(Math.ceil(n / 4 / cols / 64), Math.ceil(m / rows));
       pass.end();
       device.queue.submit([encoder.finish()]);
       await device.queue.onSubmittedWorkDone();
@@ -93,8 +76,12 @@ async function inPage([cases, kernels]) {
   return lines.join('\n');
 }
 
-const cases = [['nn', 16, 576, 1536, 8], ['nt', 16, 576, 1536, 4], ['nn', 16, 576, 49152, 8],
-  ['nt', 16, 576, 49152, 4], ['nn', 128, 576, 1536, 8]];
+// A training step on SmolLM2's emulator at 64 tokens: an MLP projection and its backward, the
+// tied head and its backward, a trainable weight's gradient.
+const ROWS = Number(process.env.ROWS ?? 16);
+const COLS = Number(process.env.COLS ?? 2);
+const cases = [['nn', 64, 576, 1536, ROWS, COLS], ['nt', 64, 1536, 576, ROWS, COLS], ['nt', 64, 576, 49152, ROWS, COLS],
+  ['nn', 64, 49152, 576, ROWS, COLS], ['nn', 576, 64, 1536, ROWS, COLS]];
 const server = http.createServer((_, res) => {
   res.writeHead(200, { 'content-type': 'text/html' });
   res.end('<!doctype html><title>matmul</title>');
@@ -105,7 +92,7 @@ const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', hea
 try {
   const page = await browser.newPage();
   await page.goto(`http://127.0.0.1:${server.address().port}/`);
-  console.log(await page.evaluate(inPage, [cases, cases.map(([layout, , , , rows]) => kernel(layout, rows))]));
+  console.log(await page.evaluate(inPage, [cases, cases.map(([layout, , , , rows, cols]) => kernel(layout, rows, cols))]));
 } finally {
   await browser.close();
   server.close();
