@@ -14,7 +14,7 @@ use crate::data::{self, DataFormat, DataOptions, Dataset, Example};
 use crate::emulator::{Emulator, EmulatorManifest, LayerKind};
 use crate::error::{Error, Result};
 use crate::eval::loglik::ScoringBatch;
-use crate::model::{Llama, LoraConfig};
+use crate::model::{LayerSlot, Llama, LoraConfig};
 use crate::readback::{read_named, read_scalar, read_vec};
 use crate::replicas::{
     Alone, Replica, Replicas, add_gradients, read_flat, share_gradients, trainable_values,
@@ -349,11 +349,20 @@ impl Session {
         let logit_chunk = tokens.min(model.head_chunk_rows()) as u64 * c.vocab_size as u64 * 4;
         let scoring_chunk = tokens.min(model.scoring_chunk_rows()) as u64 * c.vocab_size as u64 * 4;
         let attention_scores = tokens as u64 * c.num_attention_heads as u64 * longest as u64 * 4;
+        // Each decoder layer's attention keeps its probabilities for the backward pass
+        // (`model::attention`).
+        let attention_layers = model
+            .layers
+            .iter()
+            .filter(|l| matches!(l, LayerSlot::Decoder(_)))
+            .count() as u64;
         let mlp = tokens as u64 * c.intermediate_size as u64 * 4;
         Estimate {
             emulator_params: self.manifest.emulator_params,
             weight_bytes: self.manifest.emulator_params * 4,
-            activation_bytes: tokens as u64 * layers * per_token_layer + 3 * logit_chunk,
+            activation_bytes: tokens as u64 * layers * per_token_layer
+                + attention_layers * attention_scores
+                + 3 * logit_chunk,
             largest_buffer_bytes: scoring_chunk.max(attention_scores).max(mlp),
             tokens_per_step: tokens,
             total_flops: 6.0

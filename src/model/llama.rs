@@ -205,9 +205,19 @@ impl Attention {
             softcap: None,
             is_causal,
         };
-        let out = attention(q, k, v, mask, None, options)
-            .swap_dims(1, 2)
-            .reshape([b, t, nh * hd]);
+        // Training: our attention, whose backward pass keeps one score-sized tensor per layer
+        // (`model::attention`); it takes the causal mask explicitly.
+        let out = if q.is_autodiff() {
+            let mask = mask.unwrap_or_else(|| {
+                Tensor::<2, Bool>::tril_mask([t, total], past as i64, &q.device())
+                    .unsqueeze::<4>()
+                    .expand([b, nh, t, total])
+            });
+            super::attention::attention(q, k, v, mask)
+        } else {
+            attention(q, k, v, mask, None, options)
+        };
+        let out = out.swap_dims(1, 2).reshape([b, t, nh * hd]);
         self.o_proj.forward(out)
     }
 }

@@ -1,5 +1,6 @@
 //! The LLaMA-family model: config, layers, and loading from weight files.
 
+pub mod attention;
 pub mod config;
 pub mod frozen;
 pub mod harmonizer;

@@ -1,0 +1,215 @@
+//! Attention for training, with a backward pass that keeps one score-sized tensor per layer.
+//!
+//! burn's attention under autodiff is a chain of small differentiable ops (product, scale,
+//! mask, max, subtract, exp, sum, divide, product), and autodiff keeps several of their
+//! batch x heads x length x length inputs until the backward pass, for every layer. At a few
+//! hundred tokens those score-sized tensors are most of a step's device memory. [`attention`]
+//! is one operation instead: its forward pass is the same chain (the same values), and it keeps
+//! only the probabilities P, from which the backward pass gets every gradient:
+//! dV = Pᵀ·dO, dP = dO·Vᵀ, dS = P ⊙ (dP − rowsum(dP ⊙ P)), dQ = s·dS·K, dK = s·dSᵀ·Q.
+
+use burn::backend::autodiff::NodeId;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::tensor::{BoolTensor, FloatTensor};
+use burn::backend::{Autodiff, Dispatch, TensorMetadata, backend_extension};
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Bool, Tensor};
+
+/// softmax(q·kᵀ/√d, where `mask` is false)·v for `q [b, h, t, d]`, `k`, `v [b, h, s, d]` and
+/// `mask [b, h, t, s]` (true where attention is forbidden): burn's attention, and under autodiff
+/// one operation whose backward pass keeps only the probabilities.
+pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, mask: Tensor<4, Bool>) -> Tensor<4> {
+    Tensor::from_dispatch(Dispatch::lean_attention(
+        q.into_dispatch(),
+        k.into_dispatch(),
+        v.into_dispatch(),
+        mask.into_dispatch(),
+    ))
+}
+
+/// The operation behind [`attention`]: burn's attention on every backend, with autodiff's
+/// backward pass replaced by one that keeps only the probabilities.
+#[backend_extension(
+    Autodiff,
+    Cube: cfg(any(feature = "wgpu", target_family = "wasm")),
+    Flex: cfg(any(feature = "flex", test, target_family = "wasm")),
+)]
+pub trait LeanAttention: burn::backend::Backend {
+    fn lean_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        mask: BoolTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let options = AttentionModuleOptions {
+            scale: None,
+            softcap: None,
+            is_causal: false,
+        };
+        Self::attention(q, k, v, Some(mask), None, options)
+    }
+}
+
+#[cfg(any(feature = "wgpu", target_family = "wasm"))]
+impl LeanAttention for burn::backend::Cube {}
+
+#[cfg(any(feature = "flex", test, target_family = "wasm"))]
+impl LeanAttention for burn::backend::Flex {}
+
+/// 1/√d, the scores' scale for heads of width `d` (burn's default).
+fn scale_of<B: burn::backend::Backend>(q: &FloatTensor<B>) -> f64 {
+    let d = q.shape().dims::<4>()[3];
+    1.0 / (d as f64).sqrt()
+}
+
+/// The attention probabilities, by the same operations as burn's attention (so the same
+/// values), NaN-safe where a whole row is masked.
+fn probabilities<B: burn::backend::Backend>(
+    q: FloatTensor<B>,
+    k: FloatTensor<B>,
+    mask: BoolTensor<B>,
+) -> FloatTensor<B> {
+    let scale = scale_of::<B>(&q);
+    let scores = B::float_mul_scalar(B::float_matmul(q, B::float_transpose(k)), scale.into());
+    let scores = B::float_mask_fill(scores, mask, f32::NEG_INFINITY.into());
+    let finfo = scores.dtype().finfo().expect("attention scores are floats");
+    let max = B::float_clamp_min(B::float_max_dim(scores.clone(), 3), finfo.min.into());
+    let numerator = B::float_exp(B::float_sub(scores, max));
+    let sum = B::float_sum_dim(numerator.clone(), 3);
+    let sum = B::float_clamp_min(sum, finfo.min_positive.into());
+    B::float_div(numerator, sum)
+}
+
+impl<B: LeanAttention, C: CheckpointStrategy> LeanAttention for Autodiff<B, C> {
+    fn lean_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        mask: BoolTensor<Self>,
+    ) -> FloatTensor<Self> {
+        /// State: q, k and v (kept by the graph anyway) and the probabilities.
+        #[derive(Debug)]
+        struct Attend;
+
+        impl<B: LeanAttention> Backward<B, 3> for Attend {
+            type State = (NodeId, NodeId, NodeId, FloatTensor<B>);
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 3>,
+                grads: &mut Gradients,
+                checkpointer: &mut Checkpointer,
+            ) {
+                let (q, k, v, p) = ops.state;
+                let q: FloatTensor<B> = checkpointer.retrieve_node_output(q);
+                let k: FloatTensor<B> = checkpointer.retrieve_node_output(k);
+                let v: FloatTensor<B> = checkpointer.retrieve_node_output(v);
+                let grad_out = grads.consume::<B>(&ops.node);
+                let [q_node, k_node, v_node] = ops.parents;
+                if let Some(node) = v_node {
+                    let grad = B::float_matmul(B::float_transpose(p.clone()), grad_out.clone());
+                    grads.register::<B>(node.id, grad);
+                }
+                if q_node.is_none() && k_node.is_none() {
+                    return;
+                }
+                let scale = scale_of::<B>(&q);
+                let grad_p = B::float_matmul(grad_out, B::float_transpose(v));
+                let row = B::float_sum_dim(B::float_mul(grad_p.clone(), p.clone()), 3);
+                let grad_scores =
+                    B::float_mul_scalar(B::float_mul(p, B::float_sub(grad_p, row)), scale.into());
+                if let Some(node) = q_node {
+                    grads.register::<B>(node.id, B::float_matmul(grad_scores.clone(), k));
+                }
+                if let Some(node) = k_node {
+                    let grad = B::float_matmul(B::float_transpose(grad_scores), q);
+                    grads.register::<B>(node.id, grad);
+                }
+            }
+        }
+
+        match Attend
+            .prepare::<C>([q.node(), k.node(), v.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let (q_state, k_state, v_state) = (
+                    prep.checkpoint(&q),
+                    prep.checkpoint(&k),
+                    prep.checkpoint(&v),
+                );
+                let p = probabilities::<B>(q.into_primitive(), k.into_primitive(), mask);
+                let out = B::float_matmul(p.clone(), v.into_primitive());
+                prep.finish((q_state, k_state, v_state, p), out)
+            }
+            OpsKind::UnTracked(prep) => {
+                let p = probabilities::<B>(q.into_primitive(), k.into_primitive(), mask);
+                prep.finish(B::float_matmul(p, v.into_primitive()))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Device, Distribution, Tolerance};
+
+    fn random(shape: [usize; 4], device: &Device) -> Tensor<4> {
+        Tensor::random(shape, Distribution::Normal(0.0, 1.0), device)
+    }
+
+    /// Causal, with one query row fully masked (a padded row) in the second batch row.
+    fn mask(b: usize, h: usize, t: usize, device: &Device) -> Tensor<4, Bool> {
+        let causal = Tensor::<2, Bool>::tril_mask([t, t], 0, device);
+        let mut rows = vec![causal.clone(); b];
+        rows[1] = causal.slice_fill([0..1, 0..t], true);
+        Tensor::stack::<3>(rows, 0)
+            .unsqueeze_dim::<4>(1)
+            .expand([b, h, t, t])
+    }
+
+    #[test]
+    fn attention_and_its_gradients_equal_burns() {
+        let device = Device::flex().autodiff();
+        let (b, h, t, d) = (2, 3, 7, 8);
+        let (q, k, v) = (
+            random([b, h, t, d], &device).require_grad(),
+            random([b, h, t, d], &device).require_grad(),
+            random([b, h, t, d], &device).require_grad(),
+        );
+        let m = mask(b, h, t, &device);
+        let weights = random([b, h, t, d], &device);
+        let options = AttentionModuleOptions {
+            scale: None,
+            softcap: None,
+            is_causal: false,
+        };
+        let burns = burn::tensor::module::attention(
+            q.clone(),
+            k.clone(),
+            v.clone(),
+            Some(m.clone()),
+            None,
+            options,
+        );
+        let ours = attention(q.clone(), k.clone(), v.clone(), m);
+        ours.clone()
+            .into_data()
+            .assert_eq(&burns.clone().into_data(), true);
+        let grads_burn = (burns * weights.clone()).sum().backward();
+        let grads_ours = (ours * weights).sum().backward();
+        for (name, x) in [("q", &q), ("k", &k), ("v", &v)] {
+            let (a, b) = (
+                x.grad(&grads_ours).expect(name),
+                x.grad(&grads_burn).expect(name),
+            );
+            a.into_data()
+                .assert_approx_eq::<f32>(&b.into_data(), Tolerance::absolute(1e-5));
+        }
+    }
+}
