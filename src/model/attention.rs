@@ -4,8 +4,9 @@
 //! mask, max, subtract, exp, sum, divide, product), and autodiff keeps several of their
 //! batch x heads x length x length inputs until the backward pass, for every layer. At a few
 //! hundred tokens those score-sized tensors are most of a step's device memory. [`attention`]
-//! is one operation instead: its forward pass is the same chain (the same values), and it keeps
-//! only the probabilities P, from which the backward pass gets every gradient:
+//! is one operation instead: its forward pass is the same chain (on the CPU backend, one fused
+//! softmax kernel on every core, `model::cpu_kernels`), and it keeps only the probabilities P,
+//! from which the backward pass gets every gradient:
 //! dV = Pᵀ·dO, dP = dO·Vᵀ, dS = P ⊙ (dP − rowsum(dP ⊙ P)), dQ = s·dS·K, dK = s·dSᵀ·Q.
 
 use burn::backend::autodiff::NodeId;
@@ -51,13 +52,78 @@ pub trait LeanAttention: burn::backend::Backend {
         };
         Self::attention(q, k, v, Some(mask), None, options)
     }
+
+    /// softmax(q·kᵀ/√d where `mask` is false): what the backward pass keeps.
+    fn attention_probabilities(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        mask: BoolTensor<Self>,
+    ) -> FloatTensor<Self> {
+        probabilities_by_ops::<Self>(q, k, mask)
+    }
+
+    /// The scores' gradient from the probabilities `p` and their gradient `grad_p`:
+    /// `s · p ⊙ (grad_p − rowsum(grad_p ⊙ p))` for the scale `s` = 1/√d.
+    fn attention_scores_grad(
+        p: FloatTensor<Self>,
+        grad_p: FloatTensor<Self>,
+        scale: f64,
+    ) -> FloatTensor<Self> {
+        scores_grad_by_ops::<Self>(p, grad_p, scale)
+    }
 }
 
 #[cfg(any(feature = "wgpu", target_family = "wasm"))]
 impl LeanAttention for burn::backend::Cube {}
 
+/// The softmax and its gradient as CPU kernels (`model::cpu_kernels`), on every core.
 #[cfg(any(feature = "flex", test, target_family = "wasm"))]
-impl LeanAttention for burn::backend::Flex {}
+impl LeanAttention for burn::backend::Flex {
+    fn attention_probabilities(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        mask: BoolTensor<Self>,
+    ) -> FloatTensor<Self> {
+        use super::cpu_kernels;
+        use burn::backend::{TensorMetadata, ops::FloatTensorOps};
+        let scale = scale_of::<Self>(&q) as f32;
+        let mut scores = Self::float_matmul(q, Self::float_transpose(k)).to_contiguous();
+        let mask = mask.to_contiguous();
+        let shape = scores.shape();
+        let width = shape.dims::<4>()[3];
+        match (
+            cpu_kernels::values_mut(&mut scores),
+            cpu_kernels::bools(&mask),
+        ) {
+            (Some(values), Some(forbidden)) if values.len() == forbidden.len() => {
+                cpu_kernels::masked_softmax(values, width, forbidden, scale);
+                scores
+            }
+            _ => {
+                let scores = Self::float_mul_scalar(scores, (scale as f64).into());
+                softmax_by_ops::<Self>(scores, mask)
+            }
+        }
+    }
+
+    fn attention_scores_grad(
+        p: FloatTensor<Self>,
+        grad_p: FloatTensor<Self>,
+        scale: f64,
+    ) -> FloatTensor<Self> {
+        use super::cpu_kernels;
+        use burn::backend::TensorMetadata;
+        let (p, mut grad) = (p.to_contiguous(), grad_p.to_contiguous());
+        let width = p.shape().dims::<4>()[3];
+        match (cpu_kernels::values(&p), cpu_kernels::values_mut(&mut grad)) {
+            (Some(probs), Some(values)) if probs.len() == values.len() => {
+                cpu_kernels::softmax_backward(probs, values, width, scale as f32);
+                grad
+            }
+            _ => scores_grad_by_ops::<Self>(p, grad, scale),
+        }
+    }
+}
 
 /// 1/√d, the scores' scale for heads of width `d` (burn's default).
 fn scale_of<B: burn::backend::Backend>(q: &FloatTensor<B>) -> f64 {
@@ -65,15 +131,23 @@ fn scale_of<B: burn::backend::Backend>(q: &FloatTensor<B>) -> f64 {
     1.0 / (d as f64).sqrt()
 }
 
-/// The attention probabilities, by the same operations as burn's attention (so the same
-/// values), NaN-safe where a whole row is masked.
-fn probabilities<B: burn::backend::Backend>(
+/// The attention probabilities by burn's attention's own operations (so the same values),
+/// NaN-safe where a whole row is masked.
+fn probabilities_by_ops<B: burn::backend::Backend>(
     q: FloatTensor<B>,
     k: FloatTensor<B>,
     mask: BoolTensor<B>,
 ) -> FloatTensor<B> {
     let scale = scale_of::<B>(&q);
     let scores = B::float_mul_scalar(B::float_matmul(q, B::float_transpose(k)), scale.into());
+    softmax_by_ops::<B>(scores, mask)
+}
+
+/// softmax of the scaled `scores` where `mask` is false; a fully masked row gives zeros.
+fn softmax_by_ops<B: burn::backend::Backend>(
+    scores: FloatTensor<B>,
+    mask: BoolTensor<B>,
+) -> FloatTensor<B> {
     let scores = B::float_mask_fill(scores, mask, f32::NEG_INFINITY.into());
     let finfo = scores.dtype().finfo().expect("attention scores are floats");
     let max = B::float_clamp_min(B::float_max_dim(scores.clone(), 3), finfo.min.into());
@@ -81,6 +155,16 @@ fn probabilities<B: burn::backend::Backend>(
     let sum = B::float_sum_dim(numerator.clone(), 3);
     let sum = B::float_clamp_min(sum, finfo.min_positive.into());
     B::float_div(numerator, sum)
+}
+
+/// `s · p ⊙ (grad_p − rowsum(grad_p ⊙ p))`.
+fn scores_grad_by_ops<B: burn::backend::Backend>(
+    p: FloatTensor<B>,
+    grad_p: FloatTensor<B>,
+    scale: f64,
+) -> FloatTensor<B> {
+    let row = B::float_sum_dim(B::float_mul(grad_p.clone(), p.clone()), 3);
+    B::float_mul_scalar(B::float_mul(p, B::float_sub(grad_p, row)), scale.into())
 }
 
 impl<B: LeanAttention, C: CheckpointStrategy> LeanAttention for Autodiff<B, C> {
@@ -118,9 +202,7 @@ impl<B: LeanAttention, C: CheckpointStrategy> LeanAttention for Autodiff<B, C> {
                 }
                 let scale = scale_of::<B>(&q);
                 let grad_p = B::float_matmul(grad_out, B::float_transpose(v));
-                let row = B::float_sum_dim(B::float_mul(grad_p.clone(), p.clone()), 3);
-                let grad_scores =
-                    B::float_mul_scalar(B::float_mul(p, B::float_sub(grad_p, row)), scale.into());
+                let grad_scores = B::attention_scores_grad(p, grad_p, scale);
                 if let Some(node) = q_node {
                     grads.register::<B>(node.id, B::float_matmul(grad_scores.clone(), k));
                 }
@@ -142,12 +224,12 @@ impl<B: LeanAttention, C: CheckpointStrategy> LeanAttention for Autodiff<B, C> {
                     prep.checkpoint(&k),
                     prep.checkpoint(&v),
                 );
-                let p = probabilities::<B>(q.into_primitive(), k.into_primitive(), mask);
+                let p = B::attention_probabilities(q.into_primitive(), k.into_primitive(), mask);
                 let out = B::float_matmul(p.clone(), v.into_primitive());
                 prep.finish((q_state, k_state, v_state, p), out)
             }
             OpsKind::UnTracked(prep) => {
-                let p = probabilities::<B>(q.into_primitive(), k.into_primitive(), mask);
+                let p = B::attention_probabilities(q.into_primitive(), k.into_primitive(), mask);
                 prep.finish(B::float_matmul(p, v.into_primitive()))
             }
         }
@@ -200,7 +282,7 @@ mod tests {
         let ours = attention(q.clone(), k.clone(), v.clone(), m);
         ours.clone()
             .into_data()
-            .assert_eq(&burns.clone().into_data(), true);
+            .assert_approx_eq::<f32>(&burns.clone().into_data(), Tolerance::absolute(1e-6));
         let grads_burn = (burns * weights.clone()).sum().backward();
         let grads_ours = (ours * weights).sum().backward();
         for (name, x) in [("q", &q), ("k", &k), ("v", &v)] {

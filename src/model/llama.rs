@@ -5,12 +5,12 @@
 //! low-rank variant in a slot, or leave a layer out, without touching the rest of the model.
 
 use burn::module::{Module, Param};
-use burn::tensor::activation::silu;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Bool, Device, IndexingUpdateOp, Int, Tensor, TensorData};
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
 use super::config::LlamaConfig;
+use super::cross_entropy::softmax_cross_entropy;
 use super::frozen::{self, FrozenStorage};
 use super::harmonizer::Harmonizer;
 use super::layers::{Linear, RmsNorm, check_shape, hf_flat, named_param};
@@ -231,8 +231,9 @@ pub struct Mlp {
 
 impl Mlp {
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let gate = silu(self.gate_proj.forward(x.clone()));
-        self.down_proj.forward(gate * self.up_proj.forward(x))
+        let gate = self.gate_proj.forward(x.clone());
+        let up = self.up_proj.forward(x);
+        self.down_proj.forward(super::swiglu::swiglu(gate, up))
     }
 }
 
@@ -657,25 +658,16 @@ impl Llama {
         chunk_rows: usize,
     ) -> HeadLoss {
         let [n, d] = hidden.dims();
-        let device = hidden.device();
-        let head = self.head_matrix().detach();
-        let rows = hidden.clone().detach();
-        let mut nll_sum = Tensor::<1>::zeros([1], &device);
+        // Nothing here is differentiated: the gradient is computed by hand, off autodiff.
+        let head = self.head_matrix().inner();
+        let rows = hidden.clone().inner();
+        let mut nll_sum = Tensor::<1>::zeros([1], &rows.device());
         let mut grads = Vec::new();
         for (start, c) in row_chunks(n, chunk_rows) {
             let logits = frozen::product(rows.clone().narrow(0, start, c), head.clone());
-            let target = targets.clone().narrow(0, start, c).reshape([c, 1]);
-            let max = logits.clone().max_dim(1);
-            let exp = (logits.clone() - max.clone()).exp();
-            let total = exp.clone().sum_dim(1);
-            let log_z = max + total.clone().log();
-            nll_sum = nll_sum + (log_z - logits.gather(1, target.clone())).sum();
-            let d_logits = (exp / total).scatter(
-                1,
-                target,
-                Tensor::full([c, 1], -1.0, &device),
-                IndexingUpdateOp::Add,
-            );
+            let target = targets.clone().narrow(0, start, c);
+            let (nll, d_logits) = softmax_cross_entropy(logits, target);
+            nll_sum = nll_sum + nll.sum();
             grads.push(frozen::product(d_logits, head.clone().transpose()));
         }
         let d_hidden = Tensor::cat(grads, 0).div_scalar(n.max(1) as f64);

@@ -2,12 +2,16 @@
 
 pub mod attention;
 pub mod config;
+#[cfg(any(feature = "flex", test, target_family = "wasm"))]
+mod cpu_kernels;
+pub mod cross_entropy;
 pub mod frozen;
 pub mod harmonizer;
 pub mod layers;
 pub mod llama;
 pub mod load;
 pub mod lora;
+pub mod swiglu;
 #[cfg(any(feature = "wgpu", target_family = "wasm"))]
 pub mod wgsl_matmul;
 

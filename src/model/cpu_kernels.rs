@@ -1,0 +1,444 @@
+//! Element-wise kernels for the CPU backend, on plain slices: each is one pass over memory,
+//! split over the cores (rayon, natively; one thread in wasm), with an exponential that the
+//! compiler vectorises.
+//!
+//! burn's CPU backend runs an element-wise operation on the calling thread, one operation at a
+//! time, and its `exp` calls libm's scalar `expf`: in a training step those passes (SiLU and
+//! its gradient, the vocabulary head's softmax) left the second core idle for a third of the
+//! step (docs/results.md, "Speed"). [`super::swiglu`] and [`super::cross_entropy`] run these
+//! kernels on the CPU backend and burn's operations elsewhere.
+
+/// A tensor of burn's CPU backend (float and bool tensors are the same type there).
+pub type CpuTensor = burn::backend::tensor::FloatTensor<burn::backend::Flex>;
+
+/// The values of `t` when it is f32 (in whatever layout: made contiguous first).
+pub fn values(t: &CpuTensor) -> Option<&[f32]> {
+    t.as_slice::<f32>()
+}
+
+/// The values of `t`, writable in place, when it is f32, contiguous and held nowhere else.
+pub fn values_mut(t: &mut CpuTensor) -> Option<&mut [f32]> {
+    let (start, end) = t.layout().contiguous_offsets()?;
+    if t.dtype() != burn::tensor::DType::F32 {
+        return None;
+    }
+    t.try_storage_mut::<f32>()?.get_mut(start..end)
+}
+
+/// A contiguous bool tensor's values, one byte each (nonzero: true).
+pub fn bools(t: &CpuTensor) -> Option<&[u8]> {
+    let (start, end) = t.layout().contiguous_offsets()?;
+    if !matches!(t.dtype(), burn::tensor::DType::Bool(_)) {
+        return None;
+    }
+    t.storage::<u8>().get(start..end)
+}
+
+/// Elements per task when a pass is split over the cores: large enough that handing out a task
+/// costs little against it, small enough that two cores share even a short pass.
+const TASK_ELEMENTS: usize = 16 * 1024;
+
+/// `e^x` for `x ≤ 0` (the only arguments these kernels take: `x − max`, `−|x|`), within 2 ulp
+/// of the exact value; 0 below −87.3 (where f32 turns subnormal) and for −∞; NaN stays NaN.
+/// Cephes' `expf`: `x = n·ln 2 + r` with `|r| ≤ ln 2 / 2`, a degree-6 polynomial for `e^r`,
+/// and `2^n` built in the exponent bits. Only adds, multiplies and bit operations, so a loop
+/// of it vectorises (libm's `expf` is a call per element).
+#[inline(always)]
+pub fn exp_nonpositive(x: f32) -> f32 {
+    const LOWEST: f32 = -87.336_54; // ln of the smallest normal f32
+    const ROUND: f32 = 12_582_912.0; // 1.5 · 2^23: adding it rounds to an integer
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let below = x < LOWEST;
+    let x = if below { LOWEST } else { x };
+    let n = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = 1.987_569_1e-4_f32;
+    let p = p * r + 1.398_199_9e-3;
+    let p = p * r + 8.333_452e-3;
+    let p = p * r + 4.166_579_6e-2;
+    let p = p * r + 1.666_666_5e-1;
+    let p = p * r + 0.5;
+    let e_r = p * r * r + r + 1.0;
+    // n + 127 in [1, 127]: the low bits of `n + 127 + ROUND` are the biased exponent of 2^n.
+    let two_n = f32::from_bits((n + (127.0 + ROUND)).to_bits() << 23);
+    if below { 0.0 } else { e_r * two_n }
+}
+
+/// `1 / (1 + e^−x)`, by the form that never overflows.
+#[inline(always)]
+fn sigmoid(x: f32) -> f32 {
+    let e = exp_nonpositive(-x.abs());
+    if x >= 0.0 {
+        1.0 / (1.0 + e)
+    } else {
+        e / (1.0 + e)
+    }
+}
+
+/// Runs `task(start, len)` over `0..n` in pieces of about `piece` (rounded to whole `unit`s),
+/// on every core.
+fn split<F: Fn(usize, usize) + Sync + Send>(n: usize, unit: usize, piece: usize, task: F) {
+    let unit = unit.max(1);
+    let piece = (piece / unit).max(1) * unit;
+    let tasks = n.div_ceil(piece);
+    let run = |i: usize| {
+        let start = i * piece;
+        task(start, piece.min(n - start));
+    };
+    #[cfg(not(target_family = "wasm"))]
+    {
+        use rayon::prelude::*;
+        (0..tasks).into_par_iter().for_each(run);
+    }
+    #[cfg(target_family = "wasm")]
+    (0..tasks).for_each(run);
+}
+
+/// A mutable slice shared by [`split`]'s tasks, each writing its own disjoint range.
+struct Shared(*mut f32, usize);
+
+// SAFETY: tasks write disjoint ranges (see `range`).
+unsafe impl Sync for Shared {}
+unsafe impl Send for Shared {}
+
+impl Shared {
+    fn new(s: &mut [f32]) -> Self {
+        Self(s.as_mut_ptr(), s.len())
+    }
+
+    /// `start..start + len` of the slice.
+    ///
+    /// # Safety
+    /// No two live ranges may overlap.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn range(&self, start: usize, len: usize) -> &mut [f32] {
+        assert!(start + len <= self.1, "range inside the slice");
+        // SAFETY: in bounds (checked); disjointness is the caller's promise.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(start), len) }
+    }
+}
+
+/// SwiGLU: `out = silu(gate) · up`, element by element.
+pub fn swiglu(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    assert!(
+        gate.len() == up.len() && up.len() == out.len(),
+        "equal lengths"
+    );
+    let out = Shared::new(out);
+    split(gate.len(), 1, TASK_ELEMENTS, |start, len| {
+        // SAFETY: `split` hands out disjoint ranges.
+        let out = unsafe { out.range(start, len) };
+        let (g, u) = (&gate[start..start + len], &up[start..start + len]);
+        for ((o, &g), &u) in out.iter_mut().zip(g).zip(u) {
+            *o = g * sigmoid(g) * u;
+        }
+    });
+}
+
+/// SwiGLU's gradients from the output's gradient `grad`: with `s = sigmoid(gate)`,
+/// `grad_up = grad · gate · s` and `grad_gate = grad · up · s · (1 + gate · (1 − s))`.
+pub fn swiglu_backward(
+    gate: &[f32],
+    up: &[f32],
+    grad: &[f32],
+    grad_gate: &mut [f32],
+    grad_up: &mut [f32],
+) {
+    let n = gate.len();
+    assert!(
+        [up.len(), grad.len(), grad_gate.len(), grad_up.len()]
+            .iter()
+            .all(|&l| l == n),
+        "equal lengths"
+    );
+    let (grad_gate, grad_up) = (Shared::new(grad_gate), Shared::new(grad_up));
+    split(n, 1, TASK_ELEMENTS, |start, len| {
+        // SAFETY: `split` hands out disjoint ranges.
+        let (dg, du) = unsafe { (grad_gate.range(start, len), grad_up.range(start, len)) };
+        let range = start..start + len;
+        let (g, u, d) = (&gate[range.clone()], &up[range.clone()], &grad[range]);
+        for i in 0..len {
+            let s = sigmoid(g[i]);
+            let silu = g[i] * s;
+            du[i] = d[i] * silu;
+            dg[i] = d[i] * u[i] * (s + silu * (1.0 - s));
+        }
+    });
+}
+
+/// Softmax cross-entropy of rows of `logits` (`targets.len()` rows of `vocab`): writes each
+/// row's `−log p(target)` to `nll` and replaces the row by the loss's gradient with respect
+/// to its logits, `softmax − one-hot(target)`. Every target must be below `vocab`.
+pub fn softmax_cross_entropy(logits: &mut [f32], vocab: usize, targets: &[usize], nll: &mut [f32]) {
+    let rows = targets.len();
+    assert!(
+        logits.len() == rows * vocab && nll.len() == rows,
+        "shapes agree"
+    );
+    assert!(
+        targets.iter().all(|&t| t < vocab),
+        "targets within the vocabulary"
+    );
+    let (logits, nll) = (Shared::new(logits), Shared::new(nll));
+    // A task is whole rows: at least one, about TASK_ELEMENTS logits.
+    split(rows * vocab, vocab, TASK_ELEMENTS, |start, len| {
+        // SAFETY: `split` hands out disjoint ranges of whole rows.
+        let block = unsafe { logits.range(start, len) };
+        let first = start / vocab;
+        let nll = unsafe { nll.range(first, len / vocab) };
+        for (r, row) in block.chunks_exact_mut(vocab).enumerate() {
+            let target = targets[first + r];
+            let max = row_max(row);
+            let logit = row[target];
+            let total = exp_in_place_and_sum(row, max);
+            nll[r] = max + total.ln() - logit;
+            let inv = 1.0 / total;
+            for l in row.iter_mut() {
+                *l *= inv;
+            }
+            row[target] -= 1.0;
+        }
+    });
+}
+
+/// Attention's softmax over rows of `width` scores, in place: `scale · score` where
+/// `forbidden` is 0, e^−∞ = 0 where it is not; a row with nothing allowed becomes zeros.
+pub fn masked_softmax(scores: &mut [f32], width: usize, forbidden: &[u8], scale: f32) {
+    assert!(
+        scores.len() == forbidden.len() && scores.len().is_multiple_of(width.max(1)),
+        "shapes agree"
+    );
+    let scores = Shared::new(scores);
+    split(forbidden.len(), width, TASK_ELEMENTS, |start, len| {
+        // SAFETY: `split` hands out disjoint ranges of whole rows.
+        let block = unsafe { scores.range(start, len) };
+        let mask = &forbidden[start..start + len];
+        for (row, mask) in block.chunks_exact_mut(width).zip(mask.chunks_exact(width)) {
+            for (x, &m) in row.iter_mut().zip(mask) {
+                *x = if m == 0 {
+                    *x * scale
+                } else {
+                    f32::NEG_INFINITY
+                };
+            }
+            let max = row_max(row);
+            if max == f32::NEG_INFINITY {
+                row.fill(0.0);
+                continue;
+            }
+            let inv = 1.0 / exp_in_place_and_sum(row, max);
+            for x in row.iter_mut() {
+                *x *= inv;
+            }
+        }
+    });
+}
+
+/// The gradient of the scaled scores from softmax's output `p` and its gradient, in place of
+/// the latter: `scale · p ⊙ (grad − Σ grad ⊙ p)` per row of `width`.
+pub fn softmax_backward(p: &[f32], grad: &mut [f32], width: usize, scale: f32) {
+    assert!(
+        p.len() == grad.len() && p.len().is_multiple_of(width.max(1)),
+        "shapes agree"
+    );
+    let grad = Shared::new(grad);
+    split(p.len(), width, TASK_ELEMENTS, |start, len| {
+        // SAFETY: `split` hands out disjoint ranges of whole rows.
+        let block = unsafe { grad.range(start, len) };
+        let probs = &p[start..start + len];
+        for (g, p) in block.chunks_exact_mut(width).zip(probs.chunks_exact(width)) {
+            let dot = dot(g, p);
+            for (g, &p) in g.iter_mut().zip(p) {
+                *g = scale * p * (*g - dot);
+            }
+        }
+    });
+}
+
+/// `Σ a·b`.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut sum = [0.0f32; LANES];
+    let (mut a_chunks, mut b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    for (a, b) in (&mut a_chunks).zip(&mut b_chunks) {
+        for ((s, &a), &b) in sum.iter_mut().zip(a).zip(b) {
+            *s += a * b;
+        }
+    }
+    let tail: f32 = a_chunks
+        .remainder()
+        .iter()
+        .zip(b_chunks.remainder())
+        .map(|(a, b)| a * b)
+        .sum();
+    sum.iter().sum::<f32>() + tail
+}
+
+/// Independent running values per reduction, so a reduction vectorises (and its sum errs less
+/// than one running total).
+const LANES: usize = 16;
+
+/// The largest value of `row` (NaNs skipped).
+fn row_max(row: &[f32]) -> f32 {
+    let mut max = [f32::NEG_INFINITY; LANES];
+    let mut chunks = row.chunks_exact(LANES);
+    for chunk in &mut chunks {
+        for (m, &x) in max.iter_mut().zip(chunk) {
+            *m = if x > *m { x } else { *m };
+        }
+    }
+    let tail = chunks.remainder().iter();
+    max.into_iter()
+        .chain(tail.copied())
+        .fold(f32::NEG_INFINITY, f32::max)
+}
+
+/// Replaces each `x` of `row` by `e^(x − max)` (`max` at least every `x`) and returns their sum.
+fn exp_in_place_and_sum(row: &mut [f32], max: f32) -> f32 {
+    let mut sum = [0.0f32; LANES];
+    let mut chunks = row.chunks_exact_mut(LANES);
+    for chunk in &mut chunks {
+        for (s, x) in sum.iter_mut().zip(chunk) {
+            *x = exp_nonpositive(*x - max);
+            *s += *x;
+        }
+    }
+    for x in chunks.into_remainder() {
+        *x = exp_nonpositive(*x - max);
+        sum[0] += *x;
+    }
+    sum.iter().sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_is_within_two_ulp_of_std() {
+        let mut worst = 0.0f64;
+        for i in 0..=200_000 {
+            let x = -87.0 * i as f32 / 200_000.0;
+            let (ours, exact) = (exp_nonpositive(x) as f64, (x as f64).exp());
+            let ulp = (exact as f32).next_up() as f64 - exact as f32 as f64;
+            worst = worst.max((ours - exact).abs() / ulp);
+        }
+        assert!(worst <= 2.0, "worst error {worst} ulp");
+        assert_eq!(exp_nonpositive(0.0), 1.0);
+        assert_eq!(exp_nonpositive(-100.0), 0.0);
+        assert_eq!(exp_nonpositive(f32::NEG_INFINITY), 0.0);
+        assert!(exp_nonpositive(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn swiglu_and_its_gradients_match_the_formulas_in_f64() {
+        let n = 3 * TASK_ELEMENTS + 7;
+        let gate: Vec<f32> = (0..n)
+            .map(|i| ((i * 37 % 1001) as f32 - 500.0) / 40.0)
+            .collect();
+        let up: Vec<f32> = (0..n)
+            .map(|i| ((i * 53 % 997) as f32 - 498.0) / 100.0)
+            .collect();
+        let grad: Vec<f32> = (0..n)
+            .map(|i| ((i * 11 % 89) as f32 - 44.0) / 30.0)
+            .collect();
+        let mut out = vec![0.0; n];
+        swiglu(&gate, &up, &mut out);
+        let (mut dg, mut du) = (vec![0.0; n], vec![0.0; n]);
+        swiglu_backward(&gate, &up, &grad, &mut dg, &mut du);
+        for i in 0..n {
+            let (g, u, d) = (gate[i] as f64, up[i] as f64, grad[i] as f64);
+            let s = 1.0 / (1.0 + (-g).exp());
+            let close =
+                |ours: f32, exact: f64| (ours as f64 - exact).abs() <= 1e-5 * (1.0 + exact.abs());
+            assert!(close(out[i], g * s * u), "out[{i}]");
+            assert!(close(du[i], d * g * s), "grad_up[{i}]");
+            assert!(
+                close(dg[i], d * u * s * (1.0 + g * (1.0 - s))),
+                "grad_gate[{i}]"
+            );
+        }
+    }
+
+    #[test]
+    fn masked_softmax_and_its_gradient_match_the_formulas_in_f64() {
+        let (rows, width, scale) = (300, 67, 0.125f32);
+        let n = rows * width;
+        let scores: Vec<f32> = (0..n)
+            .map(|i| ((i * 7919 % 1009) as f32 - 504.0) / 20.0)
+            .collect();
+        // Causal-like, with row 5 fully forbidden.
+        let forbidden: Vec<u8> = (0..n)
+            .map(|i| u8::from(i % width > (i / width) % width || i / width == 5))
+            .collect();
+        let mut p = scores.clone();
+        masked_softmax(&mut p, width, &forbidden, scale);
+        let grad_p: Vec<f32> = (0..n)
+            .map(|i| ((i * 31 % 97) as f32 - 48.0) / 10.0)
+            .collect();
+        let mut grad = grad_p.clone();
+        softmax_backward(&p, &mut grad, width, scale);
+        for r in 0..rows {
+            let at = |c: usize| r * width + c;
+            let allowed: Vec<usize> = (0..width).filter(|&c| forbidden[at(c)] == 0).collect();
+            let max = allowed
+                .iter()
+                .map(|&c| scores[at(c)] as f64 * scale as f64)
+                .fold(f64::NEG_INFINITY, f64::max);
+            let total: f64 = allowed
+                .iter()
+                .map(|&c| (scores[at(c)] as f64 * scale as f64 - max).exp())
+                .sum();
+            let exact: Vec<f64> = (0..width)
+                .map(|c| {
+                    if forbidden[at(c)] == 0 {
+                        (scores[at(c)] as f64 * scale as f64 - max).exp() / total
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let dot: f64 = (0..width).map(|c| grad_p[at(c)] as f64 * exact[c]).sum();
+            for c in 0..width {
+                assert!((p[at(c)] as f64 - exact[c]).abs() < 1e-6, "p[{r}, {c}]");
+                let g = scale as f64 * exact[c] * (grad_p[at(c)] as f64 - dot);
+                assert!((grad[at(c)] as f64 - g).abs() < 1e-5, "grad[{r}, {c}]");
+            }
+        }
+        assert!(
+            p[5 * width..6 * width].iter().all(|&x| x == 0.0),
+            "a fully masked row is zeros"
+        );
+    }
+
+    #[test]
+    fn cross_entropy_rows_match_log_softmax_in_f64() {
+        let (rows, vocab) = (5, 10_007);
+        let logits: Vec<f32> = (0..rows * vocab)
+            .map(|i| ((i * 7919 % 10_009) as f32 - 5000.0) / 300.0)
+            .collect();
+        let targets: Vec<usize> = (0..rows).map(|r| r * 2003 % vocab).collect();
+        let mut grad = logits.clone();
+        let mut nll = vec![0.0; rows];
+        softmax_cross_entropy(&mut grad, vocab, &targets, &mut nll);
+        for r in 0..rows {
+            let row = &logits[r * vocab..(r + 1) * vocab];
+            let max = row.iter().fold(f64::NEG_INFINITY, |m, &l| m.max(l as f64));
+            let total: f64 = row.iter().map(|&l| (l as f64 - max).exp()).sum();
+            let exact_nll = max + total.ln() - row[targets[r]] as f64;
+            assert!(
+                (nll[r] as f64 - exact_nll).abs() < 1e-4,
+                "row {r}: {} vs {exact_nll}",
+                nll[r]
+            );
+            for (c, &l) in row.iter().enumerate() {
+                let p = (l as f64 - max).exp() / total;
+                let exact = p - if c == targets[r] { 1.0 } else { 0.0 };
+                assert!(
+                    (grad[r * vocab + c] as f64 - exact).abs() < 1e-6,
+                    "row {r}, column {c}"
+                );
+            }
+        }
+    }
+}
