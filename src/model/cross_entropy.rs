@@ -5,7 +5,7 @@
 //! scatter), each allocating a logits-sized tensor, and on the CPU backend each on one thread.
 //! There it is one kernel instead (`model::cpu_kernels`), in place in the logits' own buffer.
 
-use burn::tensor::{DType, Device, IndexingUpdateOp, Int, Tensor, TensorData};
+use burn::tensor::{DType, IndexingUpdateOp, Int, Tensor, TensorData};
 
 /// Per row of `logits [rows, vocab]`: `−log p(target)` (`[rows]`) and the gradient of that
 /// loss with respect to the row, `softmax − one-hot(target)` (`[rows, vocab]`). Not tracked
@@ -41,7 +41,7 @@ fn by_ops(logits: Tensor<2>, targets: Tensor<1, Int>) -> (Tensor<1>, Tensor<2>) 
 /// and every target inside the vocabulary (otherwise burn's operations say what is wrong).
 fn kernel_targets(logits: &Tensor<2>, targets: &Tensor<1, Int>) -> Option<Vec<usize>> {
     let vocab = logits.dims()[1] as i64;
-    if !on_cpu(&logits.device()) || logits.dtype() != DType::F32 {
+    if !super::frozen::on_cpu(&logits.device()) || logits.dtype() != DType::F32 {
         return None;
     }
     let ids = targets
@@ -70,26 +70,10 @@ fn by_kernel(logits: Tensor<2>, targets: &[usize]) -> (Tensor<1>, Tensor<2>) {
     )
 }
 
-/// Whether `device` is burn's CPU backend (where the kernels of `model::cpu_kernels` run).
-fn on_cpu(device: &Device) -> bool {
-    #[cfg(any(feature = "flex", test, target_family = "wasm"))]
-    {
-        matches!(
-            device.as_dispatch().clone().inner(),
-            burn::backend::DispatchDevice::Flex(_)
-        )
-    }
-    #[cfg(not(any(feature = "flex", test, target_family = "wasm")))]
-    {
-        let _ = device;
-        false
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::tensor::{Distribution, Tolerance};
+    use burn::tensor::{Device, Distribution, Tolerance};
 
     #[test]
     fn the_cpu_kernel_equals_burns_operations() {

@@ -96,9 +96,28 @@ pub fn product(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
 }
 
 /// Whether products with `w` go through [`weight_matmul`]: a narrow weight (to be widened), or
-/// any weight on a wgpu device (our WGSL product, `model::wgsl_matmul`).
+/// any weight on a wgpu device (our WGSL product, `model::wgsl_matmul`) or on the CPU (gemm
+/// into a buffer of our own, `model::cpu_kernels::product`).
 pub fn through_weight_matmul<const D: usize>(w: &Tensor<D>) -> bool {
-    is_narrow(w) || on_wgpu(&w.device())
+    let device = w.device();
+    is_narrow(w) || on_wgpu(&device) || on_cpu(&device)
+}
+
+/// Whether `device` (or the one an autodiff device wraps) is burn's CPU backend, where the
+/// kernels of `model::cpu_kernels` run.
+pub fn on_cpu(device: &Device) -> bool {
+    #[cfg(any(feature = "flex", test, target_family = "wasm"))]
+    {
+        matches!(
+            device.as_dispatch().clone().inner(),
+            burn::backend::DispatchDevice::Flex(_)
+        )
+    }
+    #[cfg(not(any(feature = "flex", test, target_family = "wasm")))]
+    {
+        let _ = device;
+        false
+    }
 }
 
 /// Whether `device` (or the one an autodiff device wraps) is a wgpu device that runs our WGSL.
@@ -148,8 +167,23 @@ impl WeightMatmul for burn::backend::Cube {
     }
 }
 
+/// Widened where narrow, then gemm into a buffer of our own (burn's product where that does
+/// not take the operands).
 #[cfg(any(feature = "flex", test, target_family = "wasm"))]
-impl WeightMatmul for burn::backend::Flex {}
+impl WeightMatmul for burn::backend::Flex {
+    fn weight_matmul(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
+        use burn::backend::ops::FloatTensorOps;
+        let w = if w.dtype() == DType::F32 {
+            w
+        } else {
+            Self::float_cast(w, FloatDType::F32)
+        };
+        match super::cpu_kernels::product(&x, &w) {
+            Some(out) => out,
+            None => Self::float_matmul(x, w),
+        }
+    }
+}
 
 impl<B: WeightMatmul, C: CheckpointStrategy> WeightMatmul for Autodiff<B, C> {
     fn weight_matmul(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {

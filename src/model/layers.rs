@@ -47,8 +47,8 @@ impl Linear {
     }
 }
 
-/// `x [.., in] · weight [in, out]`, through [`frozen::weight_matmul`] when the weight is stored
-/// narrow or lives on a wgpu device, else burn's `linear`.
+/// `x [.., in] · weight [in, out]`, through [`frozen::weight_matmul`] where
+/// [`frozen::through_weight_matmul`] says so, else burn's `linear`.
 fn times_weight<const D: usize>(x: Tensor<D>, weight: Tensor<2>) -> Tensor<D> {
     if !frozen::through_weight_matmul(&weight) {
         return linear(x, weight, None);
@@ -132,7 +132,7 @@ impl Lora {
         let (a, b) = (self.a.val(), self.b.val());
         // On the CPU, burn's batched product: through `linear` a resumed run stopped being
         // bit-identical to an uninterrupted one (tools/kill_resume.sh).
-        let low = if frozen::through_weight_matmul(&a) {
+        let low = if frozen::through_weight_matmul(&a) && !frozen::on_cpu(&a.device()) {
             times_weight(times_weight(x, a), b)
         } else {
             x.matmul(a.unsqueeze()).matmul(b.unsqueeze())

@@ -79,7 +79,7 @@ impl SwiGlu for burn::backend::Flex {
             (Some(g), Some(u)) if g.len() == u.len() => {
                 let mut out = vec![0.0f32; g.len()];
                 cpu_kernels::swiglu(g, u, &mut out);
-                flex_f32(out, gate.shape())
+                cpu_kernels::tensor(out, gate.shape())
             }
             _ => swiglu_by_ops::<Self>(gate, up),
         }
@@ -106,20 +106,14 @@ impl SwiGlu for burn::backend::Flex {
                 let (mut grad_gate, mut grad_up) = (vec![0.0f32; g.len()], vec![0.0f32; g.len()]);
                 cpu_kernels::swiglu_backward(g, u, d, &mut grad_gate, &mut grad_up);
                 let shape = gate.shape();
-                (flex_f32(grad_gate, shape.clone()), flex_f32(grad_up, shape))
+                (
+                    cpu_kernels::tensor(grad_gate, shape.clone()),
+                    cpu_kernels::tensor(grad_up, shape),
+                )
             }
             _ => swiglu_backward_by_ops::<Self>(gate, up, grad),
         }
     }
-}
-
-/// A CPU tensor of `shape` holding `values`.
-#[cfg(any(feature = "flex", test, target_family = "wasm"))]
-pub(super) fn flex_f32(
-    values: Vec<f32>,
-    shape: burn::tensor::Shape,
-) -> FloatTensor<burn::backend::Flex> {
-    FloatTensor::<burn::backend::Flex>::from_data(burn::tensor::TensorData::new(values, shape))
 }
 
 impl<B: SwiGlu, C: CheckpointStrategy> SwiGlu for Autodiff<B, C> {

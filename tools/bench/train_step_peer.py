@@ -19,6 +19,8 @@ p.add_argument("--iters", type=int, default=5)
 p.add_argument("--threads", type=int, default=os.cpu_count())
 p.add_argument("--lora-rank", type=int, default=0,
                help="PEFT LoRA of this rank (alpha 2r) on every projection of the adapter layers")
+p.add_argument("--profile", action="store_true",
+               help="instead: where one step's time goes (torch.profiler), as JSON shares per category")
 a = p.parse_args()
 torch.set_num_threads(a.threads)
 plan = json.load(open(a.emulator))["plan"]
@@ -56,6 +58,10 @@ def step():
     return out.loss.item()
 
 step()
+if a.profile:
+    from profile_categories import torch_step_profile
+    print(json.dumps(torch_step_profile(step, vocab)))
+    raise SystemExit
 start = time.perf_counter()
 for _ in range(a.iters):
     loss = step()
