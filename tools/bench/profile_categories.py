@@ -76,7 +76,7 @@ def perf_step_profile(script, sample_hz):
         if tid != main:
             # rayon's pool: burn's batched products (the attention's, LoRA's) run there whole.
             cat = ATTENTION if "gemm" in text else ELEMENTWISE
-        elif "optim" in text.lower() and "Adam" in text:
+        elif "scaleot::optim::" in text:
             cat = OPTIMIZER
         elif "head_loss" in text:
             cat = HEAD
