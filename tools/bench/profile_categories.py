@@ -84,6 +84,9 @@ def perf_step_profile(script, sample_hz):
                 "page_fault", "clear_page", "do_anonymous_page", "_int_malloc", "_int_free",
                 "handle_mm_fault", "__alloc_pages", "get_page_from_freelist", "malloc", "munmap")):
             cat = MEMORY
+        elif "cpu_kernels::product" in text:
+            # also the q, k, v and o projections, which run inside `Attention::forward`
+            cat = PRODUCTS
         elif "attention" in text.lower() or "Attend" in text:
             cat = ATTENTION
         elif "gemm" in text:
