@@ -1,17 +1,18 @@
-//! Element-wise kernels for the CPU backend, on plain slices: each is one pass over memory,
-//! split over the cores (rayon, natively; one thread in wasm), with an exponential that the
-//! compiler vectorises.
+//! Kernels for the CPU backend: element-wise passes on plain slices, each one pass over memory
+//! split over the cores (rayon, natively; one thread in wasm) with an exponential that the
+//! compiler vectorises, and the product with a weight written straight into its own buffer.
 //!
 //! burn's CPU backend runs an element-wise operation on the calling thread, one operation at a
 //! time, and its `exp` calls libm's scalar `expf`: in a training step those passes (SiLU and
-//! its gradient, the vocabulary head's softmax) left the second core idle for a third of the
-//! step (docs/results.md, "Speed"). [`super::swiglu`] and [`super::cross_entropy`] run these
-//! kernels on the CPU backend and burn's operations elsewhere.
+//! its gradient, the vocabulary head's softmax, attention's) left the second core idle for a
+//! third of the step (docs/results.md, "Speed"). [`super::swiglu`], [`super::cross_entropy`],
+//! [`super::attention`] and [`super::frozen::weight_matmul`] run these kernels on the CPU
+//! backend and burn's operations elsewhere.
 
 /// A tensor of burn's CPU backend (float and bool tensors are the same type there).
 pub type CpuTensor = burn::backend::tensor::FloatTensor<burn::backend::Flex>;
 
-/// The values of `t` when it is f32 (in whatever layout: made contiguous first).
+/// The values of `t` when it is f32 and contiguous (callers make it so first).
 pub fn values(t: &CpuTensor) -> Option<&[f32]> {
     t.as_slice::<f32>()
 }
@@ -47,7 +48,7 @@ const PARALLEL_PRODUCT: usize = 192 * 192 * 192;
 /// row-major `[m, n]` tensor; `None` for other operands. gemm's product, as burn's CPU backend
 /// computes it, written straight into its own buffer: burn's zeroes a buffer and then copies it
 /// into an aligned one before the product, a pass over the output on the calling thread that
-/// took a sixth of a training step's serial time.
+/// was 40 % of that thread's time in a training step.
 pub fn product(x: &CpuTensor, w: &CpuTensor) -> Option<CpuTensor> {
     let (x, w) = (Matrix::of(x)?, Matrix::of(w)?);
     let (m, k, n) = (x.rows, x.cols, w.cols);

@@ -3,7 +3,8 @@
 //!
 //! As burn's operations it is six passes over the chunk (max, subtract, exp, sum, divide,
 //! scatter), each allocating a logits-sized tensor, and on the CPU backend each on one thread.
-//! There it is one kernel instead (`model::cpu_kernels`), in place in the logits' own buffer.
+//! There it is one kernel instead (`model::cpu_kernels`), in place in the logits' values read
+//! out once.
 
 use burn::tensor::{DType, IndexingUpdateOp, Int, Tensor, TensorData};
 
@@ -54,7 +55,7 @@ fn kernel_targets(logits: &Tensor<2>, targets: &Tensor<1, Int>) -> Option<Vec<us
         .collect()
 }
 
-/// The CPU kernel, in the logits' own buffer.
+/// The CPU kernel, in place in the logits' values (read out of the tensor: burn copies them).
 fn by_kernel(logits: Tensor<2>, targets: &[usize]) -> (Tensor<1>, Tensor<2>) {
     let [rows, vocab] = logits.dims();
     let device = logits.device();
