@@ -86,7 +86,7 @@ impl LeanAttention for burn::backend::Flex {
     ) -> FloatTensor<Self> {
         use super::cpu_kernels;
         use burn::backend::{TensorMetadata, ops::FloatTensorOps};
-        let scale = scale_of::<Self>(&q) as f32;
+        let scale = scale_of::<Self>(&q);
         let mut scores = Self::float_matmul(q, Self::float_transpose(k)).to_contiguous();
         let mask = mask.to_contiguous();
         let shape = scores.shape();
@@ -96,11 +96,11 @@ impl LeanAttention for burn::backend::Flex {
             cpu_kernels::bools(&mask),
         ) {
             (Some(values), Some(forbidden)) if values.len() == forbidden.len() => {
-                cpu_kernels::masked_softmax(values, width, forbidden, scale);
+                cpu_kernels::masked_softmax(values, width, forbidden, scale as f32);
                 scores
             }
             _ => {
-                let scores = Self::float_mul_scalar(scores, (scale as f64).into());
+                let scores = Self::float_mul_scalar(scores, scale.into());
                 softmax_by_ops::<Self>(scores, mask)
             }
         }

@@ -288,12 +288,8 @@ pub fn softmax_cross_entropy(logits: &mut [f32], vocab: usize, targets: &[usize]
             let target = targets[first + r];
             let max = row_max(row);
             let logit = row[target];
-            let total = exp_in_place_and_sum(row, max);
+            let total = softmax_in_place(row, max);
             nll[r] = max + total.ln() - logit;
-            let inv = 1.0 / total;
-            for l in row.iter_mut() {
-                *l *= inv;
-            }
             row[target] -= 1.0;
         }
     });
@@ -324,10 +320,7 @@ pub fn masked_softmax(scores: &mut [f32], width: usize, forbidden: &[u8], scale:
                 row.fill(0.0);
                 continue;
             }
-            let inv = 1.0 / exp_in_place_and_sum(row, max);
-            for x in row.iter_mut() {
-                *x *= inv;
-            }
+            softmax_in_place(row, max);
         }
     });
 }
@@ -405,6 +398,17 @@ fn exp_in_place_and_sum(row: &mut [f32], max: f32) -> f32 {
         sum[0] += *x;
     }
     sum.iter().sum()
+}
+
+/// Replaces `row` by its softmax (`max` at least every value) and returns the sum of the
+/// exponentials it divided by.
+fn softmax_in_place(row: &mut [f32], max: f32) -> f32 {
+    let total = exp_in_place_and_sum(row, max);
+    let inv = 1.0 / total;
+    for x in row.iter_mut() {
+        *x *= inv;
+    }
+    total
 }
 
 #[cfg(test)]
