@@ -87,7 +87,8 @@ impl LeanAttention for burn::backend::Flex {
         use super::cpu_kernels;
         use burn::backend::{TensorMetadata, ops::FloatTensorOps};
         let scale = scale_of::<Self>(&q);
-        let mut scores = Self::float_matmul(q, Self::float_transpose(k)).to_contiguous();
+        let mut scores =
+            cpu_kernels::into_contiguous(Self::float_matmul(q, Self::float_transpose(k)));
         let mask = mask.to_contiguous();
         let shape = scores.shape();
         let width = shape.dims::<4>()[3];
@@ -113,7 +114,7 @@ impl LeanAttention for burn::backend::Flex {
     ) -> FloatTensor<Self> {
         use super::cpu_kernels;
         use burn::backend::TensorMetadata;
-        let (p, mut grad) = (p.to_contiguous(), grad_p.to_contiguous());
+        let (p, mut grad) = (p.to_contiguous(), cpu_kernels::into_contiguous(grad_p));
         let width = p.shape().dims::<4>()[3];
         match (cpu_kernels::values(&p), cpu_kernels::values_mut(&mut grad)) {
             (Some(probs), Some(values)) if probs.len() == values.len() => {
@@ -253,6 +254,23 @@ mod tests {
         Tensor::stack::<3>(rows, 0)
             .unsqueeze_dim::<4>(1)
             .expand([b, h, t, t])
+    }
+
+    /// The CPU backend's score gradient is computed in place, in the buffer of `grad_p`
+    /// (the kernel ran: burn's operations would allocate).
+    #[test]
+    fn the_cpu_score_gradient_runs_in_place() {
+        use super::super::cpu_kernels::{self, CpuTensor};
+        use burn::backend::Flex;
+        let shape = [2, 3, 5, 5];
+        let random = || {
+            let t = Tensor::<4>::random(shape, Distribution::Default, &Device::flex());
+            CpuTensor::from_data(t.into_data())
+        };
+        let (p, grad_p) = (random(), random());
+        let before = cpu_kernels::values(&grad_p).expect("f32").as_ptr();
+        let grad = <Flex as LeanAttention>::attention_scores_grad(p, grad_p, 0.5);
+        assert_eq!(cpu_kernels::values(&grad).expect("f32").as_ptr(), before);
     }
 
     #[test]

@@ -26,6 +26,16 @@ pub fn values_mut(t: &mut CpuTensor) -> Option<&mut [f32]> {
     t.try_storage_mut::<f32>()?.get_mut(start..end)
 }
 
+/// `t` contiguous, in its own storage when it already is (`to_contiguous` shares the storage of
+/// a contiguous tensor, which [`values_mut`] then refuses while `t` lives).
+pub fn into_contiguous(t: CpuTensor) -> CpuTensor {
+    if t.layout().contiguous_offsets().is_some() {
+        t
+    } else {
+        t.to_contiguous()
+    }
+}
+
 /// A contiguous bool tensor's values, one byte each (nonzero: true).
 pub fn bools(t: &CpuTensor) -> Option<&[u8]> {
     let (start, end) = t.layout().contiguous_offsets()?;
@@ -176,8 +186,7 @@ fn sigmoid(x: f32) -> f32 {
 /// Runs `task(start, len)` over `0..n` in pieces of about `piece` (rounded to whole `unit`s),
 /// on every core.
 fn split<F: Fn(usize, usize) + Sync + Send>(n: usize, unit: usize, piece: usize, task: F) {
-    let unit = unit.max(1);
-    let piece = (piece / unit).max(1) * unit;
+    let piece = task_elements(unit, piece);
     let tasks = n.div_ceil(piece);
     let run = |i: usize| {
         let start = i * piece;
@@ -190,6 +199,13 @@ fn split<F: Fn(usize, usize) + Sync + Send>(n: usize, unit: usize, piece: usize,
         return;
     }
     (0..tasks).for_each(run);
+}
+
+/// The elements of each of [`split`]'s tasks (the last may have fewer): `piece` rounded to
+/// whole `unit`s, at least one.
+fn task_elements(unit: usize, piece: usize) -> usize {
+    let unit = unit.max(1);
+    (piece / unit).max(1) * unit
 }
 
 /// A mutable slice shared by [`split`]'s tasks, each writing its own disjoint range.
@@ -260,6 +276,145 @@ pub fn swiglu_backward(
             let silu = g[i] * s;
             du[i] = d[i] * silu;
             dg[i] = d[i] * u[i] * (s + silu * (1.0 - s));
+        }
+    });
+}
+
+/// RMSNorm over rows of `weight.len()`: `out = x · r · weight` with `r = 1/√(mean(x²) + eps)`
+/// per row (HF's order of operations).
+pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let width = weight.len();
+    assert!(
+        x.len() == out.len() && x.len().is_multiple_of(width.max(1)),
+        "shapes agree"
+    );
+    let out = Shared::new(out);
+    split(x.len(), width, TASK_ELEMENTS, |start, len| {
+        // SAFETY: `split` hands out disjoint ranges of whole rows.
+        let block = unsafe { out.range(start, len) };
+        let rows = x[start..start + len].chunks_exact(width);
+        for (out, x) in block.chunks_exact_mut(width).zip(rows) {
+            let r = inverse_rms(x, eps);
+            for ((o, &x), &w) in out.iter_mut().zip(x).zip(weight) {
+                *o = x * r * w;
+            }
+        }
+    });
+}
+
+/// RMSNorm's gradients from the output's gradient `grad`, with `r` per row as in [`rms_norm`]:
+/// `grad_x = r · grad · weight − x · r³ · mean(grad · weight · x)` and `grad_weight = Σ over
+/// rows of grad · x · r`. The weight's sum is added up in the same order whatever the threads
+/// (each task's rows into a slot of its own, the slots in task order), so a run repeats
+/// exactly.
+pub fn rms_norm_backward(
+    x: &[f32],
+    weight: &[f32],
+    eps: f32,
+    grad: &[f32],
+    grad_x: &mut [f32],
+    grad_weight: &mut [f32],
+) {
+    let width = weight.len();
+    assert!(
+        x.len() == grad.len()
+            && x.len() == grad_x.len()
+            && grad_weight.len() == width
+            && x.len().is_multiple_of(width.max(1)),
+        "shapes agree"
+    );
+    let piece = task_elements(width, TASK_ELEMENTS);
+    let mut partial = vec![0.0f32; x.len().div_ceil(piece) * width];
+    let (grad_x, sums) = (Shared::new(grad_x), Shared::new(&mut partial));
+    split(x.len(), width, TASK_ELEMENTS, |start, len| {
+        // SAFETY: `split` hands out disjoint ranges of whole rows, each task its own slot.
+        let (block, sum) = unsafe {
+            (
+                grad_x.range(start, len),
+                sums.range(start / piece * width, width),
+            )
+        };
+        let rows = x[start..start + len]
+            .chunks_exact(width)
+            .zip(grad[start..start + len].chunks_exact(width));
+        for (grad_x, (x, grad)) in block.chunks_exact_mut(width).zip(rows) {
+            let r = inverse_rms(x, eps);
+            let mut weighted = [0.0f32; LANES];
+            for ((g, w), x) in grad
+                .chunks(LANES)
+                .zip(weight.chunks(LANES))
+                .zip(x.chunks(LANES))
+            {
+                for (((s, &g), &w), &x) in weighted.iter_mut().zip(g).zip(w).zip(x) {
+                    *s += g * w * x;
+                }
+            }
+            let c = r * r * r * weighted.iter().sum::<f32>() / width as f32;
+            for i in 0..width {
+                grad_x[i] = r * grad[i] * weight[i] - x[i] * c;
+                sum[i] += grad[i] * x[i] * r;
+            }
+        }
+    });
+    grad_weight.fill(0.0);
+    for slot in partial.chunks_exact(width) {
+        for (total, &s) in grad_weight.iter_mut().zip(slot) {
+            *total += s;
+        }
+    }
+}
+
+/// `1/√(mean(x²) + eps)`.
+fn inverse_rms(x: &[f32], eps: f32) -> f32 {
+    1.0 / (dot(x, x) / x.len().max(1) as f32 + eps).sqrt()
+}
+
+/// HF's rotary embedding over rows of `width` (even): each row's halves `x₁`, `x₂` become
+/// `x₁·cos₁ − x₂·sin₁` and `x₂·cos₂ + x₁·sin₂`, with that row's angles `cos`, `sin` (`width`
+/// each). With `transposed`, the transpose of that linear map instead, which is the backward
+/// pass: `x₁·cos₁ + x₂·sin₂` and `x₂·cos₂ − x₁·sin₁`. Row `i` of the contiguous `out` reads its
+/// input at `x[input_row(i)..]` and its angles at row `angle_row(i)` of `cos` and `sin`, so a
+/// strided input (heads swapped with positions) and tables shared by every head need no copy.
+#[allow(clippy::too_many_arguments)]
+pub fn rotary(
+    x: &[f32],
+    input_row: impl Fn(usize) -> usize + Sync,
+    cos: &[f32],
+    sin: &[f32],
+    angle_row: impl Fn(usize) -> usize + Sync,
+    transposed: bool,
+    width: usize,
+    out: &mut [f32],
+) {
+    assert!(
+        width.is_multiple_of(2) && out.len().is_multiple_of(width.max(1)),
+        "even rows"
+    );
+    let half = width / 2;
+    let out = Shared::new(out);
+    split(out.1, width, TASK_ELEMENTS, |start, len| {
+        // SAFETY: `split` hands out disjoint ranges of whole rows.
+        let block = unsafe { out.range(start, len) };
+        for (r, out) in block.chunks_exact_mut(width).enumerate() {
+            let row = start / width + r;
+            let x = &x[input_row(row)..][..width];
+            let angles = angle_row(row) * width..(angle_row(row) + 1) * width;
+            let (cos, sin) = (&cos[angles.clone()], &sin[angles]);
+            let (x1, x2) = x.split_at(half);
+            let (c1, c2) = cos.split_at(half);
+            let (s1, s2) = sin.split_at(half);
+            let (o1, o2) = out.split_at_mut(half);
+            if transposed {
+                for i in 0..half {
+                    o1[i] = x1[i] * c1[i] + x2[i] * s2[i];
+                    o2[i] = x2[i] * c2[i] - x1[i] * s1[i];
+                }
+            } else {
+                for i in 0..half {
+                    o1[i] = x1[i] * c1[i] - x2[i] * s1[i];
+                    o2[i] = x2[i] * c2[i] + x1[i] * s2[i];
+                }
+            }
         }
     });
 }

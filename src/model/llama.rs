@@ -98,11 +98,7 @@ impl Positions {
 
     /// x: `[batch, heads, len, head_dim]`; HF's `x*cos + rotate_half(x)*sin`.
     pub fn apply(&self, x: Tensor<4>) -> Tensor<4> {
-        let [_, _, _, d] = x.dims();
-        let x1 = x.clone().narrow(3, 0, d / 2);
-        let x2 = x.clone().narrow(3, d / 2, d / 2);
-        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-        x.mul(self.cos.clone()) + rotated.mul(self.sin.clone())
+        super::rotary::rotary(x, self.cos.clone(), self.sin.clone())
     }
 }
 

@@ -11,6 +11,8 @@ pub mod layers;
 pub mod llama;
 pub mod load;
 pub mod lora;
+pub mod rms_norm;
+pub mod rotary;
 pub mod swiglu;
 #[cfg(any(feature = "wgpu", target_family = "wasm"))]
 pub mod wgsl_matmul;
