@@ -71,12 +71,18 @@ pub trait LeanAttention: burn::backend::Backend {
     ) -> FloatTensor<Self> {
         scores_grad_by_ops::<Self>(p, grad_p, scale)
     }
+
+    /// The batched product `a · b` over the heads (burn's).
+    fn attention_product(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::float_matmul(a, b)
+    }
 }
 
 #[cfg(any(feature = "wgpu", target_family = "wasm"))]
 impl LeanAttention for burn::backend::Cube {}
 
-/// The softmax and its gradient as CPU kernels (`model::cpu_kernels`), on every core.
+/// The softmax, its gradient and the products as CPU kernels (`model::cpu_kernels`), on
+/// every core.
 #[cfg(any(feature = "flex", test, target_family = "wasm"))]
 impl LeanAttention for burn::backend::Flex {
     fn attention_probabilities(
@@ -88,7 +94,7 @@ impl LeanAttention for burn::backend::Flex {
         use burn::backend::{TensorMetadata, ops::FloatTensorOps};
         let scale = scale_of::<Self>(&q);
         let mut scores =
-            cpu_kernels::into_contiguous(Self::float_matmul(q, Self::float_transpose(k)));
+            cpu_kernels::into_contiguous(Self::attention_product(q, Self::float_transpose(k)));
         let mask = mask.to_contiguous();
         let shape = scores.shape();
         let width = shape.dims::<4>()[3];
@@ -122,6 +128,14 @@ impl LeanAttention for burn::backend::Flex {
                 grad
             }
             _ => scores_grad_by_ops::<Self>(p, grad, scale),
+        }
+    }
+
+    fn attention_product(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
+        use burn::backend::ops::FloatTensorOps;
+        match super::cpu_kernels::product(&a, &b) {
+            Some(out) => out,
+            None => Self::float_matmul(a, b),
         }
     }
 }
@@ -195,20 +209,21 @@ impl<B: LeanAttention, C: CheckpointStrategy> LeanAttention for Autodiff<B, C> {
                 let grad_out = grads.consume::<B>(&ops.node);
                 let [q_node, k_node, v_node] = ops.parents;
                 if let Some(node) = v_node {
-                    let grad = B::float_matmul(B::float_transpose(p.clone()), grad_out.clone());
+                    let grad =
+                        B::attention_product(B::float_transpose(p.clone()), grad_out.clone());
                     grads.register::<B>(node.id, grad);
                 }
                 if q_node.is_none() && k_node.is_none() {
                     return;
                 }
                 let scale = scale_of::<B>(&q);
-                let grad_p = B::float_matmul(grad_out, B::float_transpose(v));
+                let grad_p = B::attention_product(grad_out, B::float_transpose(v));
                 let grad_scores = B::attention_scores_grad(p, grad_p, scale);
                 if let Some(node) = q_node {
-                    grads.register::<B>(node.id, B::float_matmul(grad_scores.clone(), k));
+                    grads.register::<B>(node.id, B::attention_product(grad_scores.clone(), k));
                 }
                 if let Some(node) = k_node {
-                    let grad = B::float_matmul(B::float_transpose(grad_scores), q);
+                    let grad = B::attention_product(B::float_transpose(grad_scores), q);
                     grads.register::<B>(node.id, grad);
                 }
             }
@@ -226,12 +241,12 @@ impl<B: LeanAttention, C: CheckpointStrategy> LeanAttention for Autodiff<B, C> {
                     prep.checkpoint(&v),
                 );
                 let p = B::attention_probabilities(q.into_primitive(), k.into_primitive(), mask);
-                let out = B::float_matmul(p.clone(), v.into_primitive());
+                let out = B::attention_product(p.clone(), v.into_primitive());
                 prep.finish((q_state, k_state, v_state, p), out)
             }
             OpsKind::UnTracked(prep) => {
                 let p = B::attention_probabilities(q.into_primitive(), k.into_primitive(), mask);
-                prep.finish(B::float_matmul(p, v.into_primitive()))
+                prep.finish(B::attention_product(p, v.into_primitive()))
             }
         }
     }

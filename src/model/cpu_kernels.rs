@@ -50,93 +50,160 @@ pub fn tensor(values: Vec<f32>, shape: burn::tensor::Shape) -> CpuTensor {
     CpuTensor::from_data(burn::tensor::TensorData::new(values, shape))
 }
 
-/// Products at least this large (m·n·k) run on every core (burn's CPU backend's threshold).
-#[cfg(not(target_family = "wasm"))]
-const PARALLEL_PRODUCT: usize = 192 * 192 * 192;
-
-/// `x · w` for f32 matrices `x [m, k]` and `w [k, n]` in any (non-negative) strides, as a new
-/// row-major `[m, n]` tensor; `None` for other operands. gemm's product, as burn's CPU backend
-/// computes it, written straight into its own buffer: burn's zeroes a buffer and then copies it
-/// into an aligned one before the product, a pass over the output on the calling thread that
-/// was 40 % of that thread's time in a training step.
+/// `x · w` for f32 operands `x [.., m, k]` and `w [.., k, n]` with the same leading (batch)
+/// dimensions, in any non-negative strides, as a new row-major `[.., m, n]` tensor; `None` for
+/// other operands. gemm's product, as burn's CPU backend computes it, written straight into its
+/// own buffer: burn's zeroes a buffer and then copies it into an aligned one before the
+/// product, a pass over the output on the calling thread that was 40 % of that thread's time
+/// in a training step. A batch (attention's heads) is shared out over the cores a matrix each.
 pub fn product(x: &CpuTensor, w: &CpuTensor) -> Option<CpuTensor> {
-    let (x, w) = (Matrix::of(x)?, Matrix::of(w)?);
+    let (x, w) = (Operand::of(x)?, Operand::of(w)?);
     let (m, k, n) = (x.rows, x.cols, w.cols);
-    if w.rows != k {
+    if w.rows != k || x.batch != w.batch {
         return None;
     }
-    if m == 0 || k == 0 || n == 0 {
-        return Some(tensor(vec![0.0; m * n], [m, n].into()));
+    let batch = x.offsets.len();
+    let mut shape = x.batch.clone();
+    shape.extend([m, n]);
+    let size = m.checked_mul(n)?;
+    let total = batch.checked_mul(size)?;
+    if total == 0 || k == 0 {
+        return Some(tensor(vec![0.0; total], shape.into()));
     }
-    #[cfg(not(target_family = "wasm"))]
-    let parallelism = if m.saturating_mul(n).saturating_mul(k) >= PARALLEL_PRODUCT {
-        gemm::Parallelism::Rayon(0)
-    } else {
-        gemm::Parallelism::None
+    let parallel = parallel_product(batch.saturating_mul(m).saturating_mul(n), k);
+    let mut out: Vec<f32> = Vec::with_capacity(total);
+    let dst = SharedOut(out.as_mut_ptr());
+    let one = |i: usize, parallelism: gemm::Parallelism| {
+        // SAFETY: `Operand::of` checked that every element either operand's strides reach from
+        // each of its batch offsets lies in its storage; the output has capacity for `batch`
+        // row-major m·n matrices, and matrix `i` is written by this call alone. gemm writes
+        // every element of it (it does not read the destination: `read_dst` false).
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                dst.at(i * size),
+                1,
+                n as isize,
+                false,
+                x.data.as_ptr().add(x.offsets[i]),
+                x.col_stride,
+                x.row_stride,
+                w.data.as_ptr().add(w.offsets[i]),
+                w.col_stride,
+                w.row_stride,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism,
+            )
+        }
     };
-    #[cfg(target_family = "wasm")]
-    let parallelism = gemm::Parallelism::None;
-    let mut out: Vec<f32> = Vec::with_capacity(m * n);
-    // SAFETY: `Matrix::of` checked that every element either operand's strides reach lies in
-    // its storage; the output is m·n row-major floats of capacity, every one of which gemm
-    // writes (it does not read the destination: `read_dst` false), before `set_len`.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            out.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            x.data.as_ptr(),
-            x.col_stride,
-            x.row_stride,
-            w.data.as_ptr(),
-            w.col_stride,
-            w.row_stride,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
-        out.set_len(m * n);
+    match parallel {
+        #[cfg(not(target_family = "wasm"))]
+        true if batch > 1 => {
+            use rayon::prelude::*;
+            (0..batch)
+                .into_par_iter()
+                .for_each(|i| one(i, gemm::Parallelism::None));
+        }
+        #[cfg(not(target_family = "wasm"))]
+        true => one(0, gemm::Parallelism::Rayon(0)),
+        _ => (0..batch).for_each(|i| one(i, gemm::Parallelism::None)),
     }
-    Some(tensor(out, [m, n].into()))
+    // SAFETY: the calls above wrote all `total` elements.
+    unsafe { out.set_len(total) };
+    Some(tensor(out, shape.into()))
 }
 
-/// A 2-D f32 view: storage from its first element, shape and strides (in elements).
-struct Matrix<'a> {
+/// Whether a product of `rows · cols` outputs each `depth` long runs on every core: at least
+/// burn's CPU backend's threshold (192³), natively with more than one thread.
+fn parallel_product(outputs: usize, depth: usize) -> bool {
+    #[cfg(not(target_family = "wasm"))]
+    {
+        rayon::current_num_threads() > 1 && outputs.saturating_mul(depth) >= 192 * 192 * 192
+    }
+    #[cfg(target_family = "wasm")]
+    {
+        let _ = (outputs, depth);
+        false
+    }
+}
+
+/// The output buffer of [`product`], written by one call per matrix.
+struct SharedOut(*mut f32);
+
+// SAFETY: each call writes its own matrix (see `product`).
+unsafe impl Sync for SharedOut {}
+unsafe impl Send for SharedOut {}
+
+impl SharedOut {
+    /// The address of the `i`-th element.
+    ///
+    /// # Safety
+    /// `i` lies in the buffer.
+    unsafe fn at(&self, i: usize) -> *mut f32 {
+        // SAFETY: the caller's promise.
+        unsafe { self.0.add(i) }
+    }
+}
+
+/// An f32 tensor as a batch of matrices: its storage from the first element, where each matrix
+/// starts (row-major over the leading dimensions), and their shape and strides (in elements).
+struct Operand<'a> {
     data: &'a [f32],
+    batch: Vec<usize>,
+    offsets: Vec<usize>,
     rows: usize,
     cols: usize,
     row_stride: isize,
     col_stride: isize,
 }
 
-impl<'a> Matrix<'a> {
-    /// `t` as a matrix, when it is 2-D f32 with non-negative strides inside its storage.
+impl<'a> Operand<'a> {
+    /// `t` as matrices, when it is f32 with at least two dimensions and non-negative strides
+    /// that stay inside its storage.
     fn of(t: &'a CpuTensor) -> Option<Self> {
         let layout = t.layout();
-        if t.dtype() != burn::tensor::DType::F32 || layout.num_dims() != 2 {
+        let d = layout.num_dims();
+        if t.dtype() != burn::tensor::DType::F32 || d < 2 {
             return None;
         }
-        let dims = layout.shape().dims::<2>();
-        let strides = layout.strides();
-        let (row_stride, col_stride) = (strides[0], strides[1]);
+        let dims = layout.shape().to_vec();
+        let strides = layout
+            .strides()
+            .iter()
+            .map(|&s| usize::try_from(s).ok())
+            .collect::<Option<Vec<usize>>>()?;
         let data = t.storage::<f32>().get(layout.start_offset()..)?;
-        let reach = |dim: usize, stride: isize| -> Option<usize> {
-            (dim.saturating_sub(1)).checked_mul(usize::try_from(stride).ok()?)
-        };
-        let last = reach(dims[0], row_stride)?.checked_add(reach(dims[1], col_stride)?)?;
-        (dims[0] * dims[1] == 0 || last < data.len()).then_some(Self {
+        let (rows, cols) = (dims[d - 2], dims[d - 1]);
+        let mut offsets = vec![0usize];
+        for (&dim, &stride) in dims[..d - 2].iter().zip(&strides) {
+            offsets = offsets
+                .iter()
+                .flat_map(|&o| (0..dim).map(move |j| o + j * stride))
+                .collect();
+        }
+        let reach = |dim: usize, stride: usize| dim.saturating_sub(1).checked_mul(stride);
+        let matrix = reach(rows, strides[d - 2])?.checked_add(reach(cols, strides[d - 1])?)?;
+        let last = offsets
+            .iter()
+            .max()
+            .copied()
+            .unwrap_or(0)
+            .checked_add(matrix)?;
+        let empty = offsets.is_empty() || rows == 0 || cols == 0;
+        (empty || last < data.len()).then(|| Self {
             data,
-            rows: dims[0],
-            cols: dims[1],
-            row_stride,
-            col_stride,
+            batch: dims[..d - 2].to_vec(),
+            offsets,
+            rows,
+            cols,
+            row_stride: strides[d - 2] as isize,
+            col_stride: strides[d - 1] as isize,
         })
     }
 }
@@ -614,6 +681,46 @@ mod tests {
         }
         let x = tensor(vec![1.0; 6], [2, 3].into());
         assert!(product(&x, &x).is_none(), "inner sizes differ");
+    }
+
+    /// A batch of products (attention's heads), one operand transposed in its last two
+    /// dimensions and the other with heads swapped with rows, small and large enough to share
+    /// the batch out over the cores, against f64; batches that differ are refused.
+    #[test]
+    fn batched_products_of_strided_operands_match_f64() {
+        for (m, k, n) in [(5, 3, 4), (128, 80, 128)] {
+            let (b, h) = (2, 3);
+            let value = |i: usize| ((i * 37 % 101) as f32 - 50.0) / 25.0;
+            // x [b, h, m, k] as the swap of a row-major [b, m, h, k]
+            let xs: Vec<f32> = (0..b * m * h * k).map(value).collect();
+            let x = tensor(xs.clone(), [b, m, h, k].into()).transpose(1, 2);
+            let x_at =
+                |bi: usize, hi: usize, i: usize, l: usize| xs[((bi * m + i) * h + hi) * k + l];
+            // w [b, h, k, n] as the transpose of a row-major [b, h, n, k]
+            let ws: Vec<f32> = (0..b * h * n * k).map(|i| value(i * 7 + 3)).collect();
+            let w = tensor(ws.clone(), [b, h, n, k].into()).transpose(2, 3);
+            let w_at =
+                |bi: usize, hi: usize, l: usize, j: usize| ws[((bi * h + hi) * n + j) * k + l];
+            let out = product(&x, &w).expect("f32 batches");
+            assert_eq!(out.layout().shape().to_vec(), vec![b, h, m, n]);
+            let got = values(&out).expect("f32");
+            for bi in 0..b {
+                for hi in 0..h {
+                    for i in 0..m {
+                        for j in 0..n {
+                            let exact: f64 = (0..k)
+                                .map(|l| x_at(bi, hi, i, l) as f64 * w_at(bi, hi, l, j) as f64)
+                                .sum();
+                            let ours = got[((bi * h + hi) * m + i) * n + j] as f64;
+                            assert!((ours - exact).abs() < 1e-3, "[{bi}, {hi}, {i}, {j}]");
+                        }
+                    }
+                }
+            }
+        }
+        let x = tensor(vec![1.0; 12], [2, 2, 3].into());
+        let w = tensor(vec![1.0; 9], [1, 3, 3].into());
+        assert!(product(&x, &w).is_none(), "batches differ");
     }
 
     #[test]
