@@ -84,6 +84,11 @@ def perf_step_profile(script, sample_hz):
                 "page_fault", "clear_page", "do_anonymous_page", "_int_malloc", "_int_free",
                 "handle_mm_fault", "__alloc_pages", "get_page_from_freelist", "malloc", "munmap")):
             cat = MEMORY
+        elif "LeanAttention" in text or "lean_attention" in text:
+            # our attention operation, its products included
+            cat = ATTENTION
+        elif any(k in text for k in ("rotary", "rms_norm", "RmsNorm", "swiglu", "SwiGlu")):
+            cat = ELEMENTWISE
         elif "cpu_kernels::product" in text:
             # also the q, k, v and o projections, which run inside `Attention::forward`
             cat = PRODUCTS
