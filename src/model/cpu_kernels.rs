@@ -1,13 +1,15 @@
 //! Kernels for the CPU backend: element-wise passes on plain slices, each one pass over memory
 //! split over the cores (rayon, natively; one thread in wasm) with an exponential that the
-//! compiler vectorises, and the product with a weight written straight into its own buffer.
+//! compiler vectorises, and matrix products (with a weight, or a batch of attention's heads)
+//! written straight into their own buffers.
 //!
 //! burn's CPU backend runs an element-wise operation on the calling thread, one operation at a
 //! time, and its `exp` calls libm's scalar `expf`: in a training step those passes (SiLU and
-//! its gradient, the vocabulary head's softmax, attention's) left the second core idle for a
-//! third of the step (docs/results.md, "Speed"). [`super::swiglu`], [`super::cross_entropy`],
-//! [`super::attention`] and [`super::frozen::weight_matmul`] run these kernels on the CPU
-//! backend and burn's operations elsewhere.
+//! its gradient, the vocabulary head's softmax, attention's, the norms, the rotary embeddings)
+//! left the second core idle for a third of the step (docs/results.md, "Speed").
+//! [`super::swiglu`], [`super::cross_entropy`], [`super::attention`], [`super::rms_norm`],
+//! [`super::rotary`] and [`super::frozen::weight_matmul`] run these kernels on the CPU backend
+//! and burn's operations elsewhere.
 
 /// A tensor of burn's CPU backend (float and bool tensors are the same type there).
 pub type CpuTensor = burn::backend::tensor::FloatTensor<burn::backend::Flex>;

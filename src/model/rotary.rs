@@ -119,6 +119,7 @@ fn rotary_on_cpu(
     let tables_fit = cos.shape() == sin.shape()
         && cos.shape().dims::<4>()[1..] == [1, t, d]
         && (table_rows == 1 || table_rows == b)
+        && d > 0
         && d % 2 == 0;
     let x = match strided_rows(&x) {
         Some(_) => x,
