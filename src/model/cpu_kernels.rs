@@ -74,7 +74,7 @@ pub fn product(x: &CpuTensor, w: &CpuTensor) -> Option<CpuTensor> {
     }
     let parallel = parallel_product(batch.saturating_mul(m).saturating_mul(n), k);
     let mut out: Vec<f32> = Vec::with_capacity(total);
-    let dst = SharedOut(out.as_mut_ptr());
+    let dst = Shared::capacity_of(&mut out);
     let one = |i: usize, parallelism: gemm::Parallelism| {
         // SAFETY: `Operand::of` checked that every element either operand's strides reach from
         // each of its batch offsets lies in its storage; the output has capacity for `batch`
@@ -132,24 +132,6 @@ fn parallel_product(outputs: usize, depth: usize) -> bool {
     {
         let _ = (outputs, depth);
         false
-    }
-}
-
-/// The output buffer of [`product`], written by one call per matrix.
-struct SharedOut(*mut f32);
-
-// SAFETY: each call writes its own matrix (see `product`).
-unsafe impl Sync for SharedOut {}
-unsafe impl Send for SharedOut {}
-
-impl SharedOut {
-    /// The address of the `i`-th element.
-    ///
-    /// # Safety
-    /// `i` lies in the buffer.
-    unsafe fn at(&self, i: usize) -> *mut f32 {
-        // SAFETY: the caller's promise.
-        unsafe { self.0.add(i) }
     }
 }
 
@@ -277,16 +259,33 @@ fn task_elements(unit: usize, piece: usize) -> usize {
     (piece / unit).max(1) * unit
 }
 
-/// A mutable slice shared by [`split`]'s tasks, each writing its own disjoint range.
+/// A buffer of f32 shared by tasks (of [`split`], or [`product`]'s matrices), each writing its
+/// own disjoint part.
 struct Shared(*mut f32, usize);
 
-// SAFETY: tasks write disjoint ranges (see `range`).
+// SAFETY: tasks write disjoint parts (see `range` and `at`).
 unsafe impl Sync for Shared {}
 unsafe impl Send for Shared {}
 
 impl Shared {
     fn new(s: &mut [f32]) -> Self {
         Self(s.as_mut_ptr(), s.len())
+    }
+
+    /// The whole capacity of `v`, initialised or not, to be written through [`Self::at`] only
+    /// (never `range`), every element before `set_len`: no zeroing pass first.
+    fn capacity_of(v: &mut Vec<f32>) -> Self {
+        Self(v.as_mut_ptr(), v.capacity())
+    }
+
+    /// The address of element `i`, for a writer of raw memory (gemm).
+    ///
+    /// # Safety
+    /// No two writers may write the same elements.
+    unsafe fn at(&self, i: usize) -> *mut f32 {
+        assert!(i <= self.1, "inside the buffer");
+        // SAFETY: in bounds (checked).
+        unsafe { self.0.add(i) }
     }
 
     /// `start..start + len` of the slice.
@@ -467,8 +466,8 @@ pub fn rotary(
         for (r, out) in block.chunks_exact_mut(width).enumerate() {
             let row = start / width + r;
             let x = &x[input_row(row)..][..width];
-            let angles = angle_row(row) * width..(angle_row(row) + 1) * width;
-            let (cos, sin) = (&cos[angles.clone()], &sin[angles]);
+            let angles = angle_row(row) * width;
+            let (cos, sin) = (&cos[angles..angles + width], &sin[angles..angles + width]);
             let (x1, x2) = x.split_at(half);
             let (c1, c2) = cos.split_at(half);
             let (s1, s2) = sin.split_at(half);
